@@ -1,0 +1,164 @@
+"""SegDataModule: one LightningDataModule for every dataset in ``attnseg.data``."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Optional, Sequence
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
+
+
+def resolve_dataset(name: str) -> type:
+    """``CamVid`` (a class exported by ``attnseg.data``) or a dotted path ``package.module.Class``."""
+    import attnseg.data as registry
+
+    if "." not in name:
+        if name in registry.DATASETS:
+            return registry.DATASETS[name]
+        raise ValueError(f"data.dataset={name!r}: unknown dataset; expected one of {sorted(registry.DATASETS)}")
+    module, _, cls = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"data.dataset={name!r}: cannot import it ({err})") from err
+
+
+class SegDataModule(LightningDataModule):
+    """Datasets, augmentation and loaders for training and evaluation.
+
+    Args:
+        dataset: a dataset exported by ``attnseg.data`` (``SyntheticShapes``, ``CamVid``, ``Cityscapes``, ``VOC``,
+            ``ADE20K``, ``PascalContext``, ``COCOStuff``) or a dotted path to a class with the same signature
+            ``Dataset(root, split, transforms=None, **dataset_args)``.
+        root: the dataset's folder, as downloaded.
+        dataset_args: extra keyword arguments for the dataset class.
+        train_splits: splits concatenated for training (e.g. ``[train, val]`` for CamVid's usual protocol).
+        val_split / test_split: splits for ``validate`` and ``test``.
+        num_classes: optional check: must equal the dataset's class count.
+        batch_size: training batch size (per device).
+        val_batch_size: evaluation batch size; images in a batch must share their size.
+        crop_size: training crop ``(H, W)``; null trains on whole (rescaled) images.
+        scale_range: random rescale ratio range; null disables it.
+        base_size: ``(H, W)`` the ratio is relative to (mmsegmentation's ``scale``); null: each image's own size.
+        cat_max_ratio: redraw a crop where one class covers more than this share of it (1 disables).
+        flip: random horizontal flip.
+        photometric: random brightness, contrast, saturation, hue.
+        mean / std: normalisation (ImageNet by default).
+        num_workers, pin_memory, persistent_workers: DataLoader options.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "SyntheticShapes",
+        root: Optional[str] = None,
+        dataset_args: Optional[dict[str, Any]] = None,
+        train_splits: Sequence[str] = ("train",),
+        val_split: str = "val",
+        test_split: str = "test",
+        num_classes: Optional[int] = None,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        crop_size: Optional[tuple[int, int]] = None,
+        scale_range: Optional[tuple[float, float]] = (0.5, 2.0),
+        base_size: Optional[tuple[int, int]] = None,
+        cat_max_ratio: float = 1.0,
+        flip: bool = True,
+        photometric: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["num_classes"])
+        self.dataset_cls = resolve_dataset(dataset)
+        self.class_names: list[str] = list(self.dataset_cls.classes)
+        self.palette: list[tuple[int, int, int]] = [tuple(c) for c in self.dataset_cls.palette]
+        self.ignore_index = 255
+        if num_classes is not None and num_classes != len(self.class_names):
+            raise ValueError(
+                f"data.num_classes={num_classes} but {dataset} has {len(self.class_names)} classes "
+                f"({', '.join(self.class_names[:5])}, ...); remove data.num_classes or choose the right dataset"
+            )
+        if isinstance(train_splits, str):
+            train_splits = [train_splits]
+        self.train_splits = list(train_splits)
+        self.root = root
+        self.dataset_args = dict(dataset_args or {})
+        self.train_dataset: Optional[Dataset] = None
+        self.val_dataset: Optional[Dataset] = None
+        self.test_dataset: Optional[Dataset] = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def make_dataset(self, split: str, train: bool = False) -> Dataset:
+        hp = self.hparams
+        if train:
+            transforms = train_transforms(
+                hp.crop_size, hp.scale_range, hp.base_size, hp.cat_max_ratio, hp.flip, hp.photometric,
+                self.ignore_index, hp.mean, hp.std,
+            )  # fmt: skip
+        else:
+            transforms = eval_transforms(hp.mean, hp.std)
+        return self.dataset_cls(self.root, split, transforms=transforms, **self.dataset_args)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.train_dataset is None:
+            parts = [self.make_dataset(split, train=True) for split in self.train_splits]
+            self.train_dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        if stage in ("fit", "validate") and self.val_dataset is None:
+            self.val_dataset = self.make_dataset(self.hparams.val_split)
+        if stage == "test" and self.test_dataset is None:
+            self.test_dataset = self.make_dataset(self.hparams.test_split)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, option: str) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            collate_fn=SameSizeCollate(option),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if len(self.train_dataset) < self.hparams.batch_size:
+            raise ValueError(
+                f"data.batch_size={self.hparams.batch_size} but the training set {self.train_splits} has only "
+                f"{len(self.train_dataset)} samples; lower data.batch_size"
+            )
+        return self._loader(self.train_dataset, self.hparams.batch_size, True, "data.crop_size")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.hparams.val_batch_size, False, "data.val_batch_size")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, self.hparams.val_batch_size, False, "data.val_batch_size")
+
+
+class SameSizeCollate:
+    """Stack ``(image, mask)`` samples; images of different sizes get an error naming the option to change."""
+
+    def __init__(self, option: str) -> None:
+        self.option = option
+
+    def __call__(self, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(samples[0], dict):
+            samples = [(s["image"], s["mask"]) for s in samples]
+        sizes = {tuple(image.shape[-2:]) for image, _ in samples}
+        if len(sizes) > 1:
+            hint = "set data.val_batch_size: 1" if "val" in self.option else "set data.crop_size"
+            raise ValueError(f"a batch holds images of sizes {sorted(sizes)}; they must match: {hint}")
+        images = torch.stack([image.as_subclass(torch.Tensor) for image, _ in samples])
+        masks = torch.stack([mask.as_subclass(torch.Tensor) for _, mask in samples])
+        return images, masks

@@ -1,0 +1,138 @@
+"""Training and evaluation pipelines: torchvision transforms v2 on ``(tv_tensors.Image, tv_tensors.Mask)``.
+
+Geometric transforms move image and mask together (masks with nearest-neighbour
+interpolation, padded with the ignore index); photometric ones touch the image only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RandomScale(v2.Transform):
+    """Rescale by a factor drawn uniformly from ``ratio_range``, keeping the aspect ratio.
+
+    With ``base_size=(H, W)`` the image is first fitted inside ``base_size * ratio`` (mmsegmentation's
+    ``RandomResize(scale, ratio_range, keep_ratio=True)``); without it, the ratio applies to the image's own size.
+    """
+
+    def __init__(self, ratio_range: Sequence[float] = (0.5, 2.0), base_size: Optional[Sequence[int]] = None) -> None:
+        super().__init__()
+        lo, hi = ratio_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"RandomScale: ratio_range={tuple(ratio_range)}, expected 0 < low <= high")
+        self.ratio_range = (float(lo), float(hi))
+        self.base_size = tuple(base_size) if base_size is not None else None
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        ratio = float(torch.empty(1).uniform_(*self.ratio_range))
+        if self.base_size is not None:
+            ratio *= min(self.base_size[0] / h, self.base_size[1] / w)
+        return dict(size=[max(1, round(h * ratio)), max(1, round(w * ratio))])
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return TF.resize(inpt, params["size"], antialias=True)
+
+
+class RandomCropCatMax(v2.Transform):
+    """Random crop padded where the input is smaller (image with 0, mask with ``ignore_index``).
+
+    With ``cat_max_ratio < 1`` the crop is redrawn (up to 10 times, mmsegmentation's rule) while a single
+    class covers more than that share of the crop's labelled pixels.
+    """
+
+    def __init__(self, size: Sequence[int], cat_max_ratio: float = 1.0, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.size = (int(size[0]), int(size[1]))
+        self.cat_max_ratio = cat_max_ratio
+        self.ignore_index = ignore_index
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        ch, cw = self.size
+        pad = [0, 0, max(cw - w, 0), max(ch - h, 0)]  # left, top, right, bottom
+        ph, pw = h + pad[3], w + pad[2]
+        masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask)]
+        for _ in range(10):
+            top = int(torch.randint(0, ph - ch + 1, ()))
+            left = int(torch.randint(0, pw - cw + 1, ()))
+            if self.cat_max_ratio >= 1.0 or not masks:
+                break
+            crop = masks[0][..., top : top + ch, left : left + cw]
+            labels = crop[crop != self.ignore_index]
+            if labels.numel() == 0:
+                continue
+            counts = torch.bincount(labels.flatten())
+            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                break
+        return dict(pad=pad, top=top, left=left)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if any(params["pad"]):
+            fill = self.ignore_index if isinstance(inpt, tv_tensors.Mask) else 0
+            inpt = TF.pad(inpt, params["pad"], fill=fill)
+        return TF.crop(inpt, params["top"], params["left"], *self.size)
+
+
+class PhotoMetricDistortion(v2.Compose):
+    """Brightness, contrast, saturation and hue jitter on the image (mmsegmentation's PhotoMetricDistortion:
+    brightness +-32/255, contrast and saturation x[0.5, 1.5], hue +-18 degrees), each applied with probability 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            [
+                v2.RandomApply([v2.ColorJitter(brightness=32 / 255)], p=0.5),
+                v2.RandomApply([v2.ColorJitter(contrast=0.5)], p=0.5),
+                v2.RandomApply([v2.ColorJitter(saturation=0.5)], p=0.5),
+                v2.RandomApply([v2.ColorJitter(hue=18 / 360)], p=0.5),
+            ]
+        )
+
+
+def normalize(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """uint8 image -> float in [0, 1] -> (x - mean) / std; the mask becomes int64 and is otherwise untouched."""
+    return v2.Compose(
+        [
+            v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
+            v2.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
+
+
+def train_transforms(
+    crop_size: Optional[Sequence[int]] = None,
+    scale_range: Optional[Sequence[float]] = (0.5, 2.0),
+    base_size: Optional[Sequence[int]] = None,
+    cat_max_ratio: float = 1.0,
+    flip: bool = True,
+    photometric: bool = True,
+    ignore_index: int = 255,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Random scale -> random crop (padded) -> horizontal flip -> photometric distortion -> normalise."""
+    steps: list[v2.Transform] = []
+    if scale_range is not None:
+        steps.append(RandomScale(scale_range, base_size))
+    if crop_size is not None:
+        steps.append(RandomCropCatMax(crop_size, cat_max_ratio, ignore_index))
+    if flip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    if photometric:
+        steps.append(PhotoMetricDistortion())
+    steps.append(normalize(mean, std))
+    return v2.Compose(steps)
+
+
+def eval_transforms(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """Full image, normalised; resizing and windows are the inference mode's business."""
+    return normalize(mean, std)

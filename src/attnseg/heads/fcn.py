@@ -1,0 +1,86 @@
+"""FCN baseline head and the auxiliary FCN head shared by every head.
+
+Long et al., "Fully Convolutional Networks for Semantic Segmentation" (CVPR 2015), in the
+form used on dilated backbones by mmsegmentation: a few 3x3 conv-BN-ReLU layers on the
+deepest feature, optionally concatenated with the input, dropout and a 1x1 classifier.
+
+Head contract (all heads in this package follow it):
+    head = Head(in_channels, num_classes, **options)
+    head(features: list of (B, C_i, H_i, W_i)) -> {name: (B, K, h, w) logits}
+    head.loss_weights: {name: default loss weight}; ``out`` is the prediction
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from timm.layers import ConvNormAct
+from torch import nn
+
+
+class SegClassifier(nn.Sequential):
+    """Dropout2d + 1x1 conv to class logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__(nn.Dropout2d(dropout), nn.Conv2d(in_channels, num_classes, kernel_size=1))
+
+
+class AuxHead(nn.Module):
+    """Auxiliary FCN head: 3x3 conv-BN-ReLU, dropout, 1x1 classifier (mmsegmentation's ``auxiliary_head``)."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.conv = ConvNormAct(in_channels, channels, kernel_size=3)
+        self.cls = SegClassifier(channels, num_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls(self.conv(x))
+
+
+class FCNHead(nn.Module):
+    """FCN head on the deepest feature, plus the auxiliary FCN head on the stage before last.
+
+    Args:
+        in_channels: channels of the encoder's feature maps, shallow to deep.
+        num_classes: number of classes K.
+        channels: width of the head's convs; default ``in_channels[-1] // 4``.
+        num_convs: number of 3x3 conv-BN-ReLU layers.
+        concat_input: concatenate the input feature with the convs' output before the classifier.
+        dropout: Dropout2d probability before each classifier.
+        aux: add the auxiliary head (output ``aux``, loss weight 0.4) on ``in_channels[-2]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        channels: Optional[int] = None,
+        num_convs: int = 2,
+        concat_input: bool = True,
+        dropout: float = 0.1,
+        aux: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_convs < 1:
+            raise ValueError(f"FCNHead: num_convs={num_convs}, expected 1 or more")
+        c_in = in_channels[-1]
+        channels = channels or c_in // 4
+        layers = [ConvNormAct(c_in if i == 0 else channels, channels, kernel_size=3) for i in range(num_convs)]
+        self.convs = nn.Sequential(*layers)
+        self.concat_input = concat_input
+        if concat_input:
+            self.fuse = ConvNormAct(c_in + channels, channels, kernel_size=3)
+        self.cls = SegClassifier(channels, num_classes, dropout)
+        self.aux = AuxHead(in_channels[-2], num_classes, dropout=dropout) if aux else None
+        self.loss_weights = {"out": 1.0, **({"aux": 0.4} if aux else {})}
+
+    def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = features[-1]
+        y = self.convs(x)
+        if self.concat_input:
+            y = self.fuse(torch.cat([x, y], dim=1))
+        outputs = {"out": self.cls(y)}
+        if self.aux is not None:
+            outputs["aux"] = self.aux(features[-2])
+        return outputs

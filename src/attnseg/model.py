@@ -1,0 +1,33 @@
+"""SegmentationModel: a dilated encoder and a head, joined in one short forward."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnseg.encoder import Encoder
+
+
+class SegmentationModel(nn.Module):
+    """``image (B, 3, H, W) -> encoder -> [features] -> head -> {name: (B, K, H, W) logits}``.
+
+    Every named output of the head is upsampled bilinearly to the input size, so losses and
+    metrics compare it with the full-resolution label map.
+    """
+
+    def __init__(self, encoder: Encoder, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.encoder(images)
+        outputs = self.head(features)
+        size = images.shape[-2:]
+        return {
+            name: F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            if logits.shape[-2:] != size
+            else logits
+            for name, logits in outputs.items()
+        }

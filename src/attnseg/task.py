@@ -1,0 +1,205 @@
+"""SegmentationTask: the LightningModule. Losses, metrics, optimiser and schedule, logging.
+
+It never knows which head or dataset it runs: the head says which outputs it returns and
+their default loss weights; the CLI links the dataset's class count and names in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal, Optional, Sequence, Union
+
+import torch
+from lightning.pytorch import LightningModule
+from jsonargparse import lazy_instance
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
+
+from attnseg.encoder import Encoder, EncoderConfig
+from attnseg.heads import FCNHead
+from attnseg.inference import MultiScaleFlip, SlidingWindow, Whole
+from attnseg.losses import CrossEntropy
+from attnseg.model import SegmentationModel
+
+# A head class with its options bound; called with (encoder channels, num_classes).
+HeadFactory = Callable[[Sequence[int], int], nn.Module]
+
+
+class SegmentationTask(LightningModule):
+    """Train and evaluate ``SegmentationModel(Encoder, head)``.
+
+    Args:
+        head: the head class and its options (``class_path`` + ``init_args``); built from the encoder's
+            channels and ``num_classes``.
+        encoder: timm encoder name, output stride, local pretrained file.
+        num_classes: number of classes (linked from the datamodule by the CLI).
+        ignore_index: label value excluded from losses and metrics (linked from the datamodule).
+        class_names: names for per-class metrics (linked from the datamodule).
+        loss: segmentation loss applied to every output the head does not give its own loss, e.g.
+            ``attnseg.losses.CrossEntropy`` or ``attnseg.losses.OHEMCrossEntropy``.
+        loss_weights: override the head's default loss weight of a named output, e.g. ``{aux: 0.2}``;
+            a weight of 0 skips that term.
+        optimizer: ``sgd`` (momentum, nesterov off) or ``adamw``.
+        lr: base learning rate of the encoder; the head gets ``lr * head_lr_mult``.
+        momentum: SGD momentum (AdamW: beta1).
+        weight_decay: weight decay for every parameter.
+        head_lr_mult: learning-rate multiplier for the randomly initialised head.
+        poly_power: poly schedule ``lr * (1 - iter / max_iter) ** power``, stepped every iteration.
+        min_lr: the schedule's floor.
+        warmup_iters: linear warmup from ``lr * warmup_ratio`` over this many iterations.
+        warmup_ratio: starting fraction of the learning rate during warmup.
+        inference: evaluation mode: ``attnseg.inference.Whole``, ``SlidingWindow`` or ``MultiScaleFlip``.
+    """
+
+    def __init__(
+        self,
+        head: HeadFactory = FCNHead,
+        encoder: EncoderConfig = EncoderConfig(),
+        num_classes: int = 6,
+        ignore_index: int = 255,
+        class_names: Optional[list[str]] = None,
+        loss: nn.Module = lazy_instance(CrossEntropy),
+        loss_weights: Optional[dict[str, float]] = None,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        head_lr_mult: float = 10.0,
+        poly_power: float = 0.9,
+        min_lr: float = 0.0,
+        warmup_iters: int = 0,
+        warmup_ratio: float = 1e-6,
+        inference: Union[Whole, SlidingWindow, MultiScaleFlip] = lazy_instance(Whole),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["loss", "inference"])
+        if isinstance(encoder, dict):
+            encoder = EncoderConfig(**encoder)
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"model.class_names has {len(class_names)} names, model.num_classes={num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+
+        enc = Encoder.from_config(encoder)
+        self.model = SegmentationModel(enc, head(enc.channels, num_classes))
+
+        self.loss = loss
+        loss_ignore = getattr(loss, "ignore_index", ignore_index)
+        if loss_ignore != ignore_index:
+            raise ValueError(
+                f"model.loss ignores label {loss_ignore} but the data's ignore_index is {ignore_index}; "
+                f"set model.loss.init_args.ignore_index: {ignore_index}"
+            )
+        self.output_losses = getattr(self.model.head, "output_losses", {})
+        self.loss_weights = dict(getattr(self.model.head, "loss_weights", {"out": 1.0}))
+        for name, weight in (loss_weights or {}).items():
+            if name not in self.loss_weights:
+                raise ValueError(
+                    f"model.loss_weights has {name!r}, but {type(self.model.head).__name__} returns "
+                    f"{sorted(self.loss_weights)}"
+                )
+            self.loss_weights[name] = float(weight)
+        self.inference = inference
+
+        def metrics(prefix: str) -> MetricCollection:
+            k, ig = num_classes, ignore_index
+            return MetricCollection(
+                {
+                    "mIoU": MulticlassJaccardIndex(k, average="macro", ignore_index=ig),
+                    "IoU": MulticlassJaccardIndex(k, average=None, ignore_index=ig, zero_division=math.nan),
+                    "confmat": MulticlassConfusionMatrix(k, ignore_index=ig),
+                    "aAcc": MulticlassAccuracy(k, average="micro", ignore_index=ig),
+                },
+                prefix=prefix,
+                compute_groups=True,
+            )
+
+        self.val_metrics = metrics("val/")
+        self.test_metrics = metrics("test/")
+
+    # ----------------------------------------------------------------------------------- steps
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(images)
+
+    def compute_losses(self, outputs: dict[str, torch.Tensor], masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted loss term of every named output (terms with weight 0 are skipped)."""
+        terms = {}
+        for name, logits in outputs.items():
+            if name not in self.loss_weights:
+                raise RuntimeError(f"{type(self.model.head).__name__} returned {name!r}, which has no loss weight")
+            weight = self.loss_weights[name]
+            if weight:
+                criterion = self.output_losses[name] if name in self.output_losses else self.loss
+                terms[name] = weight * criterion(logits, masks)
+        return terms
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        terms = self.compute_losses(self.model(images), masks)
+        loss = sum(terms.values())
+        bs = images.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/loss_{name}": t.detach() for name, t in terms.items()}, batch_size=bs)
+        return loss
+
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, H, W) of ``out`` under the configured inference mode."""
+        return self.inference(self.model, images)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, masks = batch
+        self.val_metrics.update(self.predict_logits(images).argmax(dim=1), masks)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, masks = batch
+        self.test_metrics.update(self.predict_logits(images).argmax(dim=1), masks)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.predict_logits(images).argmax(dim=1)
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_val = self._log_metrics(self.val_metrics, "val/")
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test = self._log_metrics(self.test_metrics, "test/")
+
+    def _log_metrics(self, collection: MetricCollection, prefix: str) -> dict[str, torch.Tensor]:
+        values = collection.compute()
+        collection.reset()
+        self.log(f"{prefix}mIoU", values[f"{prefix}mIoU"], prog_bar=True)
+        self.log(f"{prefix}aAcc", values[f"{prefix}aAcc"])
+        for name, iou in zip(self.class_names, values[f"{prefix}IoU"]):
+            self.log(f"{prefix}IoU/{name}", iou)
+        return values
+
+    # --------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        head_params = [p for p in self.model.head.parameters() if p.requires_grad]
+        groups = [
+            {"params": encoder_params, "lr": hp.lr},
+            {"params": head_params, "lr": hp.lr * hp.head_lr_mult},
+        ]
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(hp.momentum, 0.999), weight_decay=hp.weight_decay)
+        max_iters = max(1, int(self.trainer.estimated_stepping_batches))
+        factors = [self._poly(max_iters, hp.min_lr / g["lr"] if g["lr"] > 0 else 0.0) for g in groups]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factors)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _poly(self, max_iters: int, floor: float) -> Callable[[int], float]:
+        hp = self.hparams
+
+        def factor(it: int) -> float:
+            poly = (1 - floor) * (1 - min(it, max_iters) / max_iters) ** hp.poly_power + floor
+            if it < hp.warmup_iters:
+                return poly * (hp.warmup_ratio + (1 - hp.warmup_ratio) * it / hp.warmup_iters)
+            return poly
+
+        return factor

@@ -1,0 +1,94 @@
+"""The CLI end to end: every YAML under configs/ passes fast_dev_run fit, validate and test;
+print_config; repeated runs in one directory; the end-of-fit summary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import CONFIGS, FAST, QUICKSTART, run_cli
+
+
+def quickstart_with(config: str):
+    """Partial configs (a head, a logger...) are composed on top of the quickstart."""
+    return lambda tmp_path: ["--config", QUICKSTART, "--config", CONFIGS / config, *FAST]
+
+
+# Each YAML under configs/ and how to run it small; a config whose data lives elsewhere gets
+# a tiny dataset in its layout generated under tmp_path (see the dataset tests' helpers).
+CASES = {
+    "quickstart.yaml": lambda tmp_path: ["--config", QUICKSTART, *FAST],
+    "logger/csv.yaml": quickstart_with("logger/csv.yaml"),
+    "logger/wandb.yaml": quickstart_with("logger/wandb.yaml"),
+    "model/fcn.yaml": quickstart_with("model/fcn.yaml"),
+}
+SWEEP_DIRS = ("ablation",)  # sweep files, exercised by the sweep tests
+
+
+def test_every_config_is_exercised():
+    files = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")}
+    sweeps = {f for f in files if f.split("/")[0] in SWEEP_DIRS}
+    assert files - sweeps <= set(CASES), f"configs without a CLI test: {sorted(files - sweeps - set(CASES))}"
+
+
+@pytest.mark.parametrize("config", sorted(CASES))
+def test_config_fast_dev_run(config, tmp_path):
+    args = CASES[config](tmp_path)
+    for subcommand in ("fit", "validate", "test"):
+        cli = run_cli(subcommand, *args, "--trainer.fast_dev_run=1")
+        assert cli.trainer.state.finished, f"{config}: {subcommand} did not finish"
+    metrics = cli.trainer.callback_metrics
+    assert "test/mIoU" in metrics and 0.0 <= float(metrics["test/mIoU"]) <= 1.0
+
+
+def test_print_config_shows_resolved_choices(capsys):
+    with pytest.raises(SystemExit):
+        run_cli("fit", "--config", QUICKSTART, "--model.encoder.output_stride=16", "--print_config")
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["head"]["class_path"] == "attnseg.heads.FCNHead"
+    assert printed["model"]["encoder"] == {"name": "resnet18", "output_stride": 16, "pretrained": None, "out_indices": None}
+    assert printed["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
+    assert printed["trainer"]["logger"]["init_args"]["offline"] is True
+
+
+def test_head_and_encoder_options_from_the_command_line():
+    cli = run_cli(
+        "fit", "--config", QUICKSTART, *FAST, "--trainer.fast_dev_run=1",
+        "--model.head=attnseg.heads.FCNHead", "--model.head.aux=false", "--model.head.num_convs=1",
+        "--model.encoder.name=resnet18", "--model.encoder.output_stride=16",
+    )  # fmt: skip
+    model = cli.model.model
+    assert model.head.aux is None and len(model.head.convs) == 1
+    assert model.encoder.strides[-1] == 16
+    # linked from the datamodule
+    assert cli.model.num_classes == 6 and cli.model.class_names[-1] == "cold_blob"
+
+
+def test_two_runs_in_one_directory_keep_their_own_config(capsys):
+    short = ["--config", QUICKSTART, *FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"]
+    first = run_cli("fit", *short)
+    second = run_cli("fit", *short, "--model.lr=0.02")
+    out = capsys.readouterr().out
+    dirs = [Path(cli.trainer.checkpoint_callback.dirpath).parent for cli in (first, second)]
+    assert dirs[0] != dirs[1] and all(d.parent == Path("runs/attnseg") for d in dirs)
+    saved = [yaml.safe_load((d / "config.yaml").read_text()) for d in dirs]
+    assert [s["model"]["lr"] for s in saved] == [0.01, 0.02]
+    assert not Path("config.yaml").exists()
+    # W&B got the resolved config too (offline run files)
+    assert first.trainer.logger.experiment.config["model"]["lr"] == 0.01
+    # fit ends by naming the best score and checkpoint
+    assert out.count("Best val/mIoU:") == 2
+    best = second.trainer.checkpoint_callback.best_model_path
+    assert f"Best checkpoint: {best}" in out and Path(best).is_file()
+
+
+def test_console_script_and_module_entry_points():
+    for cmd in (["attnseg", "--help"], [sys.executable, "-m", "attnseg", "--help"]):
+        exe = Path(sys.executable).parent / cmd[0] if cmd[0] == "attnseg" else cmd[0]
+        proc = subprocess.run([str(exe), *cmd[1:]], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "fit" in proc.stdout and "validate" in proc.stdout and "predict" in proc.stdout
