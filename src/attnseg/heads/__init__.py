@@ -3,6 +3,23 @@
 Select one with ``--model.head=attnseg.heads.<Name>`` (or ``class_path`` in YAML).
 """
 
+from attnseg.heads.ccnet import CCNetHead, CrissCrossAttention
+from attnseg.heads.danet import ChannelAttention, DANetHead, PositionAttention
+from attnseg.heads.dfn import ChannelAttentionBlock, DFNHead, RefinementResidualBlock
 from attnseg.heads.fcn import AuxHead, FCNHead
+from attnseg.heads.flanet import FLANetHead, FullyAttentionalBlock
 
-__all__ = ["AuxHead", "FCNHead"]
+__all__ = [
+    "AuxHead",
+    "CCNetHead",
+    "ChannelAttention",
+    "ChannelAttentionBlock",
+    "CrissCrossAttention",
+    "DANetHead",
+    "DFNHead",
+    "FCNHead",
+    "FLANetHead",
+    "FullyAttentionalBlock",
+    "PositionAttention",
+    "RefinementResidualBlock",
+]

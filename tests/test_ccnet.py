@@ -1,0 +1,190 @@
+"""CCNet: criss-cross attention against the full (N, N) attention restricted to row and column, its
+memory, the head's recurrence and category consistent loss switches, and the head in a real model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from attnseg.encoder import Encoder
+from attnseg.heads import CCNetHead, CrissCrossAttention
+from attnseg.losses import CategoryConsistencyLoss
+from attnseg.model import SegmentationModel
+from attnseg.task import SegmentationTask
+
+CHANNELS = {"resnet18": [64, 128, 256, 512], "resnet50/16": [16, 32, 64, 128], "convnext/8": [12, 24, 48, 96]}
+SIZES = {8: [(25, 33), (13, 17), (13, 17), (13, 17)], 16: [(25, 33), (13, 17), (7, 9), (7, 9)]}
+
+
+def fake_features(channels, output_stride=8, batch=1):
+    return [torch.randn(batch, c, h, w) for c, (h, w) in zip(channels, SIZES[output_stride])]
+
+
+def criss_cross_mask(h: int, w: int) -> torch.Tensor:
+    """(N, N): position i may see position j if they share a row or a column (i sees itself once)."""
+    rows = torch.arange(h).repeat_interleave(w)  # row of each position, row-major
+    cols = torch.arange(w).repeat(h)
+    allowed = (rows[:, None] == rows[None, :]) | (cols[:, None] == cols[None, :])
+    assert (allowed.sum(1) == h + w - 1).all()
+    return allowed
+
+
+def naive_weights(m: CrissCrossAttention, x: torch.Tensor) -> torch.Tensor:
+    """Full attention (B, N, N) restricted to the criss-cross path."""
+    q, k = m.query(x).flatten(2), m.key(x).flatten(2)
+    energy = torch.bmm(q.transpose(1, 2), k)  # (B, N, N)
+    return torch.softmax(energy.masked_fill(~criss_cross_mask(*x.shape[-2:]), float("-inf")), dim=-1)
+
+
+def naive_cca(m: CrissCrossAttention, x: torch.Tensor) -> torch.Tensor:
+    v = m.value(x).flatten(2)  # (B, C, N)
+    return m.gamma * torch.bmm(v, naive_weights(m, x).transpose(1, 2)).view_as(x) + x
+
+
+def random_gamma(m):
+    torch.nn.init.uniform_(m.gamma, 0.5, 1.5)
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 7, 9), (1, 8, 13, 17), (1, 8, 1, 5), (1, 8, 5, 1), (1, 8, 1, 1)])
+def test_criss_cross_equals_masked_full_attention(shape):
+    m = CrissCrossAttention(shape[1])
+    random_gamma(m)
+    x = 2 * torch.randn(shape)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), naive_cca(m, x), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_map_and_pixel_image_match_the_full_attention():
+    m = CrissCrossAttention(16)
+    x = torch.randn(2, 16, 7, 9)
+    full = naive_weights(m, x).detach()  # (B, N, N)
+    weights = m.attention_map(x)
+    assert weights.shape == (2, 7, 9, 7 + 9)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 7, 9))
+    assert (weights[:, 3, 4, 3] == 0).all()  # the centre is counted in the row, not in the column
+    for row, col in [(0, 0), (3, 4), (6, 8)]:
+        image = m.pixel_attention(x, row, col)
+        torch.testing.assert_close(image, full[:, row * 9 + col].view(2, 7, 9), rtol=1e-5, atol=1e-6)
+
+
+def test_zero_gamma_is_identity_and_gradients_reach_every_parameter():
+    m = CrissCrossAttention(16)
+    x = torch.randn(1, 16, 7, 9)
+    assert m.gamma.item() == 0.0 and torch.equal(m(x), x)
+    random_gamma(m)
+    (m(x) * torch.randn_like(x)).sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
+
+
+def test_runs_in_fp32_under_autocast():
+    m = CrissCrossAttention(16)
+    random_gamma(m)
+    x = 3 * torch.randn(1, 16, 7, 9)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+        q, k, v = (p(x).float().flatten(2) for p in (m.query, m.key, m.value))  # bf16 projections
+        out_bf16 = m(x.bfloat16())
+    energy = torch.bmm(q.transpose(1, 2), k).masked_fill(~criss_cross_mask(7, 9), float("-inf"))
+    ref = m.gamma * torch.bmm(v, torch.softmax(energy, -1).transpose(1, 2)).view_as(x) + x
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-5)
+    assert out.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
+
+
+def test_memory_is_linear_in_rows_plus_columns_never_n_squared():
+    m = CrissCrossAttention(16)
+    random_gamma(m)
+    x = torch.randn(1, 16, 48, 48, requires_grad=True)
+    n = 48 * 48
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        m(x).sum().backward()
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    assert 0 < largest <= 2 * n * (48 + 48) * 4, f"an allocation of {largest} bytes; N x N is {n * n * 4}"
+
+
+def test_recurrence_shares_weights_and_zero_is_the_baseline():
+    channels = CHANNELS["resnet50/16"]
+    sizes = [sum(p.numel() for p in CCNetHead(channels, 3, recurrence=r).parameters()) for r in (1, 2, 3)]
+    assert sizes[0] == sizes[1] == sizes[2]
+    base = CCNetHead(channels, 3, recurrence=0)
+    assert base.cca is None and not any(isinstance(m, CrissCrossAttention) for m in base.modules())
+    assert set(base(fake_features(channels))) == {"out", "aux"} and base.attention_maps(fake_features(channels)) == []
+    with pytest.raises(ValueError, match="recurrence=-1"):
+        CCNetHead(channels, 3, recurrence=-1)
+    # the recurrence is applied: with non-zero gamma, 1 and 2 steps of the same weights differ
+    head = CCNetHead(channels, 3, recurrence=1).eval()
+    random_gamma(head.cca)
+    features = fake_features(channels)
+    with torch.no_grad():
+        one = head(features)["out"]
+        head.recurrence = 2
+        two = head(features)["out"]
+    assert not torch.allclose(one, two)
+    assert len(head.attention_maps(features)) == 2
+
+
+@pytest.mark.parametrize("ccl,aux,expected", [(False, True, {"out", "aux"}), (True, True, {"out", "ccl", "aux"}),
+                                              (True, False, {"out", "ccl"})])  # fmt: skip
+def test_switches_change_the_outputs(ccl, aux, expected):
+    head = CCNetHead(CHANNELS["resnet50/16"], num_classes=3, ccl=ccl, ccl_dim=8, aux=aux)
+    out = head(fake_features(CHANNELS["resnet50/16"], batch=2))
+    assert set(out) == expected == set(head.loss_weights)
+    assert head.loss_weights == {name: 0.4 if name == "aux" else 1.0 for name in expected}
+    assert out["out"].shape == (2, 3, 13, 17)
+    if ccl:
+        assert out["ccl"].shape == (2, 8, 13, 17)
+        assert set(head.output_losses) == {"ccl"} and isinstance(head.output_losses["ccl"], CategoryConsistencyLoss)
+    else:
+        assert not hasattr(head, "output_losses")
+
+
+@pytest.mark.parametrize("encoder", sorted(CHANNELS))
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_head_on_channel_lists_train_and_eval(encoder, output_stride):
+    channels = CHANNELS[encoder]
+    head = CCNetHead(channels, num_classes=4, channels=32, ccl=True)
+    assert head.reduce.conv.out_channels == channels[-1] // 4 and head.fuse.conv.out_channels == 32
+    random_gamma(head.cca)
+    features = fake_features(channels, output_stride)
+    out = head(features)
+    h, w = SIZES[output_stride][-1]
+    assert out["out"].shape == (1, 4, h, w) and out["ccl"].shape == (1, 16, h, w)
+    sum(o.square().mean() for o in out.values()).backward()
+    missing = [name for name, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient: {missing}"
+    head.eval()
+    with torch.no_grad():
+        assert torch.equal(head(features)["out"], head(features)["out"])
+
+
+def test_category_consistency_loss_through_the_task():
+    task = SegmentationTask(
+        head=lambda c, k: CCNetHead(c, k, channels=32, ccl=True, ccl_dim=4),
+        encoder={"name": "resnet18", "output_stride": 8},
+        num_classes=3,
+        loss_weights={"ccl": 0.5},
+    )
+    images, masks = torch.randn(2, 3, 33, 41), torch.randint(0, 3, (2, 33, 41))
+    masks[0, :4] = 255
+    outputs = task(images)
+    assert outputs["ccl"].shape == (2, 4, 33, 41)  # upsampled to the mask size
+    terms = task.compute_losses(outputs, masks)
+    assert set(terms) == {"out", "ccl", "aux"}
+    expected = 0.5 * CategoryConsistencyLoss()(outputs["ccl"], masks)
+    assert terms["ccl"].item() == pytest.approx(expected.item(), rel=1e-6)
+    sum(terms.values()).backward()
+    assert task.model.head.ccl.weight.grad.abs().sum() > 0
+
+
+def test_in_a_real_model_at_odd_size_batch_one():
+    head = CCNetHead([64, 128, 256, 512], num_classes=5, channels=64)
+    model = SegmentationModel(Encoder("resnet18", output_stride=8), head)
+    images = torch.randn(1, 3, 97, 129)
+    out = model(images)
+    assert set(out) == {"out", "aux"} and all(o.shape == (1, 5, 97, 129) for o in out.values())
+    out["out"].mean().backward()
+    model.eval()
+    with torch.no_grad():
+        pred = model(images)["out"]
+    assert pred.shape == (1, 5, 97, 129) and torch.isfinite(pred).all()

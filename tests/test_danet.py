@@ -1,0 +1,185 @@
+"""DANet: the attention modules against their formulas written out naively, the head's switches and
+outputs on several encoders' channel lists, and the head in a real model at an odd input size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from attnseg.encoder import Encoder
+from attnseg.heads import ChannelAttention, DANetHead, PositionAttention
+from attnseg.model import SegmentationModel
+
+# Fake encoder outputs: channel lists of resnet18 and scaled-down resnet50 / convnext, strides 4-8-8-8 (OS 8)
+# or 4-8-16-16 (OS 16) of a 97x129 input.
+CHANNELS = {"resnet18": [64, 128, 256, 512], "resnet50/16": [16, 32, 64, 128], "convnext/8": [12, 24, 48, 96]}
+SIZES = {8: [(25, 33), (13, 17), (13, 17), (13, 17)], 16: [(25, 33), (13, 17), (7, 9), (7, 9)]}
+
+
+def fake_features(channels, output_stride=8, batch=1):
+    return [torch.randn(batch, c, h, w) for c, (h, w) in zip(channels, SIZES[output_stride])]
+
+
+def naive_pam(m: PositionAttention, x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    q, k, v = m.query(x).flatten(2), m.key(x).flatten(2), m.value(x).flatten(2)  # (B, C', N), (B, C, N)
+    s = torch.softmax(torch.bmm(q.transpose(1, 2), k), dim=-1)  # (B, N, N)
+    return m.gamma * torch.bmm(v, s.transpose(1, 2)).view(b, c, h, w) + x
+
+
+def naive_cam(x: torch.Tensor, gamma: torch.Tensor, energy: str) -> torch.Tensor:
+    a = x.flatten(2)  # (B, C, N)
+    e = torch.bmm(a, a.transpose(1, 2))  # (B, C, C)
+    if energy == "max_minus":
+        e = e.max(dim=-1, keepdim=True)[0].expand_as(e) - e
+    return (gamma * torch.bmm(torch.softmax(e, dim=-1), a) + a).view_as(x)
+
+
+def random_gamma(*modules):
+    for m in modules:
+        torch.nn.init.uniform_(m.gamma, 0.5, 1.5)
+
+
+@pytest.mark.parametrize("shape,key_channels", [((2, 16, 7, 9), None), ((1, 32, 13, 17), 4), ((1, 4, 5, 3), 8)])
+def test_position_attention_equals_naive_formula(shape, key_channels):
+    m = PositionAttention(shape[1], key_channels)
+    random_gamma(m)
+    x = 2 * torch.randn(shape)  # peaked softmax
+    with torch.no_grad():
+        ours, ref = m(x), naive_pam(m, x)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        s = m.attention_map(x)
+    n = shape[2] * shape[3]
+    assert s.shape == (shape[0], n, n)
+    torch.testing.assert_close(s.sum(-1), torch.ones(shape[0], n))
+    q, k = m.query(x).flatten(2), m.key(x).flatten(2)
+    torch.testing.assert_close(s, torch.softmax(q.transpose(1, 2) @ k, -1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("energy", ["max_minus", "plain"])
+def test_channel_attention_equals_naive_formula(energy):
+    m = ChannelAttention(energy)
+    random_gamma(m)
+    x = 0.1 * torch.randn(2, 8, 7, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), naive_cam(x, m.gamma, energy), rtol=1e-5, atol=1e-5)
+        amap = m.attention_map(x)
+    assert amap.shape == (2, 8, 8)
+    torch.testing.assert_close(amap.sum(-1), torch.ones(2, 8))
+    # the two energies are different attentions
+    other = naive_cam(x, m.gamma, "plain" if energy == "max_minus" else "max_minus")
+    assert not torch.allclose(m(x), other, atol=1e-4)
+
+
+def test_channel_attention_rejects_unknown_energy():
+    with pytest.raises(ValueError, match="energy='softmax'"):
+        ChannelAttention("softmax")
+
+
+def test_zero_gamma_is_identity_and_gradients_reach_every_parameter():
+    x = torch.randn(1, 16, 7, 9)
+    for m in (PositionAttention(16), ChannelAttention()):
+        assert m.gamma.item() == 0.0
+        assert torch.equal(m(x), x)
+        random_gamma(m)
+        xr = x.clone().requires_grad_(True)
+        (m(xr) * torch.randn_like(x)).sum().backward()
+        assert xr.grad is not None and xr.grad.abs().sum() > 0
+        for name, p in m.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{type(m).__name__}.{name} got no gradient"
+
+
+def test_attention_runs_in_fp32_under_autocast():
+    """Energies large enough that bf16 energies would change the softmax: the result must still match fp32."""
+    x = 3 * torch.randn(1, 16, 7, 9)
+    cam, pam = ChannelAttention("plain"), PositionAttention(16)
+    random_gamma(cam, pam)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cam_out, pam_out = cam(x), pam(x)
+        q, k, v = (p(x).float().flatten(2) for p in (pam.query, pam.key, pam.value))  # bf16 projections
+        pam_bf16 = pam(x.bfloat16())
+    with torch.no_grad():
+        torch.testing.assert_close(cam_out, naive_cam(x, cam.gamma, "plain"), rtol=1e-5, atol=1e-5)
+        s = torch.softmax(q.transpose(1, 2) @ k, dim=-1)
+        ref = pam.gamma * (v @ s.transpose(1, 2)).view_as(x) + x
+        torch.testing.assert_close(pam_out, ref, rtol=1e-5, atol=1e-5)
+    assert cam_out.dtype == pam_out.dtype == torch.float32 and pam_bf16.dtype == torch.bfloat16
+
+
+def test_position_attention_never_holds_the_n_by_n_map():
+    """Forward and backward on the CPU: no single allocation as large as the (N, N) attention."""
+    m = PositionAttention(64)
+    random_gamma(m)
+    x = torch.randn(1, 64, 48, 48, requires_grad=True)
+    n = 48 * 48
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        m(x).sum().backward()
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    assert 0 < largest < n * n * 4 // 4, f"an allocation of {largest} bytes; the N x N map is {n * n * 4}"
+
+
+@pytest.mark.parametrize(
+    "pam,cam,expected",
+    [
+        (True, True, {"out", "pam", "cam", "aux"}),
+        (True, False, {"out", "pam", "aux"}),
+        (False, True, {"out", "cam", "aux"}),
+        (False, False, {"out", "aux"}),
+    ],
+)
+def test_switches_change_the_outputs(pam, cam, expected):
+    head = DANetHead(CHANNELS["resnet50/16"], num_classes=3, pam=pam, cam=cam)
+    out = head(fake_features(CHANNELS["resnet50/16"], batch=2))
+    assert set(out) == expected == set(head.loss_weights)
+    assert head.loss_weights == {name: 0.4 if name == "aux" else 1.0 for name in expected}
+    assert all(o.shape == (2, 3, 13, 17) for o in out.values())
+    kinds = {type(m) for m in head.modules()}
+    assert (PositionAttention in kinds) == pam and (ChannelAttention in kinds) == cam
+    assert set(head.attention_maps(fake_features(CHANNELS["resnet50/16"]))) == expected - {"out", "aux"}
+
+
+def test_baseline_without_attention_is_one_plain_branch():
+    head = DANetHead(CHANNELS["resnet18"], num_classes=3, pam=False, cam=False, aux=False)
+    assert list(head.branches) == ["conv"] and isinstance(head.branches["conv"].attention, torch.nn.Identity)
+    assert len(head.branch_cls) == 0 and set(head(fake_features(CHANNELS["resnet18"]))) == {"out"}
+
+
+@pytest.mark.parametrize("encoder", sorted(CHANNELS))
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_head_on_channel_lists_train_and_eval(encoder, output_stride):
+    channels = CHANNELS[encoder]
+    head = DANetHead(channels, num_classes=4)
+    assert head.branches["pam"].attention.query.out_channels == max(1, channels[-1] // 4 // 8)
+    random_gamma(head.branches["pam"].attention, head.branches["cam"].attention)
+    features = fake_features(channels, output_stride)
+    out = head(features)
+    h, w = SIZES[output_stride][-1]
+    assert all(o.shape == (1, 4, h, w) for o in out.values())
+    sum(o.square().mean() for o in out.values()).backward()
+    missing = [name for name, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient: {missing}"
+    head.eval()
+    with torch.no_grad():
+        first, second = head(features), head(features)
+    assert torch.equal(first["out"], second["out"])  # eval mode: no dropout, BN running stats
+
+
+def test_attention_maps_for_visualisation():
+    head = DANetHead(CHANNELS["convnext/8"], num_classes=3).eval()
+    maps = head.attention_maps(fake_features(CHANNELS["convnext/8"], batch=2))
+    n, c = 13 * 17, CHANNELS["convnext/8"][-1] // 4
+    assert maps["pam"].shape == (2, n, n) and maps["cam"].shape == (2, c, c)
+    torch.testing.assert_close(maps["pam"].sum(-1), torch.ones(2, n))
+
+
+def test_in_a_real_model_at_odd_size_batch_one():
+    model = SegmentationModel(Encoder("resnet18", output_stride=8), DANetHead([64, 128, 256, 512], num_classes=5))
+    images = torch.randn(1, 3, 97, 129)
+    out = model(images)
+    assert set(out) == {"out", "pam", "cam", "aux"} and all(o.shape == (1, 5, 97, 129) for o in out.values())
+    out["out"].mean().backward()
+    model.eval()
+    with torch.no_grad():
+        pred = model(images)["out"]
+    assert pred.shape == (1, 5, 97, 129) and torch.isfinite(pred).all()

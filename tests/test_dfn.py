@@ -1,0 +1,196 @@
+"""DFN: the border loss's edges on hand-made label maps (with ignored pixels) and its focal term, the RRB and
+CAB blocks, the head's outputs (deep supervision, border switch) at output strides 8/16/32, a real model,
+and the border loss through the task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from segmentation_models_pytorch.losses import FocalLoss
+
+from attnseg.encoder import Encoder
+from attnseg.heads import ChannelAttentionBlock, DFNHead, RefinementResidualBlock
+from attnseg.losses import BorderFocalLoss
+from attnseg.model import SegmentationModel
+from attnseg.task import SegmentationTask
+
+CHANNELS = {"resnet18": [64, 128, 256, 512], "resnet50/16": [16, 32, 64, 128], "convnext/8": [12, 24, 48, 96]}
+STRIDES = {8: [4, 8, 8, 8], 16: [4, 8, 16, 16], 32: [4, 8, 16, 32]}
+IMAGE = (97, 129)
+I = 255  # ignored
+
+
+def fake_features(channels, strides, batch=1, image=IMAGE):
+    return [torch.randn(batch, c, -(-image[0] // s), -(-image[1] // s)) for c, s in zip(channels, strides)]
+
+
+def test_edges_of_a_hand_made_label_map():
+    mask = torch.tensor(
+        [
+            [0, 0, 0, 1, 1, 1],
+            [0, 0, 0, 1, 1, 1],
+            [0, 0, I, I, 1, 1],
+            [2, 2, I, I, 1, 1],
+            [2, 2, 2, 2, 2, 2],
+        ]
+    )
+    # 3x3 neighbourhoods: 1 where another valid class is next to the pixel; ignored: the 255 pixels and the
+    # pixels whose only different neighbour is a 255 one; the image border is not an edge.
+    expected = torch.tensor(
+        [
+            [0, 0, 1, 1, 0, 0],
+            [0, I, 1, 1, I, 0],
+            [1, 1, I, I, I, 0],
+            [1, 1, I, I, 1, 1],
+            [0, I, I, 1, 1, 1],
+        ]
+    )
+    edges = BorderFocalLoss(edge_width=3).edges(mask[None])
+    assert edges.dtype == torch.int64
+    assert torch.equal(edges[0], expected)
+
+
+def test_edge_band_width_and_maps_without_edges():
+    stripes = torch.zeros(2, 3, 12, dtype=torch.long)
+    stripes[:, :, 6:] = 4
+    for width in (3, 5, 7):
+        edges = BorderFocalLoss(edge_width=width).edges(stripes)
+        r = width // 2
+        expected = torch.zeros(12, dtype=torch.long)
+        expected[6 - r : 6 + r] = 1  # r pixels on each side of the class change
+        assert torch.equal(edges, expected.expand(2, 3, 12))
+    assert not BorderFocalLoss().edges(torch.full((1, 9, 9), 3)).any()  # one class: no edge, image border included
+    assert (BorderFocalLoss().edges(torch.full((1, 9, 9), I)) == I).all()
+    with pytest.raises(ValueError, match="edge_width=4"):
+        BorderFocalLoss(edge_width=4)
+
+
+def test_focal_loss_against_segmentation_models_pytorch():
+    torch.manual_seed(1)
+    mask = torch.randint(0, 3, (2, 6, 7)).repeat_interleave(3, 1).repeat_interleave(3, 2)  # (2, 18, 21) blocks
+    mask[0, :5, :4] = I
+    logits = 2 * torch.randn(2, 1, 18, 21)
+    loss = BorderFocalLoss(edge_width=3)
+    edges = loss.edges(mask)
+    assert (edges == 1).any() and (edges == 0).any() and (edges == I).any()
+    reference = FocalLoss(mode="binary", alpha=0.25, gamma=2.0, ignore_index=I)(logits, edges)
+    torch.testing.assert_close(loss(logits, mask), reference)
+    # all pixels ignored: 0, not NaN, and still differentiable
+    logits.requires_grad_(True)
+    empty = loss(logits, torch.full_like(mask, I))
+    empty.backward()
+    assert empty.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    with pytest.raises(ValueError, match="expected \\(B, 1, H, W\\)"):
+        loss(torch.randn(2, 3, 18, 21), mask)
+
+
+def test_rrb_and_cab():
+    rrb = RefinementResidualBlock(16, 8)
+    x = torch.randn(2, 16, 9, 11)
+    y = rrb(x)
+    assert y.shape == (2, 8, 9, 11) and (y >= 0).all()
+    with torch.no_grad():
+        rrb.refine.weight.zero_()  # without the residual branch: ReLU of the 1x1 projection
+        torch.testing.assert_close(rrb(x), torch.relu(rrb.proj(x)))
+
+    cab = ChannelAttentionBlock(8)
+    low, high = torch.randn(2, 8, 9, 11), torch.randn(2, 8, 9, 11)
+    out = cab(low, high)
+    assert out.shape == (2, 8, 9, 11)
+    with torch.no_grad():  # the formula with the full-size concatenation
+        pooled = torch.cat([low, high], 1).mean(dim=(2, 3), keepdim=True)
+        w = torch.sigmoid(cab.expand(torch.relu(cab.reduce(pooled))))
+        torch.testing.assert_close(out, low * w + high)
+        assert ((w > 0) & (w < 1)).all()
+        # a (B, C, 1, 1) high input acts as its broadcast full-size map (the global context)
+        context = torch.randn(2, 8, 1, 1)
+        torch.testing.assert_close(cab(low, context), cab(low, context.expand(2, 8, 9, 11).contiguous()))
+
+
+@pytest.mark.parametrize("border,expected", [(True, {"stage1", "stage2", "stage3", "out", "border"}),
+                                             (False, {"stage1", "stage2", "stage3", "out"})])  # fmt: skip
+def test_border_switch_and_deep_supervision_names(border, expected):
+    channels = CHANNELS["resnet50/16"]
+    head = DFNHead(channels, num_classes=3, channels=16, border=border)
+    features = fake_features(channels, STRIDES[32], batch=2)
+    out = head(features)
+    assert set(out) == expected == set(head.loss_weights)
+    assert head.loss_weights == {name: 0.1 if name == "border" else 1.0 for name in expected}
+    # stage k is the k-th step of the top-down pass; out the last, finest one
+    for name, feature in zip(("out", "stage3", "stage2", "stage1"), features):
+        assert out[name].shape == (2, 3, *feature.shape[-2:])
+    if border:
+        assert out["border"].shape == (2, 1, *features[0].shape[-2:])
+        assert set(head.output_losses) == {"border"} and isinstance(head.output_losses["border"], BorderFocalLoss)
+    else:
+        assert not hasattr(head, "output_losses") and not hasattr(head, "border_pre")
+
+
+def test_the_deeper_stages_steer_the_finer_ones():
+    channels = CHANNELS["resnet50/16"]
+    head = DFNHead(channels, num_classes=3, channels=16).eval()
+    features = fake_features(channels, STRIDES[32])
+    changed = [*features[:-1], torch.randn_like(features[-1])]
+    with torch.no_grad():
+        before, after = head(features), head(changed)
+    assert not torch.allclose(before["out"], after["out"])  # through the global context and the CABs
+    assert not torch.allclose(before["border"], after["border"])  # the bottom-up sum reaches the deepest stage
+
+
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+@pytest.mark.parametrize("encoder", sorted(CHANNELS))
+def test_head_on_channel_lists_and_strides_train_and_eval(encoder, output_stride):
+    channels = CHANNELS[encoder]
+    head = DFNHead(channels, num_classes=4, channels=16, border_channels=5, dropout=0.1)
+    features = fake_features(channels, STRIDES[output_stride])
+    out = head(features)
+    assert out["out"].shape == (1, 4, *features[0].shape[-2:])
+    assert out["stage1"].shape == (1, 4, *features[-1].shape[-2:])
+    sum(o.square().mean() for o in out.values()).backward()
+    missing = [name for name, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient: {missing}"
+    head.eval()
+    with torch.no_grad():
+        assert torch.equal(head(features)["out"], head(features)["out"])
+
+
+def test_head_needs_two_feature_maps():
+    with pytest.raises(ValueError, match="2 or more feature maps"):
+        DFNHead([64], 3)
+    out = DFNHead([8, 16], 3, channels=8)(fake_features([8, 16], [4, 8], batch=2))
+    assert set(out) == {"stage1", "out", "border"}
+
+
+@pytest.mark.parametrize("output_stride", [32, 8])
+def test_in_a_real_model_at_odd_size_batch_one(output_stride):
+    head = DFNHead([64, 128, 256, 512], num_classes=5, channels=32)
+    model = SegmentationModel(Encoder("resnet18", output_stride=output_stride), head)
+    images = torch.randn(1, 3, *IMAGE)
+    out = model(images)
+    assert set(out) == {"stage1", "stage2", "stage3", "out", "border"}
+    assert all(o.shape == (1, 1 if name == "border" else 5, *IMAGE) for name, o in out.items())
+    sum(o.mean() for o in out.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        pred = model(images)["out"]
+    assert pred.shape == (1, 5, *IMAGE) and torch.isfinite(pred).all()
+
+
+def test_border_loss_through_the_task():
+    task = SegmentationTask(
+        head=lambda c, k: DFNHead(c, k, channels=16, edge_width=3),
+        encoder={"name": "resnet18", "output_stride": 32},
+        num_classes=3,
+    )
+    images, masks = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 8, 8)).repeat_interleave(8, 1)
+    masks = masks.repeat_interleave(8, 2)
+    masks[0, :4] = I
+    outputs = task(images)
+    assert outputs["border"].shape == (2, 1, 64, 64)  # upsampled to the mask size
+    terms = task.compute_losses(outputs, masks)
+    assert set(terms) == {"stage1", "stage2", "stage3", "out", "border"}
+    expected = 0.1 * BorderFocalLoss(edge_width=3)(outputs["border"], masks)
+    assert terms["border"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms["stage1"].item() == pytest.approx(task.loss(outputs["stage1"], masks).item(), rel=1e-6)
+    sum(terms.values()).backward()
+    assert task.model.head.border_cls[1].weight.grad.abs().sum() > 0

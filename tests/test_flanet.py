@@ -1,0 +1,203 @@
+"""FLANet: the fully attentional block against its formula written with explicit per-column / per-row loops,
+batch independence (which the published repeat-based form lacks), memory, autocast, and the head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from attnseg.encoder import Encoder
+from attnseg.heads import FLANetHead, FullyAttentionalBlock
+from attnseg.model import SegmentationModel
+
+CHANNELS = {"resnet18": [64, 128, 256, 512], "resnet50/16": [16, 32, 64, 128], "convnext/8": [12, 24, 48, 96]}
+STRIDES = {"4-8-8-8": [4, 8, 8, 8], "4-8-16-16": [4, 8, 16, 16], "4-8-16-32": [4, 8, 16, 32]}
+IMAGE = (97, 129)
+
+
+def fake_features(channels, strides, batch=1, image=IMAGE):
+    return [torch.randn(batch, c, -(-image[0] // s), -(-image[1] // s)) for c, s in zip(channels, strides)]
+
+
+def random_gamma(block: FullyAttentionalBlock) -> None:
+    torch.nn.init.uniform_(block.gamma, 0.5, 1.5)
+
+
+def naive_augment(block: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
+    """``aug_h + aug_w`` with one explicit C x C softmax per column and per row of each image."""
+    out = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        prior_h = block.prior_h(x[b].mean(dim=2).T)  # (H, C) from the width-pooled image
+        prior_w = block.prior_w(x[b].mean(dim=1).T)  # (W, C) from the height-pooled image
+        for w in range(x.shape[3]):
+            column = x[b, :, :, w]  # (C, H)
+            out[b, :, :, w] += torch.softmax(column @ prior_h, dim=1) @ column
+        for h in range(x.shape[2]):
+            row = x[b, :, h, :]  # (C, W)
+            out[b, :, h, :] += torch.softmax(row @ prior_w, dim=1) @ row
+    return out
+
+
+def naive_block(block: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
+    return block.fuse(block.gamma * naive_augment(block, x) + x)
+
+
+def published_block(block: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
+    """The published batched form: priors tiled with ``repeat`` (index b * W + w meets prior (b * W + w) % B)."""
+    b, c, h, w = x.shape
+    cols = x.permute(0, 3, 1, 2).reshape(b * w, c, h)
+    rows = x.permute(0, 2, 1, 3).reshape(b * h, c, w)
+    prior_h = block.prior_h(F.avg_pool2d(x, [1, w]).view(b, c, h).permute(0, 2, 1))
+    prior_w = block.prior_w(F.avg_pool2d(x, [h, 1]).view(b, c, w).permute(0, 2, 1))
+    aug_h = torch.bmm(torch.softmax(torch.bmm(cols, prior_h.repeat(w, 1, 1)), -1), cols)
+    aug_w = torch.bmm(torch.softmax(torch.bmm(rows, prior_w.repeat(h, 1, 1)), -1), rows)
+    aug = aug_h.view(b, w, c, h).permute(0, 2, 3, 1) + aug_w.view(b, h, c, w).permute(0, 2, 1, 3)
+    return block.fuse(block.gamma * aug + x)
+
+
+SHAPES = [(2, 16, 7, 9), (1, 8, 13, 17), (3, 12, 8, 8), (1, 8, 1, 5), (2, 8, 5, 1), (1, 4, 1, 1)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_block_equals_per_column_and_row_loops(shape):
+    block = FullyAttentionalBlock(shape[1]).eval()
+    random_gamma(block)
+    x = 2 * torch.randn(shape)
+    with torch.no_grad():
+        torch.testing.assert_close(block.augment(x), naive_augment(block, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(block(x), naive_block(block, x), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_equal_the_loops_and_reach_every_parameter():
+    x = torch.randn(2, 8, 6, 5, requires_grad=True)
+    block = FullyAttentionalBlock(8)
+    random_gamma(block)
+    weight = torch.randn(2, 8, 6, 5)
+    grads = []
+    for fn in (block, lambda t: naive_block(block, t)):
+        block.zero_grad()
+        x.grad = None
+        (fn(x) * weight).sum().backward()
+        grads.append({"x": x.grad.clone(), **{n: p.grad.clone() for n, p in block.named_parameters()}})
+    ours, naive = grads
+    assert set(ours) == {"x", "gamma", "prior_h.weight", "prior_h.bias", "prior_w.weight", "prior_w.bias",
+                         "fuse.conv.weight", "fuse.bn.weight", "fuse.bn.bias"}  # fmt: skip
+    for name in ours:
+        assert ours[name].abs().sum() > 0, f"{name} got no gradient"
+        torch.testing.assert_close(ours[name], naive[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_zero_gamma_leaves_only_the_fuse_conv():
+    block = FullyAttentionalBlock(16)
+    x = torch.randn(2, 16, 7, 9)
+    assert block.gamma.item() == 0.0
+    assert torch.equal(block(x), block.fuse(x))
+    random_gamma(block)
+    assert not torch.allclose(block(x), block.fuse(x))
+
+
+def test_each_image_of_a_batch_is_independent():
+    block = FullyAttentionalBlock(8).eval()
+    random_gamma(block)
+    x = torch.randn(3, 8, 6, 7, requires_grad=True)
+    out = block(x)
+    other = torch.cat([x[:1], torch.randn(2, 8, 6, 7)]).detach()
+    torch.testing.assert_close(block(other)[0], out[0], rtol=1e-6, atol=1e-6)
+    out[0].sum().backward()
+    assert x.grad[0].abs().sum() > 0 and torch.equal(x.grad[1:], torch.zeros_like(x.grad[1:]))
+    # the published form is right for one image and mixes images in a batch
+    with torch.no_grad():
+        for i in range(3):
+            torch.testing.assert_close(published_block(block, x[i : i + 1]), out[i : i + 1], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(published_block(block, x), out, atol=1e-3)
+
+
+def test_attention_map_rows_are_the_per_line_softmax():
+    block = FullyAttentionalBlock(8)
+    x = torch.randn(2, 8, 5, 7)
+    attn_col, attn_row = block.attention_map(x)
+    assert attn_col.shape == (2, 7, 8, 8) and attn_row.shape == (2, 5, 8, 8)
+    torch.testing.assert_close(attn_col.sum(-1), torch.ones(2, 7, 8))
+    with torch.no_grad():
+        prior_h = block.prior_h(x[1].mean(dim=2).T)
+        prior_w = block.prior_w(x[1].mean(dim=1).T)
+        torch.testing.assert_close(attn_col[1, 3], torch.softmax(x[1, :, :, 3] @ prior_h, dim=1))
+        torch.testing.assert_close(attn_row[1, 4], torch.softmax(x[1, :, 4, :] @ prior_w, dim=1))
+        aug = torch.einsum("bwcd,bdhw->bchw", attn_col, x) + torch.einsum("bhcd,bdhw->bchw", attn_row, x)
+        torch.testing.assert_close(block.augment(x), aug, rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_attention_under_autocast():
+    block = FullyAttentionalBlock(8).eval()
+    random_gamma(block)
+    x = 3 * torch.randn(1, 8, 6, 7)
+    with torch.no_grad():
+        reference = block.augment(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            aug = block.augment(x)
+            out_bf16 = block(x.bfloat16())
+    assert aug.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(aug, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_attention_never_holds_a_c_by_c_map_per_line():
+    c, h, w = 256, 16, 24
+    block = FullyAttentionalBlock(c)
+    x = torch.randn(1, c, h, w, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        block.augment(x).sum().backward()  # the attention, forward and backward (fuse is a plain conv)
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    maps = h * c * c * 4  # the smaller of the two (lines, C, C) fp32 maps: 4 MiB; x is 384 KiB
+    assert 0 < largest < maps / 2, f"an allocation of {largest} bytes; the row maps take {maps}"
+
+
+@pytest.mark.parametrize("strides", sorted(STRIDES))
+@pytest.mark.parametrize("encoder", sorted(CHANNELS))
+def test_head_on_channel_lists_and_strides_train_and_eval(encoder, strides):
+    channels = CHANNELS[encoder]
+    head = FLANetHead(channels, num_classes=4, channels=32)
+    random_gamma(head.fla)
+    features = fake_features(channels, STRIDES[strides])
+    out = head(features)
+    assert set(out) == {"out", "aux", "aux2"} == set(head.loss_weights)
+    assert head.loss_weights == {"out": 1.0, "aux": 0.4, "aux2": 0.4}
+    for name, feature in zip(("aux2", "aux", "out"), features[1:]):
+        assert out[name].shape == (1, 4, *feature.shape[-2:])
+    sum(o.square().mean() for o in out.values()).backward()
+    missing = [name for name, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient: {missing}"
+    head.eval()
+    with torch.no_grad():
+        assert torch.equal(head(features)["out"], head(features)["out"])
+
+
+def test_head_options():
+    channels = CHANNELS["resnet50/16"]
+    head = FLANetHead(channels, num_classes=3, channels=24, aux=False)
+    assert head.aux is None and head.aux2 is None and head.loss_weights == {"out": 1.0}
+    assert set(head(fake_features(channels, STRIDES["4-8-16-16"], batch=2))) == {"out"}
+    assert head.fla.prior_h.in_features == 24 and head.fuse.conv.in_channels == channels[-1] + 24
+    assert FLANetHead(channels, 3).aux.conv.conv.out_channels == 64  # the published auxiliary width
+    features = fake_features(channels, STRIDES["4-8-8-8"], batch=2)
+    attn_col, attn_row = head.attention_map(features)
+    h, w = features[-1].shape[-2:]
+    assert attn_col.shape == (2, w, 24, 24) and attn_row.shape == (2, h, 24, 24)
+    with pytest.raises(ValueError, match="aux=True needs 3 or more"):
+        FLANetHead([32, 64], 3)
+
+
+def test_in_a_real_model_at_odd_size_batch_one():
+    head = FLANetHead([64, 128, 256, 512], num_classes=5, channels=64)
+    model = SegmentationModel(Encoder("resnet18", output_stride=8), head)
+    random_gamma(head.fla)
+    images = torch.randn(1, 3, *IMAGE)
+    out = model(images)
+    assert set(out) == {"out", "aux", "aux2"} and all(o.shape == (1, 5, *IMAGE) for o in out.values())
+    sum(o.mean() for o in out.values()).backward()
+    assert head.fla.gamma.grad.abs() > 0 and head.fla.prior_w.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        pred = model(images)["out"]
+    assert pred.shape == (1, 5, *IMAGE) and torch.isfinite(pred).all()
