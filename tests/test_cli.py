@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, FAST, QUICKSTART, run_cli
+from layouts import SMALL_WINDOWS, data_config_case, experiment_case
 
 
 def quickstart_with(config: str):
@@ -25,6 +26,25 @@ CASES = {
     "logger/csv.yaml": quickstart_with("logger/csv.yaml"),
     "logger/wandb.yaml": quickstart_with("logger/wandb.yaml"),
     "model/fcn.yaml": quickstart_with("model/fcn.yaml"),
+    "model/danet.yaml": quickstart_with("model/danet.yaml"),
+    "model/ccnet.yaml": quickstart_with("model/ccnet.yaml"),
+    "model/flanet.yaml": quickstart_with("model/flanet.yaml"),
+    "model/dfn.yaml": quickstart_with("model/dfn.yaml"),
+    "data/synthetic.yaml": lambda tmp_path: ["--config", QUICKSTART, "--data", CONFIGS / "data/synthetic.yaml", *FAST],
+    "data/camvid.yaml": data_config_case("data/camvid.yaml", "CamVid"),
+    "data/camvid_half.yaml": data_config_case("data/camvid_half.yaml", "CamVid"),
+    "data/cityscapes.yaml": data_config_case("data/cityscapes.yaml", "Cityscapes"),
+    "data/voc_aug.yaml": data_config_case("data/voc_aug.yaml", "VOC"),
+    "data/ade20k.yaml": data_config_case("data/ade20k.yaml", "ADE20K"),
+    "data/pascal_context.yaml": data_config_case("data/pascal_context.yaml", "PascalContext"),
+    "data/coco_stuff.yaml": data_config_case("data/coco_stuff.yaml", "COCOStuff"),
+    "experiment/camvid.yaml": experiment_case("experiment/camvid.yaml", "CamVid"),
+    "experiment/camvid_r18_cpu.yaml": experiment_case("experiment/camvid_r18_cpu.yaml", "CamVid"),
+    "experiment/cityscapes.yaml": experiment_case("experiment/cityscapes.yaml", "Cityscapes", *SMALL_WINDOWS),
+    "experiment/voc_aug.yaml": experiment_case("experiment/voc_aug.yaml", "VOC"),
+    "experiment/ade20k.yaml": experiment_case("experiment/ade20k.yaml", "ADE20K"),
+    "experiment/pascal_context.yaml": experiment_case("experiment/pascal_context.yaml", "PascalContext", *SMALL_WINDOWS),
+    "experiment/coco_stuff.yaml": experiment_case("experiment/coco_stuff.yaml", "COCOStuff"),
 }
 SWEEP_DIRS = ("ablation",)  # sweep files, exercised by the sweep tests
 
@@ -76,10 +96,10 @@ def test_two_runs_in_one_directory_keep_their_own_config(capsys):
     dirs = [Path(cli.trainer.checkpoint_callback.dirpath).parent for cli in (first, second)]
     assert dirs[0] != dirs[1] and all(d.parent == Path("runs/attnseg") for d in dirs)
     saved = [yaml.safe_load((d / "config.yaml").read_text()) for d in dirs]
-    assert [s["model"]["lr"] for s in saved] == [0.01, 0.02]
+    assert [s["model"]["lr"] for s in saved] == [0.002, 0.02]
     assert not Path("config.yaml").exists()
     # W&B got the resolved config too (offline run files)
-    assert first.trainer.logger.experiment.config["model"]["lr"] == 0.01
+    assert first.trainer.logger.experiment.config["model"]["lr"] == 0.002
     # fit ends by naming the best score and checkpoint
     assert out.count("Best val/mIoU:") == 2
     best = second.trainer.checkpoint_callback.best_model_path

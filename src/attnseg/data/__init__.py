@@ -5,11 +5,33 @@ Every dataset has the signature ``Dataset(root, split, transforms=None)``; ``ds[
 class carries ``classes`` (names) and ``palette`` (RGB per class).
 """
 
+from attnseg.data.ade20k import ADE20K
+from attnseg.data.camvid import CamVid
+from attnseg.data.cityscapes import Cityscapes
+from attnseg.data.coco_stuff import COCOStuff
 from attnseg.data.datamodule import SegDataModule
+from attnseg.data.pascal_context import PascalContext
 from attnseg.data.synthetic import SyntheticShapes
+from attnseg.data.voc import VOC
 
 DATASETS = {
     "SyntheticShapes": SyntheticShapes,
+    "CamVid": CamVid,
+    "Cityscapes": Cityscapes,
+    "VOC": VOC,
+    "ADE20K": ADE20K,
+    "PascalContext": PascalContext,
+    "COCOStuff": COCOStuff,
 }
 
-__all__ = ["DATASETS", "SegDataModule", "SyntheticShapes"]
+__all__ = [
+    "ADE20K",
+    "COCOStuff",
+    "CamVid",
+    "Cityscapes",
+    "DATASETS",
+    "PascalContext",
+    "SegDataModule",
+    "SyntheticShapes",
+    "VOC",
+]

@@ -20,8 +20,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class RandomScale(v2.Transform):
     """Rescale by a factor drawn uniformly from ``ratio_range``, keeping the aspect ratio.
 
-    With ``base_size=(H, W)`` the image is first fitted inside ``base_size * ratio`` (mmsegmentation's
-    ``RandomResize(scale, ratio_range, keep_ratio=True)``); without it, the ratio applies to the image's own size.
+    With ``base_size`` the image is rescaled to the largest size whose long side fits ``max(base_size) * ratio``
+    and whose short side fits ``min(base_size) * ratio``, whatever its orientation (mmsegmentation's
+    ``RandomResize(scale, ratio_range, keep_ratio=True)``; e.g. ``(512, 2048)`` gives ADE20K images a short side of
+    about ``512 * ratio``); without it, the ratio applies to the image's own size.
     """
 
     def __init__(self, ratio_range: Sequence[float] = (0.5, 2.0), base_size: Optional[Sequence[int]] = None) -> None:
@@ -36,7 +38,7 @@ class RandomScale(v2.Transform):
         h, w = v2.query_size(flat_inputs)
         ratio = float(torch.empty(1).uniform_(*self.ratio_range))
         if self.base_size is not None:
-            ratio *= min(self.base_size[0] / h, self.base_size[1] / w)
+            ratio *= min(max(self.base_size) / max(h, w), min(self.base_size) / min(h, w))
         return dict(size=[max(1, round(h * ratio)), max(1, round(w * ratio))])
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -83,19 +85,64 @@ class RandomCropCatMax(v2.Transform):
         return TF.crop(inpt, params["top"], params["left"], *self.size)
 
 
-class PhotoMetricDistortion(v2.Compose):
-    """Brightness, contrast, saturation and hue jitter on the image (mmsegmentation's PhotoMetricDistortion:
-    brightness +-32/255, contrast and saturation x[0.5, 1.5], hue +-18 degrees), each applied with probability 0.5."""
+class PhotoMetricDistortion(v2.Transform):
+    """mmsegmentation's PhotoMetricDistortion on the image only; each step applied with probability 0.5:
 
-    def __init__(self) -> None:
-        super().__init__(
-            [
-                v2.RandomApply([v2.ColorJitter(brightness=32 / 255)], p=0.5),
-                v2.RandomApply([v2.ColorJitter(contrast=0.5)], p=0.5),
-                v2.RandomApply([v2.ColorJitter(saturation=0.5)], p=0.5),
-                v2.RandomApply([v2.ColorJitter(hue=18 / 360)], p=0.5),
-            ]
+    brightness ``+ delta``, delta uniform in ``[-32, 32]`` (on 0-255 values); contrast ``x alpha``, alpha in
+    ``[0.5, 1.5]``, before or after the colour steps (at random); saturation factor in ``[0.5, 1.5]`` (torchvision's
+    blend with the grey image where mmsegmentation scales HSV saturation); hue shifted by up to 18 of OpenCV's 180
+    hue units (+-36 degrees, a tenth of the colour circle).
+
+    Args:
+        brightness_delta: largest brightness shift, in 0-255 units.
+        contrast_range: range of the contrast factor.
+        saturation_range: range of the saturation factor.
+        hue_delta: largest hue shift, in OpenCV hue units (180 per turn).
+    """
+
+    def __init__(
+        self,
+        brightness_delta: float = 32,
+        contrast_range: Sequence[float] = (0.5, 1.5),
+        saturation_range: Sequence[float] = (0.5, 1.5),
+        hue_delta: float = 18,
+    ) -> None:
+        super().__init__()
+        self.brightness_delta = float(brightness_delta)
+        self.contrast_range = (float(contrast_range[0]), float(contrast_range[1]))
+        self.saturation_range = (float(saturation_range[0]), float(saturation_range[1]))
+        self.hue_delta = float(hue_delta)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        def maybe(low: float, high: float, neutral: float) -> float:
+            return float(torch.empty(()).uniform_(low, high)) if torch.rand(()) < 0.5 else neutral
+
+        return dict(
+            brightness=maybe(-self.brightness_delta, self.brightness_delta, 0.0),
+            contrast=maybe(*self.contrast_range, 1.0),
+            contrast_first=bool(torch.rand(()) < 0.5),
+            saturation=maybe(*self.saturation_range, 1.0),
+            hue=maybe(-self.hue_delta / 180, self.hue_delta / 180, 0.0),
         )
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, tv_tensors.Image):
+            return inpt  # masks (and anything else) are left untouched
+        top = 255.0 if inpt.dtype == torch.uint8 else 1.0  # value range of the image: uint8 or float in [0, 1]
+        image = inpt.as_subclass(torch.Tensor).float() / top
+        image = (image + params["brightness"] / 255.0).clamp(0, 1)
+        if params["contrast_first"]:
+            image = (image * params["contrast"]).clamp(0, 1)
+        if params["saturation"] != 1.0:
+            image = TF.adjust_saturation(image, params["saturation"])
+        if params["hue"] != 0.0:
+            image = TF.adjust_hue(image, params["hue"])
+        if not params["contrast_first"]:
+            image = (image * params["contrast"]).clamp(0, 1)
+        image = image * top
+        if inpt.dtype == torch.uint8:
+            image = image.round()
+        return tv_tensors.wrap(image.to(inpt.dtype), like=inpt)
 
 
 def normalize(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:

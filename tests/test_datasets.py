@@ -1,0 +1,309 @@
+"""The benchmark datasets in their own on-disk layouts: tiny generated copies of each layout, the real
+Cityscapes frame against its official train ids, and the real CamVid beside the repository."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+import layouts
+from attnseg.data import (
+    ADE20K,
+    DATASETS,
+    VOC,
+    CamVid,
+    Cityscapes,
+    COCOStuff,
+    PascalContext,
+    SegDataModule,
+)
+from attnseg.data.io import voc_palette
+from conftest import SHARED
+
+CAMVID = SHARED / "data" / "camvid"
+CITYSCAPES_FIXTURE = SHARED / "data" / "fixtures" / "cityscapes"
+
+
+def expected_labels(name: str, raw: np.ndarray) -> np.ndarray:
+    """What each dataset must make of the raw values in its label files (written out independently)."""
+    if name == "CamVid":
+        return np.where(raw == 11, 255, raw)
+    if name == "Cityscapes":
+        return np.vectorize(layouts.CITYSCAPES_IDS.get)(raw)
+    if name in ("ADE20K", "PascalContext"):  # 0 is not a class; the rest shift down by one
+        return np.where(raw == 0, 255, raw - 1)
+    return raw  # VOC, COCOStuff: class indices and 255 as stored
+
+
+# name -> {split: length} of the tiny layouts
+LENGTHS = {
+    "CamVid": {"train": 3, "val": 2, "test": 2},
+    "Cityscapes": {"train": 4, "val": 2, "test": 2},
+    "VOC": {"train": 3, "val": 2, "trainval": 5, "aug": 2, "train_aug": 5},
+    "ADE20K": {"train": 3, "val": 2},
+    "PascalContext": {"train": 3, "val": 2},
+    "COCOStuff": {"train": 3, "val": 2},
+}
+NUM_CLASSES = {"CamVid": 11, "Cityscapes": 19, "VOC": 21, "ADE20K": 150, "PascalContext": 59, "COCOStuff": 171}
+
+
+@pytest.mark.parametrize("name", sorted(LENGTHS))
+def test_tiny_layout_loads_with_the_right_labels(name, tmp_path):
+    cls = DATASETS[name]
+    root = layouts.LAYOUTS[name](tmp_path)
+    for split, length in LENGTHS[name].items():
+        ds = cls(root, split)
+        assert len(ds) == length, f"{name}/{split}"
+        seen = set()
+        for i in range(len(ds)):
+            image, mask = ds[i]
+            assert isinstance(image, tv_tensors.Image) and image.dtype == torch.uint8
+            assert image.shape == (3, layouts.H, layouts.W)
+            assert isinstance(mask, tv_tensors.Mask) and mask.dtype == torch.int64
+            assert mask.shape == (layouts.H, layouts.W)
+            image_path, label_path = ds.samples[i]
+            raw = np.array(Image.open(label_path))
+            np.testing.assert_array_equal(mask.numpy(), expected_labels(name, raw), err_msg=str(label_path))
+            assert np.array_equal(image.permute(1, 2, 0).numpy(), np.array(Image.open(image_path).convert("RGB")))
+            seen |= set(mask.unique().tolist())
+        assert seen <= set(range(NUM_CLASSES[name])) | {255}
+        if (name, split) != ("VOC", "aug"):  # SBD labels have no boundaries
+            assert 255 in seen  # the tiny label maps have void pixels
+
+
+def test_class_metadata():
+    for name, k in NUM_CLASSES.items():
+        cls = DATASETS[name]
+        assert len(cls.classes) == len(set(cls.classes)) == k
+        assert len(cls.palette) == k and len(set(cls.palette)) == k  # distinct colours
+        assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in cls.palette)
+    assert Cityscapes.classes[:3] == ("road", "sidewalk", "building") and Cityscapes.classes[-1] == "bicycle"
+    assert Cityscapes.palette[0] == (128, 64, 128)
+    assert CamVid.classes == (
+        "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+    )  # fmt: skip
+    assert VOC.palette[:3] == ((0, 0, 0), (128, 0, 0), (0, 128, 0)) and VOC.palette[15] == (192, 128, 128)
+
+
+def test_voc_palette_masks_are_read_as_indices(tmp_path):
+    root = layouts.voc(tmp_path)
+    ds = VOC(root, "val")
+    label_path = ds.samples[0][1]
+    image = Image.open(label_path)
+    assert image.mode == "P"
+    indices = np.array(image)
+    colours = np.array(image.convert("RGB"))
+    assert not np.array_equal(colours[..., 0], indices)  # reading the colours would give other values
+    np.testing.assert_array_equal(ds[0][1].numpy(), indices)
+    assert (indices == 255).any()  # boundaries are kept as void
+
+
+def test_voc_train_aug_joins_train_and_aug_with_their_own_labels(tmp_path):
+    root = layouts.voc(tmp_path)
+    samples = VOC(root, "train_aug").samples
+    assert [p.parent.name for _, p in samples] == ["SegmentationClass"] * 3 + ["SegmentationClassAug"] * 2
+    assert [p.stem for p, _ in samples] == ["2007_000032", "2007_000039", "2008_000002", "2008_000008", "2009_000001"]
+
+
+@pytest.mark.parametrize(
+    "name, inner", [("VOC", "VOC2012"), ("PascalContext", "VOC2010"), ("ADE20K", "ADEChallengeData2016")]
+)
+def test_root_may_be_the_devkit_or_the_dataset_folder(name, inner, tmp_path):
+    root = layouts.LAYOUTS[name](tmp_path)
+    outer, nested = DATASETS[name](root, "val"), DATASETS[name](root / inner, "val")
+    assert outer.samples == nested.samples and outer.root == root / inner
+
+
+def test_cityscapes_ignores_the_other_gtfine_files(tmp_path):
+    ds = Cityscapes(layouts.cityscapes(tmp_path), "train")
+    assert all(p.name.endswith("_gtFine_labelIds.png") for _, p in ds.samples)
+    assert [p.parent.name for p, _ in ds.samples] == ["aachen", "aachen", "bochum", "bochum"]
+
+
+def test_coco_stuff_reads_the_train_ids_not_the_original_maps(tmp_path):
+    ds = COCOStuff(layouts.coco_stuff(tmp_path), "val")
+    assert all(p.name.endswith("_labelTrainIds.png") for _, p in ds.samples)
+
+
+def uniform_neighbourhood(labels: np.ndarray, radius: int) -> np.ndarray:
+    """True where every pixel within ``radius`` (a square window, clipped at the borders) has the same label."""
+    padded = np.pad(labels, radius, mode="edge")
+    h, w = labels.shape
+    same = np.ones_like(labels, dtype=bool)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            same &= padded[dy : dy + h, dx : dx + w] == labels
+    return same
+
+
+@pytest.mark.skipif(not CITYSCAPES_FIXTURE.is_dir(), reason=f"Cityscapes fixture not found at {CITYSCAPES_FIXTURE}")
+def test_cityscapes_fixture_maps_to_the_official_train_ids():
+    """The fixture's ``labelTrainIds`` (made by cityscapesScripts) and ``labelIds`` were scaled down separately, so
+    they disagree on 77 of 32768 pixels along label borders, where no id -> trainId mapping could match both (e.g.
+    some ``road`` pixels are ``sidewalk`` in the oracle). The mapping must match it exactly everywhere else, and
+    every label id must map to the train id the oracle gives most of its pixels."""
+    ds = Cityscapes(CITYSCAPES_FIXTURE, "val")
+    assert len(ds) == 1
+    image, mask = ds[0]
+    label_path = ds.samples[0][1]
+    label_ids = np.array(Image.open(label_path))
+    oracle = np.array(Image.open(str(label_path).replace("_labelIds.png", "_labelTrainIds.png"))).astype(np.int64)
+    mask = mask.numpy()
+    assert image.shape == (3, 128, 256) and len(np.unique(label_ids)) >= 14 and (oracle == 255).any()
+    interior = uniform_neighbourhood(label_ids, radius=2)
+    assert interior.mean() > 0.6
+    np.testing.assert_array_equal(mask[interior], oracle[interior])
+    assert (mask == oracle).mean() > 0.997
+    for label_id in np.unique(label_ids):
+        train_ids, counts = np.unique(oracle[label_ids == label_id], return_counts=True)
+        assert np.unique(mask[label_ids == label_id]).tolist() == [train_ids[counts.argmax()]], f"label id {label_id}"
+
+
+@pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID} (../shared beside the repository)")
+def test_real_camvid_splits_sizes_and_labels():
+    for split, length in {"train": 367, "val": 101, "test": 233}.items():
+        ds = CamVid(CAMVID, split)
+        assert len(ds) == length
+        for i in range(0, length, 50):  # decode a sample of every split in full
+            image, mask = ds[i]
+            assert image.shape == (3, 360, 480) and mask.shape == (360, 480)
+            assert set(mask.unique().tolist()) <= set(range(11)) | {255}
+        for _, label_path in ds.samples:  # and every label file: values 0-11 only
+            raw = np.array(Image.open(label_path))
+            assert raw.shape == (360, 480) and raw.max() <= 11, label_path
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("name", sorted(LENGTHS))
+def test_wrong_root_names_the_path_and_the_layout(name, tmp_path):
+    cls = DATASETS[name]
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ValueError, match="nowhere") as err:
+        cls(missing, cls.splits[0])
+    assert "layout" in str(err.value)
+    with pytest.raises(ValueError, match="root is not set"):
+        cls(None, cls.splits[0])
+    with pytest.raises(ValueError, match="split='nope'"):
+        cls(tmp_path, "nope")
+
+
+def test_a_folder_without_the_layout_names_the_missing_subfolder(tmp_path):
+    root = layouts.cityscapes(tmp_path)
+    shutil.rmtree(root / "gtFine" / "val")
+    with pytest.raises(ValueError, match="gtFine/val is not a folder"):
+        Cityscapes(root, "val")
+
+
+def test_missing_listed_file_fails_at_construction(tmp_path):
+    root = layouts.voc(tmp_path)
+    missing = root / "VOC2012" / "JPEGImages" / "2007_000039.jpg"
+    missing.unlink()
+    with pytest.raises(ValueError, match=f"{missing}: listed in .*train.txt"):
+        VOC(root, "train")
+    with pytest.raises(ValueError, match="2007_000039.jpg"):
+        VOC(root, "train_aug")
+    VOC(root, "val")  # the other splits are fine
+    (root / "VOC2012" / "ImageSets" / "Segmentation" / "aug.txt").unlink()
+    with pytest.raises(ValueError, match="aug.txt: split list not found"):
+        VOC(root, "aug")
+
+
+def test_image_without_label_and_label_without_image_fail_at_construction(tmp_path):
+    root = layouts.camvid(tmp_path)
+    label = sorted((root / "trainannot").iterdir())[1]
+    label.unlink()
+    with pytest.raises(ValueError, match=f"train/{label.name}: no label file .* expected {label}"):
+        CamVid(root, "train")
+    image = sorted((root / "val").iterdir())[0]
+    image.unlink()
+    with pytest.raises(ValueError, match=f"valannot/{image.name}: no image for this label file"):
+        CamVid(root, "val")
+
+
+def test_empty_split_fails(tmp_path):
+    root = layouts.ade20k(tmp_path) / "ADEChallengeData2016"
+    for folder in ("images", "annotations"):
+        shutil.rmtree(root / folder / "validation")
+        (root / folder / "validation").mkdir()
+    with pytest.raises(ValueError, match="no samples for split 'val'"):
+        ADE20K(root, "val")
+
+
+def test_unreadable_image_fails_naming_the_file(tmp_path):
+    root = layouts.pascal_context(tmp_path)
+    ds = PascalContext(root, "train")
+    broken = ds.samples[1][0]
+    broken.write_bytes(b"not a jpeg")
+    ds[0]
+    with pytest.raises(ValueError, match=f"{broken}: cannot read the image"):
+        ds[1]
+    truncated = ds.samples[2][1]
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    with pytest.raises(ValueError, match=f"{truncated}: cannot read the label image"):
+        ds[2]
+
+
+def test_label_size_must_match_the_image(tmp_path):
+    root = layouts.coco_stuff(tmp_path)
+    ds = COCOStuff(root, "train")
+    label = ds.samples[0][1]
+    layouts.write_label(label, np.zeros((layouts.H + 1, layouts.W), dtype=np.uint8))
+    with pytest.raises(ValueError, match=rf"{label}: label map is \(21, 30\) \(H, W\), its image .* is \(20, 30\)"):
+        ds[0]
+
+
+@pytest.mark.parametrize(
+    "name, bad",
+    [("CamVid", 12), ("Cityscapes", 34), ("VOC", 21), ("ADE20K", 151), ("PascalContext", 60), ("COCOStuff", 171)],
+)
+def test_label_value_neither_class_nor_void_fails(name, bad, tmp_path):
+    ds = DATASETS[name](layouts.LAYOUTS[name](tmp_path), "val")
+    label = ds.samples[0][1]
+    raw = np.array(Image.open(label))
+    raw[3, 4] = bad
+    layouts.write_label(label, raw)
+    with pytest.raises(ValueError, match=rf"{label}: label values \[{bad}\] are neither a class nor void"):
+        ds[0]
+
+
+def test_colour_label_image_fails(tmp_path):
+    ds = CamVid(layouts.camvid(tmp_path), "test")
+    label = ds.samples[0][1]
+    Image.new("RGB", (layouts.W, layouts.H)).save(label)
+    with pytest.raises(ValueError, match=f"{label}: label image has mode RGB"):
+        ds[0]
+
+
+# ------------------------------------------------------------------------------------- datamodule
+
+
+def test_datamodule_batches_a_real_layout(tmp_path):
+    dm = SegDataModule(
+        "Cityscapes", root=str(layouts.cityscapes(tmp_path)), batch_size=2, crop_size=(16, 16), num_workers=0,
+        base_size=(10, 20), scale_range=(1.0, 1.0), flip=False, test_split="val",
+    )  # fmt: skip
+    assert dm.num_classes == 19 and dm.class_names[0] == "road"
+    dm.setup("fit")
+    images, masks = next(iter(dm.train_dataloader()))
+    assert images.shape == (2, 3, 16, 16) and images.dtype == torch.float32
+    assert masks.shape == (2, 16, 16) and masks.dtype == torch.int64
+    assert masks[:, 10:].eq(255).all()  # rescaled to 10x15 (base_size) then padded to 16x16 with void
+    assert masks[:, :, 15:].eq(255).all()
+    dm.setup("validate")
+    images, masks = next(iter(dm.val_dataloader()))
+    assert images.shape == (1, 3, layouts.H, layouts.W)  # evaluation keeps the full image
+
+
+def test_every_dataset_is_exported():
+    import attnseg.data as data
+
+    for name in ("CamVid", "Cityscapes", "VOC", "ADE20K", "PascalContext", "COCOStuff"):
+        assert getattr(data, name) is DATASETS[name] and name in data.__all__
+    assert VOC.palette == voc_palette(21)
