@@ -1,0 +1,163 @@
+"""Resume after SIGKILL, atomic checkpoints, DDP evaluation, non-finite losses, checkpoint mismatches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnseg.checkpoint import AtomicCheckpointIO
+from conftest import FAST, QUICKSTART, run_cli
+
+TESTS = Path(__file__).resolve().parent
+ATTNSEG = str(Path(sys.executable).parent / "attnseg")
+
+
+def child_env() -> dict:
+    """The test process's environment for a child ``attnseg``, without the W&B service of this process (a
+    child attached to it would write its run files relative to the directory that service started in)."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+
+
+def attnseg(*args, timeout=300, check=True):
+    env = child_env()
+    proc = subprocess.run([ATTNSEG, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"attnseg {' '.join(map(str, args))} failed:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def step_of(ckpt: Path) -> int:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+
+
+@pytest.mark.slow
+def test_fit_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
+    base = ["--config", QUICKSTART, *FAST, "--data.dataset_args.num_samples=16", "--trainer.max_epochs=12"]
+    env = child_env()
+    proc = subprocess.Popen([ATTNSEG, "fit", *map(str, base)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    last = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(Path("runs/attnseg").glob("*/checkpoints/last.ckpt"))
+        if found and step_of(found[0]) >= 8:  # at least two epochs (4 steps each) saved
+            last = found[0]
+            break
+        time.sleep(0.2)
+    assert last is not None, f"no checkpoint before the deadline: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ''}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved_step = step_of(last)  # loads: never a half-written file
+
+    out = attnseg("fit", *base, "--ckpt_path", "last", "--trainer.callbacks+=faults.Probe")
+    probe = json.loads(Path("probe.json").read_text())
+    assert probe["start_step"] == saved_step > 0  # continued, not restarted
+    assert probe["end_step"] == 12 * 4
+    runs = list(Path("runs/attnseg").iterdir())
+    assert runs == [last.parent.parent], "the resumed fit wrote into a new run directory"
+    assert step_of(last) == 12 * 4
+    assert (runs[0] / "config.yaml").is_file() and (runs[0] / "config.fit.1.yaml").is_file()
+    # the same W&B run id continues (offline run folders end with the run id)
+    run_id = runs[0].name
+    assert len(list(Path("runs/wandb").glob(f"offline-run-*-{run_id}"))) == 2
+    assert "Restored all states from the checkpoint" in out.stderr + out.stdout
+
+    # an explicit path works too: one more epoch on top
+    attnseg("fit", *base[:-1], "--trainer.max_epochs=13", "--ckpt_path", last, "--trainer.callbacks+=faults.Probe")
+    probe = json.loads(Path("probe.json").read_text())
+    assert probe["start_step"] == 12 * 4 and probe["end_step"] == 13 * 4
+
+
+def test_atomic_checkpoint_write_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
+    assert torch.load(target, weights_only=True)["step"] == 1
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt  # the process is interrupted mid-write
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["step"] == 1  # the old checkpoint is intact
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_fit_and_validate_match_single_process(tmp_path):
+    # 7 validation images over 2 ranks: the default sampler would count one twice
+    base = ["--config", QUICKSTART, *FAST, "--data.dataset_args.num_samples=7", "--data.val_batch_size=2",
+            "--data.batch_size=2", "--trainer.logger=false"]  # fmt: skip
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    attnseg("fit", *base, *ddp, "--trainer.sync_batchnorm=true", "--trainer.max_epochs=1",
+            "--trainer.default_root_dir=ddp", "--trainer.callbacks+=faults.Probe", timeout=600)  # fmt: skip
+    probe = json.loads(Path("probe.json").read_text())
+    assert probe["world_size"] == 2 and probe["end_step"] == 2  # 7 samples, batch 2, 2 ranks: 2 steps
+    ckpt = next(Path("ddp").rglob("last.ckpt"))
+
+    Path("probe.json").unlink()
+    attnseg("validate", *base, *ddp, "--ckpt_path", ckpt, "--trainer.callbacks+=faults.Probe", timeout=600)
+    ddp_val = json.loads(Path("probe.json").read_text())
+    Path("probe.json").unlink()
+    attnseg("validate", *base, "--ckpt_path", ckpt, "--trainer.callbacks+=faults.Probe")
+    single = json.loads(Path("probe.json").read_text())
+    assert ddp_val["world_size"] == 2 and single["world_size"] == 1
+    assert ddp_val["val"]["val/mIoU"] == pytest.approx(single["val"]["val/mIoU"], abs=1e-6)
+    assert ddp_val["val"]["val/aAcc"] == pytest.approx(single["val"]["val/aAcc"], abs=1e-6)
+
+
+def test_nan_loss_stops_with_step_and_terms_and_keeps_last_good_checkpoint(tmp_path):
+    from faults import finite
+
+    args = ["--config", QUICKSTART, *FAST, "--trainer.max_epochs=3", "--model.loss=faults.NaNAfter",
+            "--model.loss.nan_from=8"]  # fmt: skip  # 2 terms per step (out, aux): NaN from step 4 = epoch 2
+    with pytest.raises(FloatingPointError, match=r"step 4 .*out=nan, aux=nan"):
+        run_cli("fit", *args)
+    last = next(Path("runs/attnseg").glob("*/checkpoints/last.ckpt"))
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4 and finite(ckpt["state_dict"])
+
+    cli = run_cli("fit", *args, "--model.nonfinite_loss=skip")
+    assert cli.trainer.state.finished and finite(cli.model.state_dict())
+
+
+def test_checkpoint_of_another_class_count_or_head_is_refused(tmp_path):
+    cli = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.max_epochs=1", "--trainer.logger=false",
+                  "--trainer.default_root_dir=r")  # fmt: skip
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    with pytest.raises(ValueError, match=r"last.ckpt.*6 classes.*7 classes"):
+        run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--data.dataset=faults.SevenClassShapes")
+    with pytest.raises(ValueError, match=r"last.ckpt.*num_convs=1 \(checkpoint: 2\)"):
+        run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--model.head.num_convs=1")
+    with pytest.raises(ValueError, match=r"encoder.name=resnet34 \(checkpoint: resnet18\)"):
+        run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--model.encoder.name=resnet34")
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", "nope.ckpt")
+    # the checkpoint itself is untouched and still evaluates
+    assert run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt).trainer.state.finished
+
+
+def test_config_errors_name_the_option(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"data.num_classes=5.*SyntheticShapes has 6 classes"):
+        run_cli("fit", "--config", QUICKSTART, *FAST, "--data.num_classes=5")
+    with pytest.raises(ValueError, match=r"encoder.name='resnet_typo'"):
+        run_cli("fit", "--config", QUICKSTART, *FAST, "--model.encoder.name=resnet_typo")
+    with pytest.raises(ValueError, match=r"output_stride=4"):
+        run_cli("fit", "--config", QUICKSTART, *FAST, "--model.encoder.output_stride=4")
+    with pytest.raises(FileNotFoundError, match=r"missing/r18.pth"):
+        run_cli("fit", "--config", QUICKSTART, *FAST, "--model.encoder.pretrained=missing/r18.pth")
+    with pytest.raises(SystemExit):
+        run_cli("fit", "--config", QUICKSTART, *FAST, "--model.head=attnseg.heads.NoSuchHead")
+    assert "NoSuchHead" in capsys.readouterr().err
