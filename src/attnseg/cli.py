@@ -2,7 +2,10 @@
 
 The CLI links the dataset's class count, class names and ignore index into the model, adds a
 checkpoint callback that keeps the best ``val/mIoU`` and the last step, logs to Weights & Biases
-offline by default, and saves each run's resolved config in that run's own directory.
+offline by default, and saves each run's resolved config in that run's own directory. Callback groups:
+``checkpoint``, ``lr_monitor`` (learning rate every step), ``dashboard`` (overlays, IoU table, confusion matrix,
+complexity, throughput: ``attnseg.callbacks.Dashboard``) and ``prediction`` (``attnseg predict`` writes masks and
+overlays to ``--prediction.output_dir``). ``attnseg sweep SWEEP.yaml`` runs a grid of overrides (``attnseg.sweep``).
 """
 
 from __future__ import annotations
@@ -11,12 +14,18 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from attnseg.callbacks import Dashboard, LearningRateMonitor
+from attnseg.checkpoint import AtomicCheckpointIO, Checkpoint, find_last_checkpoint, run_of_checkpoint
 from attnseg.data import SegDataModule
+from attnseg.distributed import SyncBatchNormPlugin
+from attnseg.predict import PredictionWriter
 from attnseg.task import SegmentationTask
 
 DEFAULT_LOGGER = {
@@ -45,7 +54,7 @@ class SaveRunConfig(SaveConfigCallback):
         path = directory / "config.yaml"
         n = 1
         while path.exists():  # a resumed or repeated run in the same directory keeps every earlier config
-            path = directory / f"config.{stage}.{n}.yaml"
+            path = directory / f"config.{getattr(stage, 'value', stage)}.{n}.yaml"
             n += 1
         self.parser.save(self.config, path, skip_none=False, overwrite=False, multifile=False)
         for logger in trainer.loggers:
@@ -73,7 +82,7 @@ class AttnSegCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.ignore_index", "model.ignore_index", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/mIoU",
@@ -83,6 +92,71 @@ class AttnSegCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(Dashboard, "dashboard")
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Parse, then resolve ``--ckpt_path last`` and make a resumed fit continue its own run directory and
+        W&B run (before Lightning reads the checkpoint's hyper-parameters into the model config)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        if not config or not config.get("ckpt_path"):
+            return
+        logger = config.trainer.logger
+        logger_args = logger.init_args if hasattr(logger, "init_args") else None
+        if config.ckpt_path == "last":
+            if logger_args is None:
+                raise ValueError("--ckpt_path last needs a logger: it searches <save_dir>/<name>/*/checkpoints")
+            name = logger_args.get("project") or logger_args.get("name") or ""
+            root = Path(logger_args.get("save_dir") or ".") / name
+            found = find_last_checkpoint(root)
+            if found is None:
+                rank_zero_warn(f"--ckpt_path last: no last.ckpt under {root}/*/checkpoints; starting from scratch")
+                config.ckpt_path = None
+                return
+            rank_zero_info(f"--ckpt_path last: resuming from {found}")
+            config.ckpt_path = str(found)
+        if not Path(config.ckpt_path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {config.ckpt_path}: no such checkpoint file")
+        self._check_checkpoint_matches_config(subcommand, config)
+        run = run_of_checkpoint(Path(config.ckpt_path))
+        if subcommand == "fit" and run and logger.class_path.endswith("WandbLogger") and not logger_args.get("id"):
+            logger_args.id, logger_args.resume = run, "allow"  # same run directory, same W&B run
+
+    def _check_checkpoint_matches_config(self, subcommand: str, config) -> None:
+        """Lightning rebuilds the model from the checkpoint's hyper-parameters. A head or encoder option that
+        the user set explicitly (differs from the default) and that the checkpoint contradicts is an error,
+        not a silent override."""
+        saved = torch.load(config.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
+        if not saved:
+            return
+        defaults = self._parser(subcommand).get_defaults()
+        conflicts = []
+        for group in ("head", "encoder"):
+            ours = _flatten(_plain(config.model.get(group)), group)
+            default = _flatten(_plain(defaults.model.get(group)), group)
+            theirs = _flatten(_plain(saved.get(group)), group)
+            for key, value in ours.items():
+                if key in theirs and value != default.get(key) and value != theirs[key]:
+                    conflicts.append(f"model.{key}={value} (checkpoint: {theirs[key]})")
+        if conflicts:
+            raise ValueError(
+                f"--ckpt_path {config.ckpt_path}: the checkpoint was trained with a different model: "
+                + ", ".join(conflicts)
+                + ". Drop these options to evaluate the checkpoint as trained, or pass a matching checkpoint."
+            )
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        if config.get("sync_batchnorm"):  # CPU-capable sync batch norm that keeps timm's fused activations
+            plugins = config.get("plugins") or []
+            kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), SyncBatchNormPlugin()]
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -91,6 +165,12 @@ class AttnSegCLI(LightningCLI):
             for logger in self.trainer.loggers:
                 if isinstance(logger, WandbLogger) and logger._experiment is not None:
                     logger.experiment.finish(exit_code=0 if self.trainer.state.finished else 1)
+
+    def before_predict(self) -> None:
+        """Predictions go to files (``prediction.output_dir``); keeping every class map in memory is opt-in."""
+        config = self.config_init[self.subcommand]
+        if config.get("return_predictions") is None:
+            config["return_predictions"] = False
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
@@ -103,8 +183,31 @@ class AttnSegCLI(LightningCLI):
         print(f"Best checkpoint: {callback.best_model_path}")
 
 
+def _plain(value):
+    """A jsonargparse Namespace / dataclass / dict as plain nested dicts."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if hasattr(value, "__dataclass_fields__"):
+        return dict(vars(value))
+    return value
+
+
+def _flatten(value, prefix: str) -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}"))
+        return out
+    return {prefix: value}
+
+
 def main(args: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``attnseg`` console script and ``python -m attnseg``."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "sweep":
+        from attnseg.sweep import main as sweep
+
+        sys.exit(sweep(argv[1:]))
     AttnSegCLI(args=args)
 
 

@@ -11,6 +11,7 @@ from typing import Callable, Literal, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from jsonargparse import lazy_instance
 from torch import nn
 from torchmetrics import MetricCollection
@@ -50,6 +51,9 @@ class SegmentationTask(LightningModule):
         warmup_iters: linear warmup from ``lr * warmup_ratio`` over this many iterations.
         warmup_ratio: starting fraction of the learning rate during warmup.
         inference: evaluation mode: ``attnseg.inference.Whole``, ``SlidingWindow`` or ``MultiScaleFlip``.
+        nonfinite_loss: what a NaN or infinite training loss does: ``raise`` stops training with a message naming
+            the step and the loss terms (checkpoints already written are kept); ``skip`` skips that step's update
+            (single process only).
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class SegmentationTask(LightningModule):
         warmup_iters: int = 0,
         warmup_ratio: float = 1e-6,
         inference: Union[Whole, SlidingWindow, MultiScaleFlip] = lazy_instance(Whole),
+        nonfinite_loss: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "inference"])
@@ -86,13 +91,13 @@ class SegmentationTask(LightningModule):
         self.model = SegmentationModel(enc, head(enc.channels, num_classes))
 
         self.loss = loss
-        loss_ignore = getattr(loss, "ignore_index", ignore_index)
-        if loss_ignore != ignore_index:
-            raise ValueError(
-                f"model.loss ignores label {loss_ignore} but the data's ignore_index is {ignore_index}; "
-                f"set model.loss.init_args.ignore_index: {ignore_index}"
-            )
         self.output_losses = getattr(self.model.head, "output_losses", {})
+        for name, criterion in [("model.loss", loss)] + [(f"the head's {k} loss", v) for k, v in self.output_losses.items()]:
+            if getattr(criterion, "ignore_index", ignore_index) != ignore_index:
+                raise ValueError(
+                    f"{name} ignores label {criterion.ignore_index} but the data's ignore_index is {ignore_index}; "
+                    "make them agree (model.loss.init_args.ignore_index, or the dataset's void label)"
+                )
         self.loss_weights = dict(getattr(self.model.head, "loss_weights", {"out": 1.0}))
         for name, weight in (loss_weights or {}).items():
             if name not in self.loss_weights:
@@ -139,6 +144,17 @@ class SegmentationTask(LightningModule):
         images, masks = batch
         terms = self.compute_losses(self.model(images), masks)
         loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            detail = ", ".join(f"{name}={float(t.detach()):.4g}" for name, t in terms.items())
+            if self.hparams.nonfinite_loss == "skip" and self.trainer.world_size == 1:
+                rank_zero_warn(f"non-finite loss at step {self.global_step} ({detail}): step skipped")
+                self.log("train/skipped_steps", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+                return None
+            raise FloatingPointError(
+                f"non-finite training loss at step {self.global_step} (epoch {self.current_epoch}): {detail}. "
+                "Training stopped; the checkpoints written so far are kept. Lower model.lr, set "
+                "trainer.gradient_clip_val, or set model.nonfinite_loss: skip (single process)."
+            )
         bs = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/loss_{name}": t.detach() for name, t in terms.items()}, batch_size=bs)
@@ -175,14 +191,35 @@ class SegmentationTask(LightningModule):
             self.log(f"{prefix}IoU/{name}", iou)
         return values
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of another head, encoder or class count with a message naming both."""
+        ours = self.state_dict()
+        theirs = checkpoint.get("state_dict", {})
+        differ = [
+            f"{k}: checkpoint {tuple(theirs[k].shape) if k in theirs else 'missing'}, model "
+            f"{tuple(ours[k].shape) if k in ours else 'missing'}"
+            for k in sorted(set(ours) | set(theirs))
+            if k.startswith("model.") and (k not in ours or k not in theirs or ours[k].shape != theirs[k].shape)
+        ]
+        if differ:
+            hp = checkpoint.get("hyper_parameters", {})
+            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            head = hp.get("head", {}).get("class_path", "?") if isinstance(hp.get("head"), dict) else "?"
+            enc = hp.get("encoder", {}).get("name", "?") if isinstance(hp.get("encoder"), dict) else "?"
+            raise ValueError(
+                f"{path or 'checkpoint'}: made for head {head} on {enc} with {hp.get('num_classes', '?')} classes, "
+                f"but this model is {type(self.model.head).__name__} on {self.model.encoder.name} with "
+                f"{self.num_classes} classes; {len(differ)} tensors differ, e.g. " + "; ".join(differ[:3])
+            )
+
     # --------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         hp = self.hparams
         encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
         head_params = [p for p in self.model.head.parameters() if p.requires_grad]
         groups = [
-            {"params": encoder_params, "lr": hp.lr},
-            {"params": head_params, "lr": hp.lr * hp.head_lr_mult},
+            {"params": encoder_params, "lr": hp.lr, "name": "encoder"},
+            {"params": head_params, "lr": hp.lr * hp.head_lr_mult, "name": "head"},
         ]
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 
@@ -38,12 +38,15 @@ class SegDataModule(LightningDataModule):
         dataset_args: extra keyword arguments for the dataset class.
         train_splits: splits concatenated for training (e.g. ``[train, val]`` for CamVid's usual protocol).
         val_split / test_split: splits for ``validate`` and ``test``.
+        predict_dir: folder of images for ``predict`` (``attnseg.predict.ImageFolder``: normalised like evaluation,
+            one image per batch, each at its own size).
         num_classes: optional check: must equal the dataset's class count.
         batch_size: training batch size (per device).
         val_batch_size: evaluation batch size; images in a batch must share their size.
         crop_size: training crop ``(H, W)``; null trains on whole (rescaled) images.
         scale_range: random rescale ratio range; null disables it.
-        base_size: ``(H, W)`` the ratio is relative to (mmsegmentation's ``scale``); null: each image's own size.
+        base_size: size the ratio is relative to (mmsegmentation's ``scale``): the long side fits ``max(base_size)``
+            and the short side ``min(base_size)``, times the ratio; null: each image's own size.
         cat_max_ratio: redraw a crop where one class covers more than this share of it (1 disables).
         flip: random horizontal flip.
         photometric: random brightness, contrast, saturation, hue.
@@ -59,6 +62,7 @@ class SegDataModule(LightningDataModule):
         train_splits: Sequence[str] = ("train",),
         val_split: str = "val",
         test_split: str = "test",
+        predict_dir: Optional[str] = None,
         num_classes: Optional[int] = None,
         batch_size: int = 8,
         val_batch_size: int = 1,
@@ -93,6 +97,7 @@ class SegDataModule(LightningDataModule):
         self.train_dataset: Optional[Dataset] = None
         self.val_dataset: Optional[Dataset] = None
         self.test_dataset: Optional[Dataset] = None
+        self.predict_dataset: Optional[Dataset] = None
 
     @property
     def num_classes(self) -> int:
@@ -117,12 +122,25 @@ class SegDataModule(LightningDataModule):
             self.val_dataset = self.make_dataset(self.hparams.val_split)
         if stage == "test" and self.test_dataset is None:
             self.test_dataset = self.make_dataset(self.hparams.test_split)
+        if stage == "predict" and self.predict_dataset is None:
+            from attnseg.predict import ImageFolder
+
+            if self.hparams.predict_dir is None:
+                raise ValueError("data.predict_dir is not set: name the folder of images to predict")
+            transforms = eval_transforms(self.hparams.mean, self.hparams.std)
+            self.predict_dataset = ImageFolder(self.hparams.predict_dir, transforms)
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, option: str) -> DataLoader:
         hp = self.hparams
+        sampler = None
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if not shuffle and world > 1:  # evaluation: every sample exactly once, equal batch counts on every rank
+            dataset = PadForRanks(dataset, world)
+            sampler = DistributedSampler(dataset, world, self.trainer.global_rank, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=batch_size,
+            sampler=sampler,
             shuffle=shuffle,
             drop_last=shuffle,
             num_workers=hp.num_workers,
@@ -144,6 +162,32 @@ class SegDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, self.hparams.val_batch_size, False, "data.val_batch_size")
+
+    def predict_dataloader(self) -> DataLoader:
+        from attnseg.predict import collate_images
+
+        hp = self.hparams
+        return DataLoader(self.predict_dataset, batch_size=1, num_workers=hp.num_workers, collate_fn=collate_images)
+
+
+class PadForRanks(Dataset):
+    """Evaluation set padded to a multiple of the number of processes with copies whose mask is all
+    ``ignore_index``: every rank runs the same number of batches (DDP needs that) and the padding adds
+    nothing to the metrics (the default DistributedSampler pads with real duplicates, counted twice)."""
+
+    def __init__(self, dataset: Dataset, world_size: int, ignore_index: int = 255) -> None:
+        self.dataset = dataset
+        self.ignore_index = ignore_index
+        self.length = -(-len(dataset) // world_size) * world_size
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        if index < len(self.dataset):
+            return self.dataset[index]
+        image, mask = self.dataset[index - len(self.dataset)]
+        return image, torch.full_like(mask, self.ignore_index)
 
 
 class SameSizeCollate:

@@ -1,0 +1,143 @@
+"""``attnseg predict``: a folder of images in, colour masks and overlays out.
+
+    attnseg predict --config runs/attnseg/<run>/config.yaml --ckpt_path <run>/checkpoints/best-....ckpt \\
+        --data.predict_dir photos/ --prediction.output_dir predictions/
+
+``ImageFolder`` is the datamodule's predict dataset (every image file in ``data.predict_dir``, normalised like
+evaluation, at its own size, one per batch); ``PredictionWriter`` is a ``BasePredictionWriter`` callback that
+writes, for ``photos/street.jpg``:
+
+- ``predictions/street_mask.png``: a palette PNG whose pixel values are the class indices and whose colours are
+  the dataset's palette (``numpy.array(PIL.Image.open(path))`` gives the class map back);
+- ``predictions/street_overlay.png``: the prediction drawn over the original image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
+from torchvision import tv_tensors
+
+from attnseg.callbacks import blend, colorize, default_palette
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Every image file directly inside ``root`` (sorted by name).
+
+    ``ds[i]`` is ``(image (3, H, W), info)`` where the image went through ``transforms`` (the datamodule passes its
+    evaluation normalisation) and ``info = {"path": str, "name": file stem, "size": (H, W)}`` of the original.
+
+    Args:
+        root: the folder.
+        transforms: applied to the ``tv_tensors.Image`` uint8 (3, H, W).
+        option: the option that named the folder, for error messages.
+    """
+
+    def __init__(self, root: str | Path, transforms: Optional[Callable] = None, option: str = "data.predict_dir"):
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"{option}={str(root)!r}: no such folder")
+        self.files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise ValueError(f"{option}={str(root)!r}: no images in it (expected files ending in {IMAGE_SUFFIXES})")
+        stems = [p.stem for p in self.files]
+        twins = sorted({s for s in stems if stems.count(s) > 1})
+        if twins:
+            raise ValueError(f"{option}={str(root)!r}: several images share the names {twins}; outputs would clash")
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        path = self.files[index]
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+        image = tv_tensors.Image(torch.from_numpy(array.copy()).permute(2, 0, 1))
+        info = {"path": str(path), "name": path.stem, "size": tuple(array.shape[:2])}
+        if self.transforms is not None:
+            image = self.transforms(image)
+        return image.as_subclass(torch.Tensor), info
+
+
+def collate_images(samples: Sequence[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[dict]]:
+    """Stack images of one size; keep the infos as a list."""
+    sizes = {tuple(image.shape[-2:]) for image, _ in samples}
+    if len(sizes) > 1:
+        raise ValueError(f"a predict batch holds images of sizes {sorted(sizes)}; predict one image per batch")
+    return torch.stack([image for image, _ in samples]), [info for _, info in samples]
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``<name>_mask.png`` (palette PNG of class indices) and ``<name>_overlay.png`` for each predicted image.
+
+    Colours come from the datamodule's ``palette``. Predictions at another size than the original image are
+    resized back (nearest neighbour). Batches must carry ``(images, infos)`` as ``ImageFolder`` gives them.
+
+    Args:
+        output_dir: folder for the PNG files (created); required by ``attnseg predict``.
+        overlay: also write the overlays.
+        alpha: opacity of the prediction over the image.
+    """
+
+    def __init__(self, output_dir: Optional[str] = None, overlay: bool = True, alpha: float = 0.5) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.overlay = overlay
+        self.alpha = alpha
+        self.written: list[Path] = []
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        if not self.output_dir:
+            raise ValueError("prediction.output_dir is not set: name the folder for the masks and overlays")
+        Path(self.output_dir).mkdir(parents=True, exist_ok=True)
+        self.written = []
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: torch.Tensor,
+        batch_indices: Optional[Sequence[int]],
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], list)):
+            raise ValueError("PredictionWriter: expected (images, infos) batches from data.predict_dir")
+        names = getattr(pl_module, "class_names", None) or []
+        palette = list(getattr(trainer.datamodule, "palette", None) or default_palette(max(len(names), 1)))
+        flat_palette = np.zeros((256, 3), dtype=np.uint8)
+        flat_palette[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
+        out = Path(self.output_dir)
+        for labels, info in zip(prediction, batch[1]):
+            if tuple(labels.shape[-2:]) != tuple(info["size"]):
+                labels = F.interpolate(labels[None, None].float(), size=info["size"], mode="nearest")[0, 0]
+            labels = labels.to(torch.uint8).cpu().numpy()
+            mask = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
+            mask.putpalette(flat_palette.flatten().tolist())
+            mask_path = out / f"{info['name']}_mask.png"
+            mask.save(mask_path)
+            self.written.append(mask_path)
+            if self.overlay:
+                with Image.open(info["path"]) as img:
+                    image = np.asarray(img.convert("RGB"))
+                overlay_path = out / f"{info['name']}_overlay.png"
+                Image.fromarray(blend(image, colorize(labels, palette), self.alpha)).save(overlay_path)
+                self.written.append(overlay_path)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            kinds = "masks and overlays" if self.overlay else "masks"
+            print(f"Wrote {len(self.written)} files ({kinds}) to {self.output_dir}")

@@ -1,0 +1,194 @@
+"""The dashboard: what a short fit leaves in an offline W&B run (media, tables, summary numbers, config) and, with
+the CSV logger, in metrics.csv and <run dir>/media/; the drawing and measuring helpers behind it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from attnseg.callbacks import (
+    TABLE_COLUMNS,
+    Dashboard,
+    LearningRateMonitor,
+    figure_to_array,
+    class_table,
+    colorize,
+    confusion_figure,
+    count_flops,
+    count_parameters,
+    default_palette,
+    denormalize,
+    overlay_figure,
+)
+from attnseg.data.synthetic import SyntheticShapes
+from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from conftest import CONFIGS, FAST, QUICKSTART, run_cli
+from wandb_offline import read_run, wandb_in
+
+CLASSES = list(SyntheticShapes.classes)
+# Two epochs of two steps, each followed by a validation on the 8 validation images (two batches of 4).
+SHORT = [
+    "--config", QUICKSTART, *FAST,
+    "--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.log_every_n_steps=1",
+    "--dashboard.warmup_steps=1", "--model.optimizer=sgd", "--model.head_lr_mult=10",
+]  # fmt: skip
+VAL_PIXELS = 8 * 32 * 32
+
+
+def test_wandb_offline_run_holds_media_tables_and_summary(tmp_path):
+    cli = run_cli("fit", *SHORT, "--dashboard.num_images=3", *wandb_in(tmp_path / "runs"))
+    (run,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
+    media = run / "files" / "media"
+
+    # overlays: 3 images per validation, each with ground-truth and prediction masks named by class
+    images = sorted((media / "images" / "val").glob("predictions_*.png"))
+    assert len(images) == 2 * 3
+    assert Image.open(images[0]).size == (32, 32)
+    assert list((media / "images" / "mask" / "val").glob("predictions_*.mask.png"))
+    offline = read_run(run)
+    labels = offline["config"]["_wandb"]["mask/class_labels"]
+    assert {entry["value"]["5"] for entry in labels.values()} == {"cold_blob"}
+
+    # per-class IoU table at each validation; the last one agrees with the logged scalars
+    tables = sorted((media / "table" / "val").glob("IoU_table_*.table.json"), key=lambda p: int(p.name.split("_")[2]))
+    assert len(tables) == 2
+    table = json.loads(tables[-1].read_text())
+    assert table["columns"] == TABLE_COLUMNS
+    assert [row[0] for row in table["data"]] == CLASSES
+    summary = offline["summary"]
+    for name, iou, _, gt_pixels, _ in table["data"]:
+        assert iou == pytest.approx(summary[f"val/IoU/{name}"]) or (math.isnan(iou) and gt_pixels == 0)
+    assert sum(row[3] for row in table["data"]) == VAL_PIXELS
+
+    # confusion matrix chart: one cell per (ground truth, prediction) pair, counting every validation pixel
+    charts = list((media / "table" / "val").glob("confusion_matrix_table_*.table.json"))
+    assert len(charts) == 2
+    chart = json.loads(charts[0].read_text())
+    assert chart["columns"] == ["Actual", "Predicted", "nPredictions"] and len(chart["data"]) == 36
+    assert sum(row[2] for row in chart["data"]) == VAL_PIXELS
+
+    # complexity and throughput in the summary; learning rate and losses of every output in the history
+    params, _ = count_parameters(cli.model)
+    assert summary["model/params"] == params
+    assert summary["model/GFLOPs"] == pytest.approx(count_flops(cli.model, (32, 32)) / 1e9)
+    assert summary["perf/train_images_per_s"] > 0 and summary["perf/val_images_per_s"] > 0
+    assert {"lr-SGD/encoder", "lr-SGD/head", "train/loss", "train/loss_out", "train/loss_aux", "val/aAcc"} <= offline[
+        "history_keys"
+    ]
+    # the resolved config, dashboard options included
+    assert offline["config"]["dashboard"]["num_images"] == 3
+    assert offline["config"]["model"]["head"]["class_path"] == "attnseg.heads.FCNHead"
+
+
+def test_csv_logger_gets_the_numbers_and_media_files():
+    cli = run_cli("fit", *SHORT, "--config", CONFIGS / "logger/csv.yaml")
+    directory = Path(cli.trainer.logger.log_dir)
+    with open(directory / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    columns = set(rows[0])
+    expected = {"model/params", "model/GFLOPs", "perf/train_images_per_s", "perf/val_images_per_s", "lr-SGD/encoder",
+                "lr-SGD/head", "train/loss_out", "train/loss_aux", "val/mIoU", "val/IoU/cold_blob"}  # fmt: skip
+    assert expected <= columns
+    # the learning rates are the optimiser's: the head's is 10x the encoder's
+    lrs = [(float(r["lr-SGD/encoder"]), float(r["lr-SGD/head"])) for r in rows if r["lr-SGD/encoder"]]
+    assert lrs and all(head == pytest.approx(10 * enc) for enc, head in lrs)
+
+    media = directory / "media" / "val"
+    steps = sorted(int(r["step"]) for r in rows if r["val/mIoU"])
+    assert steps == [1, 3]  # Lightning logs a validation at the step before the next update
+    for step in steps:
+        assert (media / f"predictions_step{step:06d}.png").is_file()
+        assert Image.open(media / f"confusion_matrix_step{step:06d}.png").size[0] > 100
+    with open(media / "IoU_table_step000003.csv") as f:
+        table = list(csv.DictReader(f))
+    last = next(r for r in rows if r["val/mIoU"] and int(r["step"]) == 3)
+    assert [r["class"] for r in table] == CLASSES
+    for r in table:
+        assert float(r["IoU"]) == pytest.approx(float(last[f"val/IoU/{r['class']}"]), nan_ok=True)
+
+    # test: table and confusion matrix of the test set in the test run's own directory
+    test = run_cli("test", "--config", QUICKSTART, *FAST, "--config", CONFIGS / "logger/csv.yaml",
+                   "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path)  # fmt: skip
+    test_media = Path(test.trainer.logger.log_dir) / "media" / "test"
+    assert sorted(p.name for p in test_media.iterdir()) == [
+        "IoU_table_step000000.csv", "confusion_matrix_step000000.png"
+    ]  # fmt: skip
+
+
+def test_media_switches_and_no_logger():
+    csv_args = ["--config", CONFIGS / "logger/csv.yaml", "--trainer.max_epochs=1"]
+    cli = run_cli("fit", *SHORT, *csv_args, "--dashboard.num_images=0", "--dashboard.tables=false")
+    directory = Path(cli.trainer.logger.log_dir)
+    assert not (directory / "media").exists()
+    assert "model/GFLOPs" in (directory / "metrics.csv").read_text().splitlines()[0]
+    # without a logger the dashboard and learning-rate monitor stay silent instead of failing
+    cli = run_cli("fit", *SHORT, "--trainer.max_epochs=1", "--trainer.logger=false")
+    assert cli.trainer.state.finished
+    kinds = {type(c) for c in cli.trainer.callbacks}
+    assert {Dashboard, LearningRateMonitor} <= kinds
+    dashboard = next(c for c in cli.trainer.callbacks if isinstance(c, Dashboard))
+    assert dashboard.summary == {}
+
+
+def test_count_flops_matches_a_hand_count_and_restores_modes():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Dropout(0.5))
+    model.train()
+    model[1].eval()  # a frozen BN stays frozen
+    stats = model[1].running_mean.clone()
+    flops = count_flops(model, (16, 16))
+    assert flops == 2 * (8 * 3 * 3 * 3) * 16 * 16  # one multiply-add = 2 FLOPs per weight per output pixel
+    assert model.training and model[0].training and not model[1].training and model[2].training
+    assert torch.equal(model[1].running_mean, stats)
+
+
+class Attention(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = x.flatten(2).transpose(1, 2)[:, None]  # (B, 1, N, C)
+        return nn.functional.scaled_dot_product_attention(q, q, q)
+
+
+def test_count_flops_counts_fused_attention_on_the_cpu():
+    n, c = 8 * 8, 3
+    assert count_flops(Attention(), (8, 8)) == 2 * (2 * n * n * c)  # Q K^T and S V
+
+
+def test_drawing_helpers():
+    palette = SyntheticShapes.palette
+    mask = np.array([[0, 5], [255, 2]])
+    rgb = colorize(mask, palette)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    assert tuple(rgb[0, 1]) == palette[5] and tuple(rgb[1, 0]) == (255, 255, 255) and tuple(rgb[1, 1]) == palette[2]
+
+    image = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
+    from torchvision import tv_tensors
+
+    normalised = normalize(IMAGENET_MEAN, IMAGENET_STD)(tv_tensors.Image(image))
+    back = denormalize(normalised[None], IMAGENET_MEAN, IMAGENET_STD)[0]
+    assert np.abs(back.astype(int) - image.permute(1, 2, 0).numpy().astype(int)).max() <= 1
+
+    confmat = torch.tensor([[3, 1, 0], [0, 2, 2], [0, 0, 0]])
+    iou = torch.tensor([0.75, 2 / 5, float("nan")])
+    rows = class_table(confmat, iou, ["a", "b", "c"])
+    assert rows[0] == ["a", 0.75, 0.75, 4, 3]
+    assert rows[1][2] == 0.5 and rows[1][3:] == [4, 3]
+    assert math.isnan(rows[2][1]) and math.isnan(rows[2][2]) and rows[2][3:] == [0, 2]
+
+
+def test_figures_for_many_classes_and_mixed_sizes():
+    names = [f"class{k}" for k in range(150)]  # ADE20K-sized: the figure stays bounded
+    pixels = figure_to_array(confusion_figure(torch.eye(150, dtype=torch.long) * 10, names, "150 classes"))
+    assert pixels.shape[2] == 3 and max(pixels.shape[:2]) <= 1700
+    images = [np.zeros((20, 30, 3), np.uint8), np.zeros((40, 16, 3), np.uint8)]
+    labels = [np.full((20, 30), 3), np.full((40, 16), 255)]
+    fig = overlay_figure(images, labels, [np.zeros((20, 30), int), np.ones((40, 16), int)], default_palette(4),
+                         ["a", "b", "c", "d"])  # fmt: skip
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["a", "b", "d"]  # the classes present, not the ignore label

@@ -1,0 +1,98 @@
+"""``attnseg predict``: a trained run's config and checkpoint turn a folder of images of mixed sizes into colour
+masks (palette PNGs of the model's own class maps) and overlays; missing inputs get clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from attnseg.data import SegDataModule
+from attnseg.data.synthetic import SyntheticShapes
+from attnseg.data.transforms import eval_transforms
+from attnseg.predict import ImageFolder, PredictionWriter
+from attnseg.task import SegmentationTask
+from conftest import CONFIGS, FAST, QUICKSTART, run_cli
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """Two quickstart-like images of different sizes (PNG and JPEG) and a file that is not an image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, size in (("street.png", (40, 40)), ("beach.jpg", (32, 40))):
+        image, _ = SyntheticShapes(split="test", image_size=size, num_samples=1).generate(0)
+        Image.fromarray(image).save(folder / name, quality=95)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_predict_writes_masks_and_overlays(images, tmp_path, capsys):
+    fit = run_cli("fit", "--config", QUICKSTART, *FAST, "--config", CONFIGS / "logger/csv.yaml",
+                  "--trainer.max_epochs=1", "--trainer.limit_train_batches=2")  # fmt: skip
+    run = Path(fit.trainer.logger.log_dir)
+    ckpt = fit.trainer.checkpoint_callback.best_model_path
+    out = tmp_path / "predictions"
+    cli = run_cli("predict", "--config", run / "config.yaml", "--ckpt_path", ckpt,
+                  "--data.predict_dir", images, "--prediction.output_dir", out)  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "beach_mask.png", "beach_overlay.png", "street_mask.png", "street_overlay.png"
+    ]  # fmt: skip
+    assert f"Wrote 4 files (masks and overlays) to {out}" in capsys.readouterr().out
+
+    model = SegmentationTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    transforms = eval_transforms()
+    classes = set()
+    for name in ("street.png", "beach.jpg"):
+        original = np.asarray(Image.open(images / name).convert("RGB"))
+        mask = Image.open(out / f"{Path(name).stem}_mask.png")
+        overlay = Image.open(out / f"{Path(name).stem}_overlay.png")
+        # original size, class indices as pixel values, the dataset's colours as the palette
+        assert mask.mode == "P" and mask.size == overlay.size == (original.shape[1], original.shape[0])
+        assert np.asarray(mask.getpalette()[:18]).reshape(6, 3).tolist() == [list(c) for c in SyntheticShapes.palette]
+        x = transforms(tv_tensors.Image(torch.from_numpy(original.copy()).permute(2, 0, 1)))
+        with torch.no_grad():
+            expected = model.predict_step(x[None], 0)[0].numpy()
+        assert np.array_equal(np.asarray(mask), expected)
+        classes.update(np.unique(expected).tolist())
+        # the overlay is the image tinted by the class colours
+        colours = np.asarray(SyntheticShapes.palette, dtype=np.float32)[expected]
+        blended = 0.5 * original.astype(np.float32) + 0.5 * colours
+        assert np.abs(np.asarray(overlay.convert("RGB")).astype(np.float32) - blended).max() <= 1
+    assert len(classes) > 1  # the comparison above is between non-trivial class maps
+    assert cli.trainer.state.finished
+
+
+def test_predict_errors(images, tmp_path):
+    with pytest.raises(ValueError, match=r"data.predict_dir='.*nowhere': no such folder"):
+        run_cli("predict", "--config", QUICKSTART, *FAST, "--trainer.logger=false",
+                "--data.predict_dir", tmp_path / "nowhere", "--prediction.output_dir", tmp_path / "out")  # fmt: skip
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.md").write_text("no images here")
+    with pytest.raises(ValueError, match="no images in it"):
+        ImageFolder(empty)
+    with pytest.raises(ValueError, match="data.predict_dir is not set"):
+        SegDataModule().setup("predict")
+    with pytest.raises(ValueError, match="prediction.output_dir is not set"):
+        PredictionWriter().setup(None, None, "predict")
+    (images / "street.jpeg").write_bytes((images / "beach.jpg").read_bytes())
+    with pytest.raises(ValueError, match=r"share the names \['street'\]"):
+        ImageFolder(images)
+
+
+def test_image_folder_keeps_names_and_sizes(images):
+    ds = ImageFolder(images, eval_transforms())
+    assert [p.name for p in ds.files] == ["beach.jpg", "street.png"]
+    image, info = ds[1]
+    assert info["name"] == "street" and info["size"] == (40, 40) and image.shape == (3, 40, 40)
+    assert image.dtype == torch.float32 and image.mean().abs() < 3  # normalised
+    dm = SegDataModule(predict_dir=str(images), num_workers=0)
+    dm.setup("predict")
+    batches = list(dm.predict_dataloader())
+    assert [b[0].shape[-2:] for b in batches] == [(32, 40), (40, 40)]
+    assert [b[1][0]["name"] for b in batches] == ["beach", "street"]
