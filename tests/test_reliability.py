@@ -161,3 +161,13 @@ def test_config_errors_name_the_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli("fit", "--config", QUICKSTART, *FAST, "--model.head=attnseg.heads.NoSuchHead")
     assert "NoSuchHead" in capsys.readouterr().err
+
+
+def test_batch_errors_name_the_option(tmp_path):
+    from attnseg.data.datamodule import SameSizeCollate
+
+    with pytest.raises(ValueError, match=r"data.batch_size=16 but the training set \['train'\] has only 8 samples"):
+        run_cli("fit", "--config", QUICKSTART, *FAST, "--data.batch_size=16")
+    samples = [(torch.zeros(3, 4, 5), torch.zeros(4, 5)), (torch.zeros(3, 6, 5), torch.zeros(6, 5))]
+    with pytest.raises(ValueError, match=r"sizes \[\(4, 5\), \(6, 5\)\].*data.val_batch_size: 1"):
+        SameSizeCollate("data.val_batch_size")(samples)
