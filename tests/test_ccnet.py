@@ -78,6 +78,27 @@ def test_zero_gamma_is_identity_and_gradients_reach_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 7, 9), (1, 8, 1, 5), (1, 8, 6, 1)])
+def test_gradients_equal_the_masked_full_attention(shape):
+    """The hand-written backward against autograd through the masked (N, N) formula, for the input and every
+    parameter, also with channels-last input and over two recurrence steps."""
+    m = CrissCrossAttention(shape[1], 4)
+    random_gamma(m)
+    x, weight = 2 * torch.randn(shape), torch.randn(shape)
+    grads = []
+    for fn, layout in [(m, torch.contiguous_format), (lambda t: naive_cca(m, t), torch.contiguous_format),
+                       (m, torch.channels_last)]:  # fmt: skip
+        m.zero_grad()
+        xr = x.clone(memory_format=layout).requires_grad_(True)
+        out = fn(fn(xr))
+        (out * weight).sum().backward()
+        grads.append({"out": out.detach(), "x": xr.grad, **{n: p.grad.clone() for n, p in m.named_parameters()}})
+    ours, naive, channels_last = grads
+    for name in naive:
+        for result in (ours, channels_last):
+            torch.testing.assert_close(result[name], naive[name], rtol=1e-4, atol=1e-4, msg=lambda e: f"{name}: {e}")
+
+
 def test_runs_in_fp32_under_autocast():
     m = CrissCrossAttention(16)
     random_gamma(m)

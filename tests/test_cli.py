@@ -25,6 +25,11 @@ CASES = {
     "quickstart.yaml": lambda tmp_path: ["--config", QUICKSTART, *FAST],
     "logger/csv.yaml": quickstart_with("logger/csv.yaml"),
     "logger/wandb.yaml": quickstart_with("logger/wandb.yaml"),
+    # the GPU preset on the CPU (bf16-mixed runs there too), with one persistent worker
+    "trainer/fast_gpu.yaml": lambda tmp_path: [
+        "--config", QUICKSTART, "--config", CONFIGS / "trainer/fast_gpu.yaml", *FAST,
+        "--trainer.accelerator=cpu", "--data.num_workers=1",
+    ],  # fmt: skip
     "model/fcn.yaml": quickstart_with("model/fcn.yaml"),
     "model/danet.yaml": quickstart_with("model/danet.yaml"),
     "model/ccnet.yaml": quickstart_with("model/ccnet.yaml"),

@@ -72,6 +72,27 @@ def test_channel_attention_equals_naive_formula(energy):
     assert not torch.allclose(m(x), other, atol=1e-4)
 
 
+@pytest.mark.parametrize("energy", ["max_minus", "plain"])
+def test_channel_attention_gradients_equal_the_naive_formula_without_subnormals(energy):
+    """Peaked rows (large energies) underflow most weights: the map holds exact zeros, never subnormal numbers,
+    and the output and the gradients of the input and gamma still equal autograd through the formula."""
+    m = ChannelAttention(energy)
+    random_gamma(m)
+    x, weight = 1.5 * torch.randn(2, 32, 9, 11), torch.randn(2, 32, 9, 11)
+    tiny = torch.finfo(torch.float32).tiny
+    amap = m.attention_map(x)
+    assert (amap == 0).any() and not ((amap > 0) & (amap < tiny)).any()
+    grads = []
+    for fn in (m, lambda t: naive_cam(t, m.gamma, energy)):
+        m.zero_grad()
+        xr = x.clone().requires_grad_(True)
+        out = fn(xr)
+        (out * weight).sum().backward()
+        grads.append((out.detach(), xr.grad, m.gamma.grad.clone()))
+    for ours, naive in zip(*grads):
+        torch.testing.assert_close(ours, naive, rtol=1e-4, atol=1e-4)
+
+
 def test_channel_attention_rejects_unknown_energy():
     with pytest.raises(ValueError, match="energy='softmax'"):
         ChannelAttention("softmax")
@@ -105,6 +126,32 @@ def test_attention_runs_in_fp32_under_autocast():
         ref = pam.gamma * (v @ s.transpose(1, 2)).view_as(x) + x
         torch.testing.assert_close(pam_out, ref, rtol=1e-5, atol=1e-5)
     assert cam_out.dtype == pam_out.dtype == torch.float32 and pam_bf16.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("block_elements", [None, 280])  # one block; blocks of 8 queries, the last one of 3
+def test_position_attention_gradients_equal_the_naive_formula(block_elements, monkeypatch):
+    """The hand-written backward (blocks of queries, recomputed attention) against autograd through the formula,
+    for the input and every parameter; batch 2, also with channels-last input."""
+    import attnseg.heads.danet as danet
+
+    if block_elements:
+        monkeypatch.setattr(danet, "_BLOCK_ELEMENTS", block_elements)  # 280 // 35 positions = 8 queries a block
+    m = PositionAttention(8, 4)
+    random_gamma(m)
+    x = torch.randn(2, 8, 5, 7)
+    weight = torch.randn(2, 8, 5, 7)
+    grads = []
+    for fn, layout in [(m, torch.contiguous_format), (lambda t: naive_pam(m, t), torch.contiguous_format),
+                       (m, torch.channels_last)]:  # fmt: skip
+        m.zero_grad()
+        xr = x.clone(memory_format=layout).requires_grad_(True)
+        out = fn(xr)
+        (out * weight).sum().backward()
+        grads.append({"out": out.detach(), "x": xr.grad, **{n: p.grad.clone() for n, p in m.named_parameters()}})
+    ours, naive, channels_last = grads
+    for name in naive:
+        for result in (ours, channels_last):
+            torch.testing.assert_close(result[name], naive[name], rtol=1e-4, atol=1e-5, msg=lambda e: f"{name}: {e}")
 
 
 def test_position_attention_never_holds_the_n_by_n_map():

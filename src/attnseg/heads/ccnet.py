@@ -25,6 +25,66 @@ def _full_precision(x: torch.Tensor) -> torch.autocast:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
+def _criss_cross_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Attention (B, H, W, H + W) from Q, K (B, C', H, W): ``[..., :H]`` over the column (the centre weighs 0 there),
+    ``[..., H:]`` over the row (the centre included). One softmax over both, in the inputs' dtype."""
+    h = q.shape[-2]
+    column = torch.einsum("bchw,bcgw->bhwg", q, k)  # (B, H, W, H): energy of (h, w) with (g, w)
+    centre = torch.eye(h, dtype=torch.bool, device=q.device)[:, None, :]  # (H, 1, H): g == h
+    column = column.masked_fill_(centre, float("-inf"))
+    row = torch.einsum("bchw,bchv->bhwv", q, k)  # (B, H, W, W): energy of (h, w) with (h, v)
+    return torch.softmax(torch.cat([column, row], dim=-1), dim=-1)
+
+
+def _gather(weights: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``out[:, :, h, w] = sum_g weights[:, h, w, g] t[:, :, g, w] + sum_v weights[:, h, w, H + v] t[:, :, h, v]``:
+    each position sums ``t`` (B, C, H, W) over its column and row with ``weights`` (B, H, W, H + W)."""
+    h = t.shape[-2]
+    out = torch.einsum("bhwg,bcgw->bchw", weights[..., :h], t).contiguous()  # the layout the 1x1 convs want
+    return out.add_(torch.einsum("bhwv,bchv->bchw", weights[..., h:], t))
+
+
+def _scatter(weights: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The transpose of ``_gather``: each position spreads ``t`` (B, C, H, W) over its column and row."""
+    h = t.shape[-2]
+    out = torch.einsum("bhwg,bchw->bcgw", weights[..., :h], t).contiguous()
+    return out.add_(torch.einsum("bhwv,bchw->bchv", weights[..., h:], t))
+
+
+class _CrissCrossFunction(torch.autograd.Function):
+    """``x + gamma * _gather(A, V)`` with ``A = softmax(criss-cross energies of Q, K)``, with a hand-written backward.
+
+    Autograd through the einsums would keep the energies, their concatenation, the softmax, the transposed copies
+    of V that the aggregation einsums make and the aggregated output (for gamma's gradient); here only Q, K, V and
+    the (B, H, W, H + W) attention are saved, gamma's gradient comes from the attention's gradient
+    (``sum(dL/dy * out) = sum(A * dL/dA)``), and every other buffer is freed as soon as it is used. Inputs and
+    arithmetic in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor):
+        weights = _criss_cross_weights(q, k)
+        ctx.save_for_backward(q, k, v, weights, gamma)
+        return torch.addcmul(x, gamma, _gather(weights, v))
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        q, k, v, weights, gamma = ctx.saved_tensors
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            grad_y = grad_y.to(v.dtype)
+            grad_weights = torch.cat(  # dL/dA / gamma, (B, H, W, H + W)
+                [torch.einsum("bchw,bcgw->bhwg", grad_y, v), torch.einsum("bchw,bchv->bhwv", grad_y, v)], dim=-1
+            )
+            weighted = (grad_weights * weights).sum(-1, keepdim=True)  # (B, H, W, 1)
+            grad_gamma = weighted.sum().reshape(gamma.shape)
+            # softmax backward, in place: dE = A * (dA - sum(A * dA)); the masked centre has A = 0, so dE = 0 there
+            grad_energy = grad_weights.sub_(weighted).mul_(weights).mul_(gamma)
+            grad_v = _scatter(weights, grad_y).mul_(gamma)
+            grad_q = _gather(grad_energy, k)
+            grad_k = _scatter(grad_energy, q)
+        return grad_y, grad_q, grad_k, grad_v, grad_gamma
+
+
 class CrissCrossAttention(nn.Module):
     """Criss-cross attention: every position attends to the H + W - 1 positions of its row and column.
 
@@ -32,6 +92,10 @@ class CrissCrossAttention(nn.Module):
     masked out of the column), one softmax over the column and row together, ``out = gamma * sum_i A_u,i V_i + x``.
     Energies are (B, H, W, H) for the column and (B, H, W, W) for the row, so memory is O(N (H + W)), never
     O(N^2). Energies, softmax and aggregation in fp32 (autocast off); the output has the input's dtype.
+
+    The attention runs in ``_CrissCrossFunction``, which saves only Q, K, V and the attention for its
+    backward: at 97x97 and above it is no slower and smaller than autograd through the same einsums
+    (see docs/benchmarks.md).
 
     Args:
         in_channels: channels C of the input (and of the value projection).
@@ -50,22 +114,13 @@ class CrissCrossAttention(nn.Module):
         """Attention (B, H, W, H + W) in fp32: ``[..., :H]`` over the column (the centre weighs 0 there),
         ``[..., H:]`` over the row (the centre included)."""
         q, k = self.query(x).float(), self.key(x).float()
-        h = x.shape[-2]
         with _full_precision(x):
-            column = torch.einsum("bchw,bcgw->bhwg", q, k)  # (B, H, W, H): energy of (h, w) with (g, w)
-            centre = torch.eye(h, dtype=torch.bool, device=x.device)[:, None, :]  # (H, 1, H): g == h
-            column = column.masked_fill(centre, float("-inf"))
-            row = torch.einsum("bchw,bchv->bhwv", q, k)  # (B, H, W, W): energy of (h, w) with (h, v)
-            return torch.softmax(torch.cat([column, row], dim=-1), dim=-1)
+            return _criss_cross_weights(q, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.shape[-2]
-        attention = self._attention(x)
-        v = self.value(x).float()
+        q, k, v = (proj(x).float() for proj in (self.query, self.key, self.value))
         with _full_precision(x):
-            out = torch.einsum("bhwg,bcgw->bchw", attention[..., :h], v)
-            out = out + torch.einsum("bhwv,bchv->bchw", attention[..., h:], v)
-            return (self.gamma * out + x.float()).to(x.dtype)
+            return _CrissCrossFunction.apply(x.float(), q, k, v, self.gamma).to(x.dtype)
 
     @torch.no_grad()
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:

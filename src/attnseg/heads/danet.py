@@ -27,17 +27,69 @@ def _full_precision(x: torch.Tensor) -> torch.autocast:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
+# Energies per image in one block of the CPU kernel: 2^20 fp32 = 4 MiB (times the batch), a few blocks live at once.
+_BLOCK_ELEMENTS = 1 << 20
+
+
+class _QueryBlockAttention(torch.autograd.Function):
+    """Exact ``softmax(Q^T K) V^T`` over blocks of queries, forward and backward, without the (N, N) map.
+
+    The forward keeps one (B, n, N) block of energies at a time and saves only Q, K, V, the output and the
+    log-sum-exp of each query's energies; the backward recomputes each block's attention from them (as flash
+    attention does) and accumulates dK and dV in place. Everything stays in the channels-first layout of the
+    1x1 projections, so no transposed copy of V or of the output is made. Inputs and arithmetic in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
+        # q, k (B, C', N); v (B, C, N) -> out (B, C, N) with out[:, :, i] = sum_j S[i, j] v[:, :, j]
+        out = torch.empty_like(v)
+        lse = q.new_empty(q.shape[0], q.shape[2], 1)  # (B, N, 1): log sum_j exp(energy[i, j])
+        for i in range(0, q.shape[2], block):
+            rows = slice(i, i + block)
+            energy = torch.bmm(q[:, :, rows].transpose(1, 2), k)  # (B, n, N)
+            top = energy.amax(dim=-1, keepdim=True)
+            weights = energy.sub_(top).exp_()  # unnormalised, in place
+            total = weights.sum(dim=-1, keepdim=True)  # (B, n, 1)
+            out[:, :, rows] = torch.bmm(v, weights.transpose(1, 2)).div_(total.transpose(1, 2))
+            lse[:, rows] = total.log_().add_(top)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.block = block
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        q, k, v, out, lse = ctx.saved_tensors
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            grad_out = grad_out.to(v.dtype)
+            grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+            delta = (grad_out * out).sum(dim=1).unsqueeze(-1)  # (B, N, 1): sum_j S[i, j] dS[i, j]
+            for i in range(0, q.shape[2], ctx.block):
+                rows = slice(i, i + ctx.block)
+                q_rows, grad_rows = q[:, :, rows], grad_out[:, :, rows]  # (B, C', n), (B, C, n)
+                weights = torch.bmm(q_rows.transpose(1, 2), k).sub_(lse[:, rows]).exp_()  # S (B, n, N)
+                grad_v.baddbmm_(grad_rows, weights)
+                grad_energy = torch.bmm(grad_rows.transpose(1, 2), v).sub_(delta[:, rows]).mul_(weights)
+                grad_q[:, :, rows] = torch.bmm(k, grad_energy.transpose(1, 2))
+                grad_k.baddbmm_(q_rows, grad_energy)
+        return grad_q, grad_k, grad_v, None
+
+
 class PositionAttention(nn.Module):
     """Position attention module (PAM): every position attends to every position.
 
     ``energy = Q^T K`` (no scaling), ``S = softmax(energy)`` over the keys, ``out = gamma * (V S^T) + x``
     with ``Q, K`` 1x1 projections to ``key_channels`` and ``V`` a 1x1 projection to ``in_channels``.
 
-    The forward runs ``scaled_dot_product_attention(..., scale=1.0)``, whose fused kernels never hold the
-    (N, N) attention map: on CUDA the memory-efficient kernel (it accepts a value width different from the
-    key width); on the CPU the flash kernel, which needs equal widths, so the narrower of (Q, K) and V is
-    zero-padded there (zeros add nothing to ``Q^T K`` and padded value channels are dropped). Energies and
-    softmax are fp32: the attention runs with autocast off on fp32 copies of Q, K, V; the output has the
+    The (N, N) attention map is never held, forward or backward:
+        - on CUDA ``scaled_dot_product_attention(..., scale=1.0)`` runs a fused kernel (memory-efficient, which
+          accepts a value width different from the key width);
+        - on other devices an exact kernel over blocks of queries (``_QueryBlockAttention``): energies of
+          ``~2^20 / N`` queries at a time, the backward recomputing each block's attention from the saved
+          log-sum-exp. On the CPU it is faster than the naive formula and than SDPA's CPU flash kernel (which
+          needs Q and K zero-padded to the value width, 8x the energy FLOPs at ``key_channels = C / 8``), and
+          its peak memory is a few blocks; see docs/benchmarks.md.
+    Energies, softmax and aggregation are fp32 (autocast off, fp32 copies of Q, K, V); the output has the
     input's dtype.
 
     Args:
@@ -54,20 +106,22 @@ class PositionAttention(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Q, K (B, N, C') and V (B, N, C) in fp32, contiguous (the fused kernels need unit stride channels)."""
-        projections = (self.query, self.key, self.value)
-        return tuple(proj(x).flatten(2).transpose(1, 2).float().contiguous() for proj in projections)
+        """Q, K (B, C', N) and V (B, C, N) in fp32."""
+        return tuple(proj(x).flatten(2).float() for proj in (self.query, self.key, self.value))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``V S^T`` (B, C, N) from Q, K (B, C', N) and V (B, C, N), in fp32."""
+        if q.device.type == "cuda":  # fused kernels want unit-stride channels: (B, 1, N, C) contiguous
+            q, k, v = (t.transpose(1, 2).contiguous()[:, None] for t in (q, k, v))
+            return F.scaled_dot_product_attention(q, k, v, scale=1.0)[:, 0].transpose(1, 2)
+        block = max(1, _BLOCK_ELEMENTS // q.shape[2])  # queries per block
+        return _QueryBlockAttention.apply(q, k, v, block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
         q, k, v = self._qkv(x)
         with _full_precision(x):
-            if q.device.type != "cuda" and q.shape[-1] != c:  # the CPU flash kernel needs equal widths
-                width = max(q.shape[-1], c)
-                q, k, v = (F.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=1.0)  # (B, 1, N, C)
-            out = out[:, 0, :, :c].transpose(1, 2).reshape(b, c, h, w)
-            return (self.gamma * out + x.float()).to(x.dtype)
+            out = self._attend(q, k, v).reshape(x.shape)
+            return torch.addcmul(x.float(), self.gamma, out).to(x.dtype)  # x + gamma * out
 
     @torch.no_grad()
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +129,54 @@ class PositionAttention(nn.Module):
         ``i = y * W + x``) weighs every position; reshape a row to (H, W) to show it as an image."""
         q, k, _ = self._qkv(x)
         with _full_precision(x):
-            return torch.softmax(q @ k.transpose(1, 2), dim=-1)
+            return torch.softmax(q.transpose(1, 2) @ k, dim=-1)
+
+
+def _flushed_softmax(energy: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis with weights below the smallest normal float (``finfo.tiny``, 1.2e-38 in fp32)
+    set to 0: sharply peaked rows otherwise fill the map with subnormal numbers, which make the matrix products
+    that use it tens of times slower on CPUs. Each weight changes by less than 1.2e-38."""
+    weights = torch.softmax(energy, dim=-1)
+    return weights.masked_fill_(weights < torch.finfo(weights.dtype).tiny, 0.0)
+
+
+class _ChannelAttentionFunction(torch.autograd.Function):
+    """``A + gamma * softmax(E) A`` with ``E = A A^T`` (or ``max(E) - E``), with a hand-written backward.
+
+    Saves only A and the (B, C, C) attention, computes gamma's gradient from the attention's
+    (``sum(dL/dy * SA) = sum(S * dL/dS)``), and keeps the gradients of the (C, C) maps free of subnormal numbers
+    (see ``_flushed_softmax``). The row maximum of ``max(E) - E`` gets no gradient: softmax ignores a shift of its
+    row, so that gradient is 0. Inputs and arithmetic in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, gamma: torch.Tensor, max_minus: bool) -> torch.Tensor:
+        # a (B, C, N) -> (B, C, N)
+        energy = torch.bmm(a, a.transpose(1, 2))  # (B, C, C)
+        if max_minus:
+            top = energy.amax(dim=-1, keepdim=True)
+            energy = energy.neg_().add_(top)
+        weights = _flushed_softmax(energy)
+        ctx.save_for_backward(a, weights, gamma)
+        ctx.max_minus = max_minus
+        return torch.bmm(weights, a).mul_(gamma).add_(a)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        a, weights, gamma = ctx.saved_tensors
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            grad_y = grad_y.to(a.dtype)
+            grad_weights = torch.bmm(grad_y, a.transpose(1, 2))  # dL/dS / gamma, (B, C, C)
+            weighted = grad_weights.mul_(weights)  # S * dL/dS / gamma, in place
+            grad_gamma = weighted.sum().reshape(gamma.shape)
+            # softmax backward: dE = S * dS - S * sum(S * dS), times gamma; subnormal results flushed to 0
+            grad_energy = weighted.sub_(weights * weighted.sum(-1, keepdim=True)).mul_(gamma)
+            grad_energy.masked_fill_(grad_energy.abs() < torch.finfo(grad_energy.dtype).tiny, 0.0)
+            if ctx.max_minus:
+                grad_energy.neg_()
+            grad_a = torch.bmm(weights.transpose(1, 2), grad_y).mul_(gamma).add_(grad_y)
+            grad_a.baddbmm_(grad_energy + grad_energy.transpose(1, 2), a)
+        return grad_a, grad_gamma, None
 
 
 class ChannelAttention(nn.Module):
@@ -84,6 +185,11 @@ class ChannelAttention(nn.Module):
     ``energy = A A^T`` (C, C) with A the input reshaped to (C, N); ``X = softmax(max(energy) - energy)``
     (``energy="max_minus"``, the official code: the row maximum minus the energy) or ``softmax(energy)``
     (``energy="plain"``, the paper's formula); ``out = gamma * (X A) + A``. Energies and softmax in fp32.
+
+    The attention runs in ``_ChannelAttentionFunction``: the residual and gamma fused, five (C, C, N) matrix
+    products for forward and backward instead of autograd's six, and weights below 1.2e-38 set to 0
+    (``_flushed_softmax``; the official energy makes rows so peaked that subnormal weights would slow every
+    product that uses the map by an order of magnitude on CPUs); see docs/benchmarks.md.
 
     Args:
         energy: ``max_minus`` or ``plain``.
@@ -101,13 +207,13 @@ class ChannelAttention(nn.Module):
         energy = a @ a.transpose(1, 2)
         if self.energy == "max_minus":
             energy = energy.amax(dim=-1, keepdim=True) - energy
-        return torch.softmax(energy, dim=-1)
+        return _flushed_softmax(energy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = x.flatten(2).float()  # (B, C, N)
         with _full_precision(x):
-            out = self._attention(a) @ a
-            return (self.gamma * out + a).view_as(x).to(x.dtype)
+            out = _ChannelAttentionFunction.apply(a, self.gamma, self.energy == "max_minus")
+            return out.view(x.shape).to(x.dtype)
 
     @torch.no_grad()
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:

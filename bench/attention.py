@@ -1,0 +1,455 @@
+"""The attention modules against naive references of the same formula: forward+backward time and peak memory.
+
+    python bench/attention.py [--sizes 32x32 64x64 97x97 64x128 128x256] [--channels 512] [--batch 1]
+        [--dtypes fp32 bf16] [--modules pam cam cc1 cc2 fla] [--device cpu] [--repeat 3] [--threads N]
+        [--flush-denormal] [--out docs/benchmarks.md]
+
+Every case builds one module, one input x (B, C, H, W) and one output gradient, then runs ``y = f(x);
+y.backward(grad)`` for the module and for each reference computed from the same module's weights (``gamma = 1``):
+
+    pam    PositionAttention       naive: the (B, N, N) energies, softmax, ``V S^T``
+    cam    ChannelAttention        naive: the (B, C, C) energies, max - energy, softmax, ``X A``
+    cc1/2  CrissCrossAttention     masked: full (B, N, N) energies masked to the row and column of each position;
+           (R = 1 or 2 steps)      einsum: column and row energies by einsum, -inf on the column's centre, one
+                                   softmax over their concatenation, einsum aggregation
+    fla    FullyAttentionalBlock   published: the repeat-based block (``bmm`` with the priors tiled ``repeat(W)``:
+           (attention only)        (B W, C, C) and (B H, C, C) maps); both without the block's final 3x3 conv
+
+``bf16`` runs under ``torch.autocast(dtype=torch.bfloat16)`` with a bf16 input, as in ``bf16-mixed`` training: the
+1x1 projections run in bf16; the modules and the references alike compute energies, softmax and aggregation in fp32
+(the project's convention) and return bf16.
+
+Time: the best of ``--repeat`` runs (each implementation's runs interleaved with the others'; an implementation
+whose run takes over ``--long`` seconds runs once). Peak memory: on the CPU the largest net amount of memory
+that PyTorch's allocator handed out during one run (forward and backward, output, input and parameter
+gradients), replayed from the allocation events of ``torch.profiler`` (``profile_memory=True``), in a run of its
+own after the timed ones (not timed); on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before
+the run.
+A reference whose (N, N) or per-line (C, C) maps would exceed ``--max-map-gib`` is skipped and says so.
+``--flush-denormal`` runs with subnormal floats read and written as 0 (``torch.set_flush_denormal``), which shows
+what subnormal numbers cost a reference; its rows are labelled so.
+
+With ``--out FILE`` the table goes into FILE between ``<!-- bench/attention.py -->`` markers: rows of an earlier
+run with the same module, reference, input and dtype are updated (cells this run did not measure are kept), and
+the command is listed, so runs split by size or by device build one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "src") not in sys.path:  # runs from a checkout without installing the package too
+    sys.path.insert(0, str(REPO / "src"))
+
+from attnseg.heads import ChannelAttention, CrissCrossAttention, FullyAttentionalBlock, PositionAttention  # noqa: E402
+
+NOT_MEASURED = "not measured"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DEVICES = {"cpu": "CPU", "cuda": "CUDA"}
+SIZES = ["32x32", "64x64", "97x97", "64x128", "128x256"]
+
+# ------------------------------------------------------------------------------------------------ references
+
+
+def fp32(x: torch.Tensor) -> torch.autocast:
+    """Autocast off: the references keep the modules' precision contract (energies, softmax, aggregation in fp32)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def naive_pam(m: PositionAttention, x: torch.Tensor) -> torch.Tensor:
+    q, k, v = (p(x).flatten(2).float() for p in (m.query, m.key, m.value))  # (B, C', N), (B, C', N), (B, C, N)
+    with fp32(x):
+        s = torch.softmax(torch.bmm(q.transpose(1, 2), k), dim=-1)  # (B, N, N)
+        return (m.gamma * torch.bmm(v, s.transpose(1, 2)).view(x.shape) + x.float()).to(x.dtype)
+
+
+def naive_cam(m: ChannelAttention, x: torch.Tensor) -> torch.Tensor:
+    with fp32(x):
+        a = x.flatten(2).float()  # (B, C, N)
+        e = torch.bmm(a, a.transpose(1, 2))  # (B, C, C)
+        if m.energy == "max_minus":
+            e = e.max(dim=-1, keepdim=True)[0].expand_as(e) - e
+        return (m.gamma * torch.bmm(torch.softmax(e, dim=-1), a) + a).view(x.shape).to(x.dtype)
+
+
+_MASKS: dict = {}
+
+
+def criss_cross_mask(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(N, N) bool: position i sees position j when they share a row or a column (cached for one size)."""
+    key = (h, w, str(device))
+    if key not in _MASKS:
+        rows = torch.arange(h, device=device).repeat_interleave(w)
+        cols = torch.arange(w, device=device).repeat(h)
+        _MASKS.clear()
+        _MASKS[key] = (rows[:, None] == rows[None, :]) | (cols[:, None] == cols[None, :])
+    return _MASKS[key]
+
+
+def masked_cca(m: CrissCrossAttention, x: torch.Tensor) -> torch.Tensor:
+    q, k, v = (p(x).flatten(2).float() for p in (m.query, m.key, m.value))
+    with fp32(x):
+        energy = torch.bmm(q.transpose(1, 2), k)  # (B, N, N)
+        energy = energy.masked_fill(~criss_cross_mask(*x.shape[-2:], x.device), float("-inf"))
+        out = torch.bmm(v, torch.softmax(energy, dim=-1).transpose(1, 2)).view(x.shape)
+        return (m.gamma * out + x.float()).to(x.dtype)
+
+
+def einsum_cca(m: CrissCrossAttention, x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[2]
+    q, k, v = (p(x).float() for p in (m.query, m.key, m.value))
+    with fp32(x):
+        centre = torch.diag(torch.full((h,), float("-inf"), device=x.device))  # (H, G): -inf where g == h
+        energy_col = torch.einsum("bchw,bcgw->bhwg", q, k) + centre[:, None, :]  # (B, H, W, H)
+        energy_row = torch.einsum("bchw,bchv->bhwv", q, k)  # (B, H, W, W)
+        attention = torch.softmax(torch.cat([energy_col, energy_row], dim=-1), dim=-1)
+        out_col = torch.einsum("bhwg,bcgw->bchw", attention[..., :h], v)
+        out_row = torch.einsum("bhwv,bchv->bchw", attention[..., h:], v)
+        return (m.gamma * (out_col + out_row) + x.float()).to(x.dtype)
+
+
+def published_fla(m: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
+    """The published block's attention (tiled priors, batched ``bmm``), without its final 3x3 conv."""
+    b, c, h, w = x.shape
+    dtype = x.dtype
+    with fp32(x):
+        x = x.float()
+        cols = x.permute(0, 3, 1, 2).reshape(b * w, c, h)
+        rows = x.permute(0, 2, 1, 3).reshape(b * h, c, w)
+        prior_h = m.prior_h(F.avg_pool2d(x, [1, w]).view(b, c, h).permute(0, 2, 1))
+        prior_w = m.prior_w(F.avg_pool2d(x, [h, 1]).view(b, c, w).permute(0, 2, 1))
+        aug_h = torch.bmm(torch.softmax(torch.bmm(cols, prior_h.repeat(w, 1, 1)), -1), cols)
+        aug_w = torch.bmm(torch.softmax(torch.bmm(rows, prior_w.repeat(h, 1, 1)), -1), rows)
+        aug = aug_h.view(b, w, c, h).permute(0, 2, 3, 1) + aug_w.view(b, h, c, w).permute(0, 2, 1, 3)
+        return (m.gamma * aug + x).to(dtype)
+
+
+def fla_attention(m: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
+    """The block's forward without its final 3x3 conv (the same layer in both implementations)."""
+    with fp32(x):
+        return (m.gamma * m.augment(x) + x.float()).to(x.dtype)
+
+
+def repeat(step: Callable, times: int) -> Callable:
+    def run(m, x):
+        for _ in range(times):
+            x = step(m, x)
+        return x
+
+    return run
+
+
+# (label, module factory, ours, [(reference label, reference, bytes of its largest map or None)])
+def _n2(b, c, h, w):
+    return 4 * b * (h * w) ** 2
+
+
+def _fla_maps(b, c, h, w):
+    return 4 * b * max(h, w) * c * c
+
+
+MODULES = {
+    "pam": ("PAM", lambda c: PositionAttention(c), lambda m, x: m(x), [("naive N x N", naive_pam, _n2)]),
+    "cam": ("CAM", lambda c: ChannelAttention(), lambda m, x: m(x), [("naive C x C", naive_cam, None)]),
+    "cc1": (
+        "criss-cross R=1", lambda c: CrissCrossAttention(c), lambda m, x: m(x),
+        [("einsum rows + columns", einsum_cca, None), ("masked N x N", masked_cca, _n2)],
+    ),
+    "cc2": (
+        "criss-cross R=2", lambda c: CrissCrossAttention(c), repeat(lambda m, x: m(x), 2),
+        [("einsum rows + columns", repeat(einsum_cca, 2), None), ("masked N x N", repeat(masked_cca, 2), _n2)],
+    ),
+    "fla": (
+        "FLA", lambda c: FullyAttentionalBlock(c), fla_attention, [("published (repeat)", published_fla, _fla_maps)],
+    ),
+}  # fmt: skip
+
+# ------------------------------------------------------------------------------------------------ measurement
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _allocations(prof) -> list[tuple[int, int]]:
+    """(time, bytes) of every allocation (+) and free (-) the profiler recorded."""
+    from torch._C._profiler import _EventType
+
+    found, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        if event.tag == _EventType.Allocation:
+            found.append((event.start_time_ns, event.extra_fields.alloc_size))
+        stack.extend(event.children)
+    return sorted(found, key=lambda item: item[0])
+
+
+def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
+    """Peak of the memory allocated by ``fn`` above what was allocated before it (see the module docstring)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for _, size in _allocations(prof):
+        live += size
+        peak = max(peak, live)
+    return peak
+
+
+def seconds(fn: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def measure_case(
+    key: str, size: tuple[int, int], dtype: str, args: argparse.Namespace, device: torch.device
+) -> list[list[str]]:
+    """Rows ``[module, reference, input, dtype, <device> time, <device> memory, ...]`` of one module at one size."""
+    label, build, ours, references = MODULES[key]
+    b, c, (h, w) = args.batch, args.channels, size
+    torch.manual_seed(0)
+    module = build(c).to(device)
+    torch.nn.init.ones_(module.gamma)
+    x = torch.randn(b, c, h, w, device=device).to(DTYPES[dtype]).requires_grad_(True)
+    grad = torch.randn_like(x)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def reset() -> None:  # outside the measured region: memory freed there was allocated before it
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+
+    def step(fn: Callable) -> Callable[[], None]:
+        def run() -> None:
+            with autocast:
+                y = fn(module, x)
+            y.backward(grad)
+
+        return run
+
+    impls = {"ours": (step(ours), None)}
+    for ref_label, ref, map_bytes in references:
+        need = map_bytes(b, c, h, w) if map_bytes else 0
+        if need > args.max_map_gib * 2**30:
+            what = "N x N map" if map_bytes is _n2 else "per-line C x C maps"
+            impls[ref_label] = (None, f"skipped ({what} would need {need / 2**30:.1f} GiB)")
+        else:
+            impls[ref_label] = (step(ref), None)
+    results: dict[str, dict] = {name: {"s": []} for name in impls}
+    for _ in range(args.repeat):  # timed runs first: the memory run then sees warm caches (oneDNN, cuDNN)
+        for name, (run, _) in impls.items():
+            times = results[name]["s"]
+            if run is not None and not (times and times[-1] > args.long):
+                reset()
+                times.append(seconds(run, device))
+    for name, (run, _) in impls.items():
+        if run is not None:
+            reset()
+            results[name]["MiB"] = peak_bytes(run, device) / 2**20
+    del module, x, grad
+    _MASKS.clear()
+
+    def cells(name: str) -> tuple:
+        run, skipped = impls[name]
+        return (skipped, skipped) if run is None else (1e3 * min(results[name]["s"]), results[name]["MiB"])
+
+    rows = []
+    ours_ms, ours_mib = cells("ours")
+    for ref_label, _, _ in references:
+        ref_ms, ref_mib = cells(ref_label)
+        row = [label + (" (subnormals flushed)" if args.flush_denormal else ""), ref_label, f"{b}x{c}x{h}x{w}", dtype]
+        for dev in DEVICES:
+            if dev == device.type:
+                row += [pair(ours_ms, ref_ms), pair(ours_mib, ref_mib)]
+            else:
+                row += [NOT_MEASURED, NOT_MEASURED]
+        rows.append(row)
+    return rows
+
+
+def number(value: float) -> str:
+    """Three significant digits at most, without exponents: 1388, 41.3, 0.12."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def pair(ours, ref) -> str:
+    """``ours / ref (ratio x)``; a skipped implementation shows its reason instead of a number."""
+    text = " / ".join(number(v) if isinstance(v, float) else v for v in (ours, ref))
+    if isinstance(ours, float) and isinstance(ref, float) and ref > 0:
+        text += f" ({ours / ref:.2f}x)"
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def machine(device: torch.device) -> str:
+    """One line naming the machine a device's numbers come from."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return (
+            f"{props.name}, {props.total_memory / 2**30:.0f} GiB; CUDA {torch.version.cuda}; "
+            f"PyTorch {torch.__version__}"
+        )
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s); PyTorch {torch.__version__}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _parse_rows(text: str, columns: int) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == columns and not set(line) <= set("|-: "):
+            rows.append(cells)
+    return rows[1:]  # without the header
+
+
+def update_section(
+    path: Path,
+    name: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    key_columns: int,
+    machines: dict[str, str],
+    command: str,
+    notes: str = "",
+) -> str:
+    """Write (or update) the section ``<!-- name -->`` ... ``<!-- /name -->`` of the Markdown file ``path``.
+
+    A row whose first ``key_columns`` cells equal an earlier row's replaces it, keeping the earlier cells where
+    the new row says ``not measured``; other earlier rows stay. ``machines`` (``{device label: description}``)
+    replace the lines of the same devices; the command is added to the section's list. Returns the section.
+    """
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = path.read_text() if path.is_file() else ""
+    old = text[text.index(begin) : text.index(end) + len(end)] if begin in text and end in text else ""
+    old_rows = _parse_rows(old, len(header))
+    old_machines = dict(re.findall(r"^- (\w+): (.*)$", old, flags=re.M))
+    old_commands = re.findall(r"^    (python .*)$", old, flags=re.M)
+    merged = {tuple(row[:key_columns]): list(row) for row in old_rows}
+    for row in rows:
+        key = tuple(row[:key_columns])
+        previous = merged.get(key)
+        merged[key] = [p if n == NOT_MEASURED and previous else n for n, p in zip(row, previous or row)]
+    all_machines = {**old_machines, **machines}
+    commands = old_commands + ([command] if command not in old_commands else [])
+    today = datetime.date.today().isoformat()
+    body = [begin, f"Last updated {today}.", ""]
+    body += [f"- {label}: {description}" for label, description in sorted(all_machines.items())]
+    body += ["", "Commands:", ""] + [f"    {c}" for c in commands] + [""]
+    body += [notes, ""] if notes else []
+    body += [table(header, list(merged.values())), end]
+    section = "\n".join(body)
+    if old:
+        text = text.replace(old, section)
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return section
+
+
+def command_line(script: str, argv: Sequence[str]) -> str:
+    return " ".join(["python", script, *argv])
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"--sizes {text!r}: expected HxW, e.g. 64x128")
+    return int(match[1]), int(match[2])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in SIZES],
+                        help="feature maps HxW")
+    parser.add_argument("--channels", type=int, default=512, help="channels C of the input")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
+    parser.add_argument("--modules", nargs="+", choices=list(MODULES), default=list(MODULES))
+    parser.add_argument("--device", nargs="+", choices=list(DEVICES), default=None,
+                        help="default: cpu, and cuda when present")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per implementation (best is reported)")
+    parser.add_argument("--long", type=float, default=15.0, help="an implementation slower than this (s) runs once")
+    parser.add_argument("--max-map-gib", type=float, default=1.0, help="skip references whose maps exceed this")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's, all cores)")
+    parser.add_argument("--flush-denormal", action="store_true",
+                        help="CPU: treat subnormal floats as 0 (torch.set_flush_denormal); rows say so")
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the table into")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: expected 1 or more")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    flush = torch.set_flush_denormal(True) if args.flush_denormal else False
+    if args.flush_denormal and not flush:
+        parser.error("--flush-denormal: this CPU does not support it")
+    devices = args.device or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    if "cuda" in devices and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+
+    header = ["module", "reference", "B x C x H x W", "dtype"]
+    for label in DEVICES.values():
+        header += [f"{label} fwd+bwd ms (ours / ref)", f"{label} peak MiB (ours / ref)"]
+    rows, machines = [], {}
+    for dev in devices:
+        device = torch.device(dev)
+        machines[DEVICES[dev]] = machine(device)
+        for size in args.sizes:
+            for key in args.modules:
+                for dtype in args.dtypes:
+                    start = time.perf_counter()
+                    new = measure_case(key, size, dtype, args, device)
+                    rows += new
+                    for row in new:
+                        print(" | ".join(row), f"[{time.perf_counter() - start:.0f} s]", flush=True)
+    print()
+    print(table(header, rows))
+    if args.flush_denormal:
+        torch.set_flush_denormal(False)
+    if args.out is not None:
+        command = command_line("bench/attention.py", argv)
+        update_section(args.out, "bench/attention.py", header, rows, 4, machines, command)
+        print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

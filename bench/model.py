@@ -1,0 +1,203 @@
+"""Whole models: training-step and inference throughput, peak memory and model FLOP utilisation, per head.
+
+    python bench/model.py [--heads fcn danet ccnet flanet dfn] [--encoders resnet50 resnet101] [--sizes 512 769]
+        [--batch 8] [--precision bf16-mixed fp32] [--channels-last] [--compile] [--steps 10] [--warmup 3]
+        [--device cuda] [--peak-tflops 989] [--out docs/benchmarks.md]
+
+Each head is built from its ``configs/model/<head>.yaml`` on a dilated (output stride 8) timm encoder with random
+weights, inside ``SegmentationTask`` (its losses, 19 classes). A training step is forward, the task's weighted losses
+against random labels, backward and an SGD step (momentum 0.9); inference is one forward of the model in eval mode
+(``inference_mode``). Both run under ``torch.autocast(dtype=torch.bfloat16)`` for ``bf16-mixed``. Throughput is
+images per second over ``--steps`` steps after ``--warmup`` steps.
+
+Peak memory: what the step finds allocated (weights, buffers, optimiser state, the batch) plus the peak of what it
+allocates: on CUDA ``torch.cuda.max_memory_allocated`` over one step; on the CPU the resident tensors' bytes plus the
+allocation events of one step replayed from ``torch.profiler`` (see ``bench/attention.py``).
+
+FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one training step (forward and backward) and one forward,
+at the benchmark's batch; ``TFLOP/s`` is FLOPs per step times steps per second. On CUDA the model FLOP utilisation
+(MFU) divides it by the GPU's dense bf16 peak: a small table of known GPUs or ``--peak-tflops``.
+
+Defaults are the full settings, for a GPU (ResNet-50 and -101, 512 and 769, batch 8, bf16-mixed). On a CPU pass
+reduced ones, e.g. ``--device cpu --encoders resnet50 --sizes 512 --batch 1 --precision fp32 --steps 2 --warmup 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attention import REPO, command_line, machine, number, peak_bytes, table, update_section  # noqa: E402
+
+from attnseg.callbacks import _extra_flop_formulas, count_parameters  # noqa: E402
+from attnseg.task import SegmentationTask  # noqa: E402
+
+HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn"]
+# Dense bf16 tensor-core peaks (TFLOP/s), matched against the device name.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+NUM_CLASSES = 19
+
+
+def head_factory(name: str):
+    """The head class of ``configs/model/<name>.yaml`` with its ``init_args`` bound."""
+    config = yaml.safe_load((REPO / "configs" / "model" / f"{name}.yaml").read_text())["model"]["head"]
+    module, _, cls = config["class_path"].rpartition(".")
+    head_cls = getattr(importlib.import_module(module), cls)
+    options = config.get("init_args") or {}
+    return lambda channels, num_classes: head_cls(channels, num_classes, **options)
+
+
+def build_task(head: str, encoder: str) -> SegmentationTask:
+    return SegmentationTask(head=head_factory(head), encoder={"name": encoder, "output_stride": 8},
+                            num_classes=NUM_CLASSES)  # fmt: skip
+
+
+def gpu_peak_tflops(device: torch.device, override: Optional[float]) -> Optional[float]:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+def resident_bytes(*groups) -> int:
+    """Bytes of the distinct tensors in ``groups`` (iterables of tensors)."""
+    seen = {}
+    for group in groups:
+        for t in group:
+            if isinstance(t, torch.Tensor):
+                seen[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def measure(args: argparse.Namespace, head: str, encoder: str, size: int, precision: str, device: torch.device):
+    """``(train images/s, train peak bytes, train FLOPs per step, inference images/s, peak bytes, FLOPs)``."""
+    torch.manual_seed(0)
+    task = build_task(head, encoder).to(device)
+    model = task.model
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    images = torch.randn(args.batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    masks = torch.randint(0, NUM_CLASSES, (args.batch, size, size), device=device)
+    masks[:, : size // 8] = 255
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+    def train_step() -> None:
+        with autocast:
+            loss = sum(task.compute_losses(model(images), masks).values())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    @torch.inference_mode()
+    def infer() -> None:
+        with autocast:
+            model(images)["out"]
+
+    steps = {"train": train_step, "eval": infer}
+    flops = {}
+    for mode, step in steps.items():  # counted on the eager model, before any compilation
+        model.train(mode == "train")
+        with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
+            step()
+        flops[mode] = counter.get_total_flops()
+    if args.compile:
+        model.compile()
+    results = []
+    for mode, step in steps.items():
+        model.train(mode == "train")
+        for _ in range(args.warmup):
+            step()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        _sync(device)
+        rate = args.batch * args.steps / (time.perf_counter() - start)
+        state = [t for s in optimizer.state.values() for t in s.values()]
+        resident = resident_bytes(model.parameters(), model.buffers(), state, [images, masks])
+        results += [rate, resident + peak_bytes(step, device), flops[mode]]
+    return results
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--heads", nargs="+", choices=HEADS, default=HEADS)
+    parser.add_argument("--encoders", nargs="+", default=["resnet50", "resnet101"], help="timm names (dilated, OS 8)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[512, 769], help="square input sizes")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16-mixed"], default=["bf16-mixed"])
+    parser.add_argument("--channels-last", action="store_true", help="channels-last weights and images")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (nn.Module.compile)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's)")
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the table into")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.batch < 1:
+        parser.error(f"--steps {args.steps} --warmup {args.warmup} --batch {args.batch}: expected 1+, 0+ and 1+")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    peak_tflops = gpu_peak_tflops(device, args.peak_tflops)
+    knobs = ", ".join(k for k, on in (("channels-last", args.channels_last), ("compile", args.compile)) if on)
+
+    header = ["head", "encoder", "input", "batch", "precision", "device", "params (M)", "train img/s",
+              "train peak GiB", "train TFLOP/s (MFU)", "inference img/s", "inference peak GiB"]  # fmt: skip
+    rows = []
+    for encoder in args.encoders:
+        for size in args.sizes:
+            for precision in args.precision:
+                for head in args.heads:
+                    start = time.perf_counter()
+                    params = count_parameters(build_task(head, encoder).model)[0]
+                    setting = precision + (f" ({knobs})" if knobs else "")
+                    row = [head, f"{encoder}-D8", f"{size}x{size}", str(args.batch), setting, args.device,
+                           f"{params / 1e6:.1f}"]  # fmt: skip
+                    try:
+                        train_rate, train_peak, train_flops, eval_rate, eval_peak, _ = measure(
+                            args, head, encoder, size, precision, device
+                        )
+                    except torch.cuda.OutOfMemoryError:
+                        torch.cuda.empty_cache()
+                        row += ["out of memory"] * 5
+                    else:
+                        achieved = train_flops * train_rate / args.batch / 1e12
+                        mfu = f"{100 * achieved / peak_tflops:.1f}%" if peak_tflops else "n/a"
+                        row += [number(train_rate), f"{train_peak / 2**30:.2f}", f"{number(achieved)} ({mfu})",
+                                number(eval_rate), f"{eval_peak / 2**30:.2f}"]  # fmt: skip
+                    rows.append(row)
+                    print(" | ".join(row), f"[{time.perf_counter() - start:.0f} s]", flush=True)
+    print()
+    print(table(header, rows))
+    if args.out is not None:
+        label = "CUDA" if device.type == "cuda" else "CPU"
+        update_section(args.out, "bench/model.py", header, rows, 6, {label: machine(device)},
+                       command_line("bench/model.py", argv))  # fmt: skip
+        print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

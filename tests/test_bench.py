@@ -1,0 +1,131 @@
+"""The benchmark scripts end to end at tiny sizes (tables, merging into a Markdown file, skipped cases), and the
+attention references they time against the modules: the same formula, the same outputs. No timing assertions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import attention as bench_attention  # noqa: E402
+import complexity as bench_complexity  # noqa: E402
+import model as bench_model  # noqa: E402
+
+
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def table_rows(text: str, columns: int) -> list[list[str]]:
+    return bench_attention._parse_rows(text, columns)
+
+
+@pytest.mark.parametrize("key", sorted(bench_attention.MODULES))
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_references_compute_the_modules_formula(key, dtype):
+    """Forward and input gradient of each reference equal the module's (bf16: under autocast, fp32 attention)."""
+    label, build, ours, references = bench_attention.MODULES[key]
+    torch.manual_seed(0)
+    module = build(16)
+    torch.nn.init.uniform_(module.gamma, 0.5, 1.5)
+    x = torch.randn(1, 16, 7, 9).to(bench_attention.DTYPES[dtype])  # batch 1: the published FLA mixes images
+    grad = torch.randn_like(x)
+    results = []
+    for fn in [ours] + [ref for _, ref, _ in references]:
+        xr = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            out = fn(module, xr)
+        out.backward(grad)
+        assert out.dtype == x.dtype
+        results.append((out.detach().float(), xr.grad.float()))
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == "fp32" else {"rtol": 2e-2, "atol": 2e-2}
+    for out, g in results[1:]:
+        torch.testing.assert_close(out, results[0][0], **tol)
+        torch.testing.assert_close(g, results[0][1], **tol)
+
+
+def test_attention_script_writes_the_table(tmp_path):
+    out = tmp_path / "tmp.md"
+    cmd = [sys.executable, str(REPO / "bench/attention.py"), "--sizes", "8x8", "--channels", "32", "--repeat", "1",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    rows = table_rows(text, 8)
+    expected = {(label, ref) for label, _, _, refs in bench_attention.MODULES.values() for ref, _, _ in refs}
+    assert {(r[0], r[1]) for r in rows} == expected
+    assert {(r[2], r[3]) for r in rows} == {("1x32x8x8", "fp32"), ("1x32x8x8", "bf16")}
+    assert len(rows) == 2 * len(expected)
+    for row in rows:
+        ms, mib = row[4], row[5]
+        assert " / " in ms and float(ms.split(" / ")[0]) >= 0 and float(mib.split(" / ")[0]) > 0, row
+        assert row[6:] == ["not measured", "not measured"]  # no CUDA here
+    assert "- CPU: " in text and "python bench/attention.py --sizes 8x8 --channels 32" in text
+    assert text.startswith("<!-- bench/attention.py -->") and text.rstrip().endswith("<!-- /bench/attention.py -->")
+
+
+def test_attention_runs_merge_into_one_table_and_skip_what_is_too_large(tmp_path, keep_threads):
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\nProse that stays.\n")
+    common = ["--channels", "16", "--repeat", "1", "--dtypes", "fp32", "--out", str(out)]
+    bench_attention.main(["--sizes", "6x6", "--modules", "pam", "cc1", *common])
+    first = out.read_text()
+    bench_attention.main(["--sizes", "5x9", "--modules", "pam", "--max-map-gib", "0", *common])
+    text = out.read_text()
+    assert text.startswith("# Benchmarks\n\nProse that stays.\n") and text.count("<!-- bench/attention.py -->") == 1
+    rows = {(r[0], r[1], r[2]): r for r in table_rows(text, 8)}
+    assert set(rows) == {("PAM", "naive N x N", "1x16x6x6"), ("criss-cross R=1", "einsum rows + columns", "1x16x6x6"),
+                         ("criss-cross R=1", "masked N x N", "1x16x6x6"), ("PAM", "naive N x N", "1x16x5x9")}
+    skipped = rows[("PAM", "naive N x N", "1x16x5x9")]
+    assert "skipped (N x N map would need" in skipped[4] and "skipped" in skipped[5]
+    assert rows[("PAM", "naive N x N", "1x16x6x6")] == next(r for r in table_rows(first, 8) if r[2] == "1x16x6x6")
+    assert text.count("    python bench/attention.py") == 2
+
+
+def test_update_section_keeps_cells_a_run_did_not_measure(tmp_path):
+    path = tmp_path / "b.md"
+    header = ["module", "input", "CPU ms", "CUDA ms"]
+    bench_attention.update_section(path, "s", header, [["PAM", "8x8", "not measured", "3.0"]], 2, {"CUDA": "a GPU"},
+                                   "python x.py --device cuda")  # fmt: skip
+    bench_attention.update_section(path, "s", header, [["PAM", "8x8", "5.0", "not measured"]], 2, {"CPU": "a CPU"},
+                                   "python x.py --device cpu")  # fmt: skip
+    text = path.read_text()
+    assert table_rows(text, 4) == [["PAM", "8x8", "5.0", "3.0"]]
+    assert "- CPU: a CPU" in text and "- CUDA: a GPU" in text
+
+
+def test_model_script_measures_every_head(tmp_path):
+    out = tmp_path / "m.md"
+    bench_model.main(["--device", "cpu", "--heads", "fcn", "danet", "--encoders", "resnet18", "--sizes", "32",
+                      "--batch", "2", "--precision", "fp32", "--steps", "1", "--warmup", "0",
+                      "--out", str(out)])  # fmt: skip
+    rows = table_rows(out.read_text(), 12)
+    assert [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows] == [
+        (head, "resnet18-D8", "32x32", "2", "fp32", "cpu") for head in ("fcn", "danet")
+    ]
+    for row in rows:
+        params, train_rate, train_gib, flops, eval_rate, eval_gib = row[6:]
+        assert float(params) > 11 and float(train_rate) > 0 and float(eval_rate) > 0
+        assert float(train_gib) > float(eval_gib) > 0.04  # at least the weights (11M fp32); training holds more
+        assert float(flops.split()[0]) > 0 and flops.endswith("(n/a)")  # no MFU without a known GPU peak
+
+
+def test_complexity_script_counts_parameters_and_flops(tmp_path):
+    out = tmp_path / "c.md"
+    bench_complexity.main(["--heads", "fcn", "ccnet", "--encoder", "resnet18", "--size", "32", "--out", str(out)])
+    rows = {r[0]: r for r in table_rows(out.read_text(), 7)}
+    assert set(rows) == {"fcn", "ccnet"}
+    for head, row in rows.items():
+        model = bench_model.build_task(head, "resnet18").model
+        assert float(row[3]) == pytest.approx(sum(p.numel() for p in model.head.parameters()) / 1e6, abs=0.01)
+        assert float(row[4]) == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6, abs=0.01)
+        assert 0 < float(row[5]) < float(row[6])
+    assert float(rows["ccnet"][6]) > float(rows["fcn"][6])  # the same encoder; CCNet's head is the larger one
