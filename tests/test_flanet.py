@@ -11,18 +11,7 @@ from torch.profiler import ProfilerActivity, profile
 from attnseg.encoder import Encoder
 from attnseg.heads import FLANetHead, FullyAttentionalBlock
 from attnseg.model import SegmentationModel
-
-CHANNELS = {"resnet18": [64, 128, 256, 512], "resnet50/16": [16, 32, 64, 128], "convnext/8": [12, 24, 48, 96]}
-STRIDES = {"4-8-8-8": [4, 8, 8, 8], "4-8-16-16": [4, 8, 16, 16], "4-8-16-32": [4, 8, 16, 32]}
-IMAGE = (97, 129)
-
-
-def fake_features(channels, strides, batch=1, image=IMAGE):
-    return [torch.randn(batch, c, -(-image[0] // s), -(-image[1] // s)) for c, s in zip(channels, strides)]
-
-
-def random_gamma(block: FullyAttentionalBlock) -> None:
-    torch.nn.init.uniform_(block.gamma, 0.5, 1.5)
+from head_checks import CHANNELS, IMAGE, STRIDES, assert_trains_and_evaluates, fake_features, random_gamma
 
 
 def naive_augment(block: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
@@ -153,34 +142,29 @@ def test_attention_never_holds_a_c_by_c_map_per_line():
     assert 0 < largest < maps / 2, f"an allocation of {largest} bytes; the row maps take {maps}"
 
 
-@pytest.mark.parametrize("strides", sorted(STRIDES))
+@pytest.mark.parametrize("output_stride", sorted(STRIDES))
 @pytest.mark.parametrize("encoder", sorted(CHANNELS))
-def test_head_on_channel_lists_and_strides_train_and_eval(encoder, strides):
+def test_head_on_channel_lists_and_strides_train_and_eval(encoder, output_stride):
     channels = CHANNELS[encoder]
     head = FLANetHead(channels, num_classes=4, channels=32)
     random_gamma(head.fla)
-    features = fake_features(channels, STRIDES[strides])
+    features = fake_features(channels, output_stride)
     out = head(features)
     assert set(out) == {"out", "aux", "aux2"} == set(head.loss_weights)
     assert head.loss_weights == {"out": 1.0, "aux": 0.4, "aux2": 0.4}
     for name, feature in zip(("aux2", "aux", "out"), features[1:]):
         assert out[name].shape == (1, 4, *feature.shape[-2:])
-    sum(o.square().mean() for o in out.values()).backward()
-    missing = [name for name, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not missing, f"no gradient: {missing}"
-    head.eval()
-    with torch.no_grad():
-        assert torch.equal(head(features)["out"], head(features)["out"])
+    assert_trains_and_evaluates(head, features, out)
 
 
 def test_head_options():
     channels = CHANNELS["resnet50/16"]
     head = FLANetHead(channels, num_classes=3, channels=24, aux=False)
     assert head.aux is None and head.aux2 is None and head.loss_weights == {"out": 1.0}
-    assert set(head(fake_features(channels, STRIDES["4-8-16-16"], batch=2))) == {"out"}
+    assert set(head(fake_features(channels, STRIDES[16], batch=2))) == {"out"}
     assert head.fla.prior_h.in_features == 24 and head.fuse.conv.in_channels == channels[-1] + 24
     assert FLANetHead(channels, 3).aux.conv.conv.out_channels == 64  # the published auxiliary width
-    features = fake_features(channels, STRIDES["4-8-8-8"], batch=2)
+    features = fake_features(channels, STRIDES[8], batch=2)
     attn_col, attn_row = head.attention_map(features)
     h, w = features[-1].shape[-2:]
     assert attn_col.shape == (2, w, 24, 24) and attn_row.shape == (2, h, 24, 24)
