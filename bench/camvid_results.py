@@ -1,7 +1,7 @@
 """Train every head on CamVid with one shared recipe, test each on the 233 test images, print a Markdown table.
 
     python bench/camvid_results.py --root ../shared/data/camvid --out runs/camvid_results \
-        [--heads fcn danet ccnet flanet dfn] [--steps 2000] [-- EXTRA CLI ARGS]
+        [--heads fcn danet ccnet flanet dfn] [--steps 500] [-- EXTRA CLI ARGS]
 
 Each head is ``attnseg fit --config configs/experiment/camvid_r18_cpu.yaml --config configs/model/<head>.yaml``
 with the CSV logger under ``OUT/<head>``, then ``attnseg test`` on that run's ``last.ckpt`` (the recipe trains on
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True, help="the CamVid folder (SegNet layout)")
     parser.add_argument("--out", type=Path, default=Path("runs/camvid_results"))
     parser.add_argument("--heads", nargs="+", default=HEADS, choices=HEADS)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=500)
     args = parser.parse_args(argv)
     args.extra = extra
     if not (args.root / "testannot").is_dir():
