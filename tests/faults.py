@@ -26,7 +26,7 @@ class NaNAfter(CrossEntropy):
         return loss * float("nan") if self.calls > self.nan_from else loss
 
 
-class SevenClassShapes(SyntheticShapes):
+class ExtraClassShapes(SyntheticShapes):
     """SyntheticShapes that claims one more class: a dataset whose class count differs."""
 
     classes = SyntheticShapes.classes + ("extra",)

@@ -90,7 +90,7 @@ def test_head_and_encoder_options_from_the_command_line():
     assert model.head.aux is None and len(model.head.convs) == 1
     assert model.encoder.strides[-1] == 16
     # linked from the datamodule
-    assert cli.model.num_classes == 6 and cli.model.class_names[-1] == "cold_blob"
+    assert cli.model.num_classes == 7 and cli.model.class_names[-1] == "cold_blob"
 
 
 def test_two_runs_in_one_directory_keep_their_own_config(capsys):

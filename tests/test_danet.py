@@ -154,30 +154,50 @@ def test_position_attention_never_holds_the_n_by_n_map():
     assert 0 < largest < n * n * 4 // 4, f"an allocation of {largest} bytes; the N x N map is {n * n * 4}"
 
 
-@pytest.mark.parametrize(
-    "pam,cam,expected",
-    [
-        (True, True, {"out", "pam", "cam", "aux"}),
-        (True, False, {"out", "pam", "aux"}),
-        (False, True, {"out", "cam", "aux"}),
-        (False, False, {"out", "aux"}),
-    ],
-)
-def test_switches_change_the_outputs(pam, cam, expected):
+@pytest.mark.parametrize("pam,cam", [(True, True), (True, False), (False, True), (False, False)])
+def test_switches_keep_the_outputs_and_loss_terms(pam, cam):
+    """Every point of the PAM x CAM grid has the same outputs and loss weights; a switch removes only its module."""
     head = DANetHead(CHANNELS["resnet50/16"], num_classes=3, pam=pam, cam=cam)
     out = head(fake_features(CHANNELS["resnet50/16"], batch=2))
-    assert set(out) == expected == set(head.loss_weights)
-    assert head.loss_weights == {name: 0.4 if name == "aux" else 1.0 for name in expected}
+    assert set(out) == {"out", "pam", "cam", "aux"} == set(head.loss_weights)
+    assert head.loss_weights == {"out": 1.0, "pam": 1.0, "cam": 1.0, "aux": 0.4}
     assert all(o.shape == (2, 3, 13, 17) for o in out.values())
     kinds = {type(m) for m in head.modules()}
     assert (PositionAttention in kinds) == pam and (ChannelAttention in kinds) == cam
-    assert set(head.attention_maps(fake_features(CHANNELS["resnet50/16"]))) == expected - {"out", "aux"}
+    expected_maps = {name for name, on in (("pam", pam), ("cam", cam)) if on}
+    assert set(head.attention_maps(fake_features(CHANNELS["resnet50/16"]))) == expected_maps
 
 
-def test_baseline_without_attention_is_one_plain_branch():
-    head = DANetHead(CHANNELS["resnet18"], num_classes=3, pam=False, cam=False, aux=False)
-    assert list(head.branches) == ["conv"] and isinstance(head.branches["conv"].attention, torch.nn.Identity)
-    assert len(head.branch_cls) == 0 and set(head(fake_features(CHANNELS["resnet18"]))) == {"out"}
+def test_ablation_variants_differ_only_in_the_attention_modules():
+    """Two points of the grid share every parameter but those of the module switched off (names and shapes)."""
+    shapes = {
+        (pam, cam): {k: v.shape for k, v in DANetHead(CHANNELS["resnet18"], 3, pam=pam, cam=cam).state_dict().items()}
+        for pam in (True, False)
+        for cam in (True, False)
+    }
+    both, neither = shapes[True, True], shapes[False, False]
+    assert set(neither) <= set(both) and all(both[k] == neither[k] for k in neither)
+    pam_only = {k for k in both if k.startswith("branches.pam.attention.")}
+    cam_only = {k for k in both if k.startswith("branches.cam.attention.")}
+    assert set(both) - set(neither) == pam_only | cam_only
+    assert pam_only == {f"branches.pam.attention.{n}" for n in ("query.weight", "query.bias", "key.weight", "key.bias",
+                                                               "value.weight", "value.bias", "gamma")}  # fmt: skip
+    assert cam_only == {"branches.cam.attention.gamma"}
+    assert set(shapes[True, False]) == set(neither) | pam_only and set(shapes[False, True]) == set(neither) | cam_only
+
+
+def test_baseline_without_attention_is_the_two_branches_without_their_modules():
+    torch.manual_seed(0)
+    plain = DANetHead(CHANNELS["resnet18"], num_classes=3, pam=False, cam=False, aux=False).eval()
+    assert list(plain.branches) == ["pam", "cam"]
+    assert all(isinstance(b.attention, torch.nn.Identity) for b in plain.branches.values())
+    # with gamma = 0 (its initial value) the full head computes exactly the baseline's function
+    full = DANetHead(CHANNELS["resnet18"], num_classes=3, aux=False).eval()
+    full.load_state_dict(plain.state_dict(), strict=False)
+    features = fake_features(CHANNELS["resnet18"])
+    expected, got = plain(features), full(features)
+    for name in ("out", "pam", "cam"):
+        torch.testing.assert_close(got[name], expected[name])
 
 
 @pytest.mark.parametrize("encoder", sorted(CHANNELS))

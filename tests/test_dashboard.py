@@ -55,7 +55,7 @@ def test_wandb_offline_run_holds_media_tables_and_summary(tmp_path):
     assert list((media / "images" / "mask" / "val").glob("predictions_*.mask.png"))
     offline = read_run(run)
     labels = offline["config"]["_wandb"]["mask/class_labels"]
-    assert {entry["value"]["5"] for entry in labels.values()} == {"cold_blob"}
+    assert {entry["value"]["6"] for entry in labels.values()} == {"cold_blob"}
 
     # per-class IoU table at each validation; the last one agrees with the logged scalars
     tables = sorted((media / "table" / "val").glob("IoU_table_*.table.json"), key=lambda p: int(p.name.split("_")[2]))

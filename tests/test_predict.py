@@ -53,7 +53,7 @@ def test_predict_writes_masks_and_overlays(images, tmp_path, capsys):
         overlay = Image.open(out / f"{Path(name).stem}_overlay.png")
         # original size, class indices as pixel values, the dataset's colours as the palette
         assert mask.mode == "P" and mask.size == overlay.size == (original.shape[1], original.shape[0])
-        assert np.asarray(mask.getpalette()[:18]).reshape(6, 3).tolist() == [list(c) for c in SyntheticShapes.palette]
+        assert np.asarray(mask.getpalette()[:21]).reshape(7, 3).tolist() == [list(c) for c in SyntheticShapes.palette]
         x = transforms(tv_tensors.Image(torch.from_numpy(original.copy()).permute(2, 0, 1)))
         with torch.no_grad():
             expected = model.predict_step(x[None], 0)[0].numpy()

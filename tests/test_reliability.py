@@ -137,8 +137,8 @@ def test_checkpoint_of_another_class_count_or_head_is_refused(tmp_path):
     cli = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.max_epochs=1", "--trainer.logger=false",
                   "--trainer.default_root_dir=r")  # fmt: skip
     ckpt = cli.trainer.checkpoint_callback.last_model_path
-    with pytest.raises(ValueError, match=r"last.ckpt.*6 classes.*7 classes"):
-        run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--data.dataset=faults.SevenClassShapes")
+    with pytest.raises(ValueError, match=r"last.ckpt.*7 classes.*8 classes"):
+        run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--data.dataset=faults.ExtraClassShapes")
     with pytest.raises(ValueError, match=r"last.ckpt.*num_convs=1 \(checkpoint: 2\)"):
         run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--model.head.num_convs=1")
     with pytest.raises(ValueError, match=r"encoder.name=resnet34 \(checkpoint: resnet18\)"):
@@ -150,7 +150,7 @@ def test_checkpoint_of_another_class_count_or_head_is_refused(tmp_path):
 
 
 def test_config_errors_name_the_option(tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"data.num_classes=5.*SyntheticShapes has 6 classes"):
+    with pytest.raises(ValueError, match=r"data.num_classes=5.*SyntheticShapes has 7 classes"):
         run_cli("fit", "--config", QUICKSTART, *FAST, "--data.num_classes=5")
     with pytest.raises(ValueError, match=r"encoder.name='resnet_typo'"):
         run_cli("fit", "--config", QUICKSTART, *FAST, "--model.encoder.name=resnet_typo")

@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from attnseg.cli import AttnSegCLI, main
-from attnseg.sweep import Sweep, override_args, point_label, short_names
+from attnseg.sweep import Sweep, override_args, point_label, short_names, summarise, write_results
 from conftest import CONFIGS, FAST
 from wandb_offline import read_run, wandb_in
 
@@ -25,75 +26,161 @@ def write_sweep(path: Path, body: str) -> Path:
     return path
 
 
-def test_sweep_runs_every_point_and_survives_a_failing_one(tmp_path, capsys):
+def test_sweep_runs_every_point_and_seed_and_survives_a_failing_point(tmp_path, capsys):
     (tmp_path / "sweeps").mkdir()
     sweep = write_sweep(
         tmp_path / "sweeps" / "tiny.yaml",
         # num_convs=0 is refused by FCNHead: the sweep records it and goes on
-        "fixed:\n  trainer.max_epochs: 1\ngrid:\n  model.head.init_args.num_convs: [1, 0, 2]\n",
+        "fixed:\n  trainer.max_epochs: 1\ngrid:\n  model.head.init_args.num_convs: [1, 0, 2]\n"
+        "seeds: [0, 1]\ncontext_classes: [warm_blob, cold_blob]\n",
     )
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", str(sweep), "--out", "results", "--", *TINY, *wandb_in(tmp_path / "runs")])
-    assert exit_info.value.code == 1  # one run failed
+    assert exit_info.value.code == 1  # a run failed
 
     with open("results/results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["model.head.init_args.num_convs"] for r in rows] == ["1", "0", "2"]
-    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
-    assert "num_convs=0" in rows[1]["error"] and not rows[1]["val_mIoU"]
-    ok = [rows[0], rows[2]]
+    assert [(r["model.head.init_args.num_convs"], r["seed"]) for r in rows] == [
+        ("1", "0"), ("1", "1"), ("0", "0"), ("0", "1"), ("2", "0"), ("2", "1")
+    ]  # fmt: skip
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed", "ok", "ok"]
+    assert "num_convs=0" in rows[2]["error"] and not rows[2]["val_mIoU"]
+    ok = [rows[i] for i in (0, 1, 4, 5)]
     for row in ok:
         assert 0 <= float(row["val_mIoU"]) <= 1 and 0 <= float(row["test_mIoU"]) <= 1
+        assert 0 <= float(row["test_context_IoU"]) <= 1
         assert float(row["GFLOPs"]) > 0 and float(row["train_images_per_s"]) > 0 and float(row["time_s"]) > 0
         assert Path(row["best_checkpoint"]).is_file() and Path(row["best_checkpoint"]).is_relative_to(row["run_dir"])
-    assert int(rows[2]["params"]) > int(rows[0]["params"])  # a second conv adds parameters
+    assert int(rows[4]["params"]) > int(rows[0]["params"])  # a second conv adds parameters
+    assert len({row["run_dir"] for row in ok}) == 4  # one run folder per run
 
     md = Path("results/results.md").read_text()
-    assert "| num_convs |" in md and md.count("| ok |") == 2 and md.count("| failed |") == 1
-    assert "- run 1: ValueError: FCNHead: num_convs=0" in md
+    summary, every = md.split("Every run:")
+    assert "| num_convs | val mIoU (%) | test mIoU (%) | context IoU (%) | seeds |" in summary
+    assert summary.count("| ok |") == 2 and "| failed (2/2) |" in summary
+    mean = sum(float(rows[i]["test_mIoU"]) for i in (0, 1)) / 2
+    spread = abs(float(rows[0]["test_mIoU"]) - float(rows[1]["test_mIoU"])) / 2**0.5  # sample std of two values
+    assert f"| 1 | " in summary and f"{100 * mean:.1f} ± {100 * spread:.1f}" in summary
+    assert every.count("| ok |") == 4 and every.count("| failed |") == 2
+    assert "- run 2: ValueError: FCNHead: num_convs=0" in md
     assert Image.open("results/results.png").size[0] > 100
 
-    # one W&B run per successful point, in one group, named after the point, holding val and test metrics
+    # one W&B run per successful run, in one group, named after the point and seed, holding val and test metrics
     runs = [read_run(d) for d in sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))]
-    assert len(runs) == 2
+    assert len(runs) == 4
     assert len({r["group"] for r in runs}) == 1 and runs[0]["group"].startswith("tiny-")
-    assert sorted(r["name"] for r in runs) == ["num_convs=1", "num_convs=2"]
+    assert sorted(r["name"] for r in runs) == [f"num_convs={c},seed={s}" for c in (1, 2) for s in (0, 1)]
     assert all("val/mIoU" in r["summary"] and "test/IoU_table" in r["summary"] for r in runs)
-    tested = {r["name"]: r["summary"]["test/mIoU"] for r in runs}
-    assert tested["num_convs=1"] == pytest.approx(float(rows[0]["test_mIoU"]))
-    assert tested["num_convs=2"] == pytest.approx(float(rows[2]["test_mIoU"]))
-    assert "2/3 runs succeeded" in capsys.readouterr().out
+    by_name = {r["name"]: r["summary"] for r in runs}
+    for row in ok:
+        tested = by_name[f"num_convs={row['model.head.init_args.num_convs']},seed={row['seed']}"]
+        assert tested["test/mIoU"] == pytest.approx(float(row["test_mIoU"]))
+        context = (tested["test/IoU/warm_blob"] + tested["test/IoU/cold_blob"]) / 2
+        assert context == pytest.approx(float(row["test_context_IoU"]))
+    # the seed reached the run: its config records it
+    assert sorted(r["config"]["seed_everything"] for r in runs) == [0, 0, 1, 1]
+    assert "4/6 runs succeeded" in capsys.readouterr().out
+
+
+def test_summary_averages_only_points_whose_runs_all_succeeded(tmp_path):
+    sweep = Sweep(tmp_path / "s.yaml", "s", [], {"model.lr": [0.1, 0.2]}, seeds=[0, 1, 2], context_classes=["a"])
+    rows = [
+        {"run": 0, "model.lr": 0.1, "seed": 0, "status": "ok", "val_mIoU": 0.5, "test_mIoU": 0.4, "test_context_IoU": 0.2},
+        {"run": 1, "model.lr": 0.1, "seed": 1, "status": "ok", "val_mIoU": 0.7, "test_mIoU": 0.6, "test_context_IoU": 0.4},
+        {"run": 2, "model.lr": 0.1, "seed": 2, "status": "ok", "val_mIoU": 0.6, "test_mIoU": 0.5, "test_context_IoU": 0.3},
+        {"run": 3, "model.lr": 0.2, "seed": 0, "status": "ok", "val_mIoU": 0.9, "test_mIoU": 0.9, "test_context_IoU": 0.9},
+        {"run": 4, "model.lr": 0.2, "seed": 1, "status": "failed", "error": "boom"},
+    ]  # fmt: skip
+    first, second = summarise(sweep, rows)
+    assert first["status"] == "ok" and first["n"] == 3
+    assert first["test_mIoU"] == pytest.approx((0.5, 0.1)) and first["test_context_IoU"] == pytest.approx((0.3, 0.1))
+    assert second["status"] == "failed (1/2)" and "test_mIoU" not in second  # not averaged over what survived
+    write_results(sweep, rows, tmp_path / "out", "g", [])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| 0.1 | 60.0 ± 10.0 | 50.0 ± 10.0 | 30.0 ± 10.0 | 3 |" in md
+    assert "| 0.2 | - | - | - | 2 | - | failed (1/2) |" in md
+
+
+def test_seeds_from_the_command_line_override_the_file(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "s.yaml", "grid:\n  model.lr: [0.1, 0.2]\nseeds: [0]\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(sweep), "--dry-run", "--seeds", "3", "4", "5"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "6 runs (2 grid points x seeds [3, 4, 5]" in out
+    assert out.count("--seed_everything=4") == 2 and "--seed_everything=0" not in out
+
+
+def test_bundle_axis_sets_several_options_per_value(tmp_path):
+    sweep = write_sweep(
+        tmp_path / "s.yaml",
+        "grid:\n  head:\n    fcn: {model.head: attnseg.heads.FCNHead}\n"
+        "    dfn: {model.head: attnseg.heads.DFNHead, model.loss_weights: {stage1: 0.0}}\n",
+    )
+    parsed = Sweep.from_file(sweep)
+    assert parsed.points() == [{"head": "fcn"}, {"head": "dfn"}]
+    args = parsed.arguments({"head": "dfn"}, seed=1)
+    assert args[-3:] == ["--model.head=attnseg.heads.DFNHead", '--model.loss_weights={"stage1": 0.0}',
+                         "--seed_everything=1"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "name, expected",
+    "name, expected, module",
     [
-        ("danet", [{"pam": p, "cam": c} for p in (True, False) for c in (True, False)]),
-        ("ccnet", [{"recurrence": r} for r in range(4)]),
+        ("danet", [{"pam": p, "cam": c} for p in (True, False) for c in (True, False)], "branches.pam.attention."),
+        ("ccnet", [{"recurrence": r} for r in range(4)], "cca."),
     ],
 )
-def test_ablation_files_expand_to_four_runs_that_build(name, expected, capsys):
+def test_ablation_grids_differ_only_in_the_module_under_test(name, expected, module, capsys):
+    """Each shipped ablation expands to its grid x 3 seeds, and two points of it have the same parameters, outputs
+    and loss terms apart from the attention module's own parameters."""
     path = CONFIGS / "ablation" / f"{name}.yaml"
     sweep = Sweep.from_file(path)
     points = sweep.points()
     assert [{k.rpartition(".")[2]: v for k, v in p.items()} for p in points] == expected
     assert [b.relative_to(CONFIGS).as_posix() for b in sweep.base] == ["quickstart.yaml", f"model/{name}.yaml"]
+    assert sweep.seeds == [0, 1, 2] and sweep.context_classes == ["warm_blob", "cold_blob"]
 
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", str(path), "--dry-run", "--", "--trainer.max_epochs=1"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert out.count("attnseg fit --config=") == 4 and out.count("--trainer.max_epochs=1") == 4
+    assert out.count("attnseg fit --config=") == 12 and out.count("--trainer.max_epochs=1") == 12
 
-    # every planned run parses and builds the head it names
+    built = []
     for point in points:
         args = sweep.arguments(point, ["--data.dataset_args.image_size=32", "--data.num_workers=0"])
-        head = AttnSegCLI(args=args[1:], run=False).model.model.head
+        task = AttnSegCLI(args=args[1:], run=False).model
+        head = task.model.head
         if name == "danet":
-            branches = {k for k in ("pam", "cam") if point[f"model.head.init_args.{k}"]}
-            assert set(head.branches) == (branches or {"conv"})
+            for k in ("pam", "cam"):
+                assert isinstance(head.branches[k].attention, torch.nn.Identity) != point[f"model.head.init_args.{k}"]
         else:
             assert head.recurrence == point["model.head.init_args.recurrence"]
+        outputs = head([torch.randn(1, c, 4, 4) for c in task.model.encoder.channels])
+        built.append((task.loss_weights, set(outputs), {k: v.shape for k, v in head.state_dict().items()}))
+    weights, names, _ = built[0]
+    largest = max((b[2] for b in built), key=len)
+    attention = {k for k in largest if k.startswith(module) or k.startswith("branches.cam.attention.")}
+    assert attention, "the grid switches an attention module on somewhere"
+    for loss_weights, outputs, params in built:
+        assert loss_weights == weights and outputs == names
+        assert set(largest) - set(params) <= attention and all(params[k] == largest[k] for k in params)
+
+
+def test_heads_grid_gives_every_head_the_same_supervision():
+    sweep = Sweep.from_file(CONFIGS / "ablation" / "heads.yaml")
+    assert sweep.points() == [{"head": h} for h in ("fcn", "danet", "ccnet", "flanet", "dfn")]
+    assert sweep.seeds == [0, 1, 2] and sweep.context_classes == ["warm_blob", "cold_blob"]
+    heads = {}
+    for point in sweep.points():
+        args = sweep.arguments(point, ["--data.dataset_args.image_size=32", "--data.num_workers=0"])
+        task = AttnSegCLI(args=args[1:], run=False).model
+        heads[point["head"]] = type(task.model.head).__name__
+        assert {k: v for k, v in task.loss_weights.items() if v} == {"out": 1.0, "aux": 0.4}, point
+        assert not getattr(task.model.head, "output_losses", {}), point  # no loss of its own (DFN's border is off)
+    assert heads == {"fcn": "FCNHead", "danet": "DANetHead", "ccnet": "CCNetHead", "flanet": "FLANetHead",
+                     "dfn": "DFNHead"}  # fmt: skip
 
 
 def test_sweep_file_errors(tmp_path, capsys):
@@ -103,6 +190,10 @@ def test_sweep_file_errors(tmp_path, capsys):
         "empty grid": ("base: [x.yaml]\ngrid: {}\n", "'grid' must map"),
         "scalar grid": ("base: [x.yaml]\ngrid:\n  model.lr: 0.1\n", "grid.model.lr is 0.1"),
         "unknown key": ("base: [x.yaml]\ngird:\n  model.lr: [0.1]\n", "unknown keys ['gird']"),
+        "bad seeds": ("base: [x.yaml]\ngrid:\n  model.lr: [0.1]\nseeds: 3\n", "seeds is 3; expected a non-empty list"),
+        "repeated seed": ("base: [x.yaml]\ngrid:\n  model.lr: [0.1]\nseeds: [1, 1]\n", "repeat a seed"),
+        "bad bundle": ("base: [x.yaml]\ngrid:\n  head:\n    fcn: 3\n", "grid.head.fcn is 3"),
+        "bad context": ("base: [x.yaml]\ngrid:\n  model.lr: [0.1]\ncontext_classes: blob\n", "context_classes is"),
     }
     (tmp_path / "x.yaml").write_text("model: {}\n")
     for case, (body, message) in bad.items():

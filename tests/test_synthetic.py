@@ -4,23 +4,32 @@ import torch
 from torchvision import tv_tensors
 
 from attnseg.data import SyntheticShapes
-from attnseg.data.synthetic import BLUE, RED
+from attnseg.data.synthetic import BLUE, FAR, GAP, GREY, RED, VARIANTS
+
+C = {name: i for i, name in enumerate(SyntheticShapes.classes)}
 
 
-def test_deterministic_per_seed_and_split():
-    a = SyntheticShapes(split="train", image_size=48, seed=3)
-    b = SyntheticShapes(split="train", image_size=48, seed=3)
+def samples(variant, size=128, n=60, split="train"):
+    ds = SyntheticShapes(split=split, image_size=size, num_samples=n, variant=variant)
+    return [ds.generate(i) for i in range(n)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_deterministic_per_seed_split_and_variant(variant):
+    a = SyntheticShapes(split="train", image_size=48, seed=3, variant=variant)
+    b = SyntheticShapes(split="train", image_size=48, seed=3, variant=variant)
     for i in (0, 5, 17):
         assert torch.equal(a[i][0], b[i][0]) and torch.equal(a[i][1], b[i][1])
-    other_seed = SyntheticShapes(split="train", image_size=48, seed=4)
-    other_split = SyntheticShapes(split="val", image_size=48, seed=3)
+    other_seed = SyntheticShapes(split="train", image_size=48, seed=4, variant=variant)
+    other_split = SyntheticShapes(split="val", image_size=48, seed=3, variant=variant)
     assert not torch.equal(a[0][0], other_seed[0][0])
     assert not torch.equal(a[0][0], other_split[0][0])
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("size", [32, (40, 72), (97, 129)])
-def test_any_size_and_count(size):
-    ds = SyntheticShapes(split="val", image_size=size, num_samples=5)
+def test_any_size_and_count(size, variant):
+    ds = SyntheticShapes(split="val", image_size=size, num_samples=5, variant=variant)
     assert len(ds) == 5
     image, mask = ds[4]
     h, w = (size, size) if isinstance(size, int) else size
@@ -30,38 +39,74 @@ def test_any_size_and_count(size):
         ds[5]
 
 
-def test_every_class_occurs():
-    ds = SyntheticShapes(split="train", image_size=64, num_samples=64)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_class_occurs(variant):
     seen = set()
-    for i in range(len(ds)):
-        seen |= set(ds[i][1].unique().tolist())
+    for _, mask in samples(variant, size=64, n=64):
+        seen |= set(np.unique(mask).tolist())
     assert seen == set(range(len(SyntheticShapes.classes)))
 
 
-def test_blob_class_is_decided_by_the_distant_bar_only():
-    """warm/cold blobs look the same; only the bar at the top edge tells them apart."""
-    ds = SyntheticShapes(split="train", image_size=64, num_samples=200)
-    warm, cold = ds.classes.index("warm_blob"), ds.classes.index("cold_blob")
-    warm_pixels, cold_pixels = [], []
-    for i in range(len(ds)):
-        image, mask = ds.generate(i)
-        bar = image[: 64 // 10].reshape(-1, 3).mean(0)
-        labels = set(np.unique(mask).tolist())
-        is_red = np.abs(bar - RED).sum() < np.abs(bar - BLUE).sum()
-        assert not (labels >= {warm, cold})
-        if warm in labels:
-            assert is_red
-            warm_pixels.append(image[mask == warm])
-        if cold in labels:
-            assert not is_red
-            cold_pixels.append(image[mask == cold])
-        blob_rows = np.nonzero((mask == warm) | (mask == cold))[0]
-        if len(blob_rows):
-            assert blob_rows.min() > 64 // 4  # far from the bar
-    # identical appearance: the same mean colour and spread within a few grey levels
-    warm_pixels, cold_pixels = np.concatenate(warm_pixels), np.concatenate(cold_pixels)
-    assert np.abs(warm_pixels.mean(0) - cold_pixels.mean(0)).max() < 3
-    assert np.abs(warm_pixels.std(0) - cold_pixels.std(0)).max() < 3
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_blob_class_is_the_colour_of_its_cue_and_blobs_look_alike(variant):
+    """warm/cold blobs are the same grey ellipses; the cue's colour (red: warm, blue: cold) decides the label, and
+    only cues are red or blue."""
+    pixels = {C["warm_blob"]: [], C["cold_blob"]: []}
+    for image, mask in samples(variant):
+        for cue, colour in ((C["warm_cue"], RED), (C["cold_cue"], BLUE)):
+            if (mask == cue).any():
+                assert np.abs(image[mask == cue].mean(0) - colour).max() < 8
+        for blob in pixels:
+            if (mask == blob).any():
+                pixels[blob].append(image[mask == blob])
+                assert np.abs(image[mask == blob].mean(0) - GREY).max() < 12
+        for other in ("disc", "box"):  # distractors are never near the cue colours
+            if (mask == C[other]).any():
+                mean = image[mask == C[other]].mean(0)
+                assert min(np.abs(mean - RED).sum(), np.abs(mean - BLUE).sum()) > 60
+        if variant != "band":  # one cue per image: all its blobs take its colour
+            labels = set(np.unique(mask).tolist())
+            assert not labels >= {C["warm_blob"], C["cold_blob"]}
+            assert (C["warm_blob"] in labels) <= (C["warm_cue"] in labels)
+            assert (C["cold_blob"] in labels) <= (C["cold_cue"] in labels)
+    warm, cold = (np.concatenate(pixels[c]).astype(float) for c in (C["warm_blob"], C["cold_blob"]))
+    assert np.abs(warm.mean(0) - cold.mean(0)).max() < 3 and np.abs(warm.std(0) - cold.std(0)).max() < 3
+
+
+def _points(mask, *labels):
+    return np.argwhere(np.isin(mask, labels))
+
+
+def test_far_cue_is_far_from_every_blob():
+    for _, mask in samples("far"):
+        blobs, cues = _points(mask, C["warm_blob"], C["cold_blob"]), _points(mask, C["warm_cue"], C["cold_cue"])
+        assert len(blobs) and len(cues)
+        distance = np.sqrt(((blobs[:, None] - cues[None]) ** 2).sum(-1)).min()
+        assert distance >= FAR * 128 - 1
+
+
+def test_two_hop_cue_shares_no_row_and_no_column_with_a_blob():
+    for _, mask in samples("two_hop"):
+        blobs, cues = _points(mask, C["warm_blob"], C["cold_blob"]), _points(mask, C["warm_cue"], C["cold_cue"])
+        assert len(blobs) and len(cues)
+        for axis in (0, 1):  # rows, then columns: the two spans are apart by the gap
+            gap = max(blobs[:, axis].min() - cues[:, axis].max(), cues[:, axis].min() - blobs[:, axis].max())
+            assert gap >= GAP * 128 - 1
+
+
+def test_band_blobs_take_their_own_bands_cue_and_both_colours_are_present():
+    for _, mask in samples("band"):
+        assert (mask == C["warm_cue"]).any() and (mask == C["cold_cue"]).any()  # a global summary cannot tell
+        for blob in (C["warm_blob"], C["cold_blob"]):
+            rows = np.unique(_points(mask, blob)[:, 0])
+            if not len(rows):
+                continue
+            cue = C["warm_cue"] if blob == C["warm_blob"] else C["cold_cue"]
+            band_rows = np.unique(_points(mask, cue)[:, 0])
+            assert set(rows) <= set(band_rows)  # every blob row crosses its own cue stripe
+            columns = _points(mask, blob)[:, 1]
+            stripe = _points(mask, cue)[:, 1]
+            assert np.abs(columns[:, None] - stripe[None]).min() >= FAR * 128 - 1
 
 
 def test_bad_arguments():
@@ -69,3 +114,5 @@ def test_bad_arguments():
         SyntheticShapes(split="nope")
     with pytest.raises(ValueError, match="image_size"):
         SyntheticShapes(image_size=8)
+    with pytest.raises(ValueError, match=r"variant='near'.*'far', 'two_hop', 'band'"):
+        SyntheticShapes(variant="near")

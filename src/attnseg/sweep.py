@@ -10,14 +10,31 @@ A sweep file (paths relative to the file)::
     grid:                                             # every combination of these values
       model.head.init_args.pam: [true, false]
       model.head.init_args.cam: [true, false]
+    seeds: [0, 1, 2]     # optional: every grid point is run once per seed (default: [0]); --seeds overrides
+    context_classes: [warm_blob, cold_blob]   # optional: classes whose mean test IoU gets its own column
     name: danet          # optional: the sweep's name (default: the file's stem)
     test: true           # optional: test the best checkpoint after each fit (default: true)
 
-Each run is ``attnseg fit --config <base>... --<fixed>... <EXTRA> --<grid point>...`` (later arguments win, so the
-grid point always holds), run in this process with a fresh CLI. A run that fails is recorded with its error and
-the sweep goes on. The W&B runs of one sweep share a group (``<name>-<date>-<time>``) and are named after their
-grid point. ``DIR`` (default ``runs/sweeps/<name>``) receives ``results.csv``, ``results.md`` and ``results.png``,
-rewritten after every run. The exit status is 1 when a run failed.
+A grid axis may also map names to bundles of overrides that go together, for example one head and its options::
+
+    grid:
+      head:
+        fcn: {model.head: attnseg.heads.FCNHead}
+        dfn: {model.head: attnseg.heads.DFNHead, model.head.init_args.aux: true}
+
+Each run is ``attnseg fit --config <base>... --<fixed>... <EXTRA> --<grid point>... --seed_everything=<seed>``
+(later arguments win, so the grid point and the seed always hold), run in this process with a fresh CLI. The seed
+sets the model's initialisation, the data order and the augmentation; the dataset itself stays the one the
+configs name. A run that fails is recorded with its error and the sweep goes on. The W&B runs of one sweep share a
+group (``<name>-<date>-<time>``) and are named after their grid point and seed. ``DIR`` (default
+``runs/sweeps/<name>``) receives, rewritten after every run:
+
+- ``results.csv``: one row per run (grid point, seed, status, scores, time, run folder, error);
+- ``results.md``: per grid point the mean and standard deviation over its seeds (a point with a failed run is
+  shown as failed, not averaged), then every run;
+- ``results.png``: mean test mIoU (and context-class IoU) per grid point with standard-deviation error bars.
+
+The exit status is 1 when a run failed.
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ import csv
 import gc
 import itertools
 import json
+import statistics
 import sys
 import time
 import traceback
@@ -43,8 +61,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from attnseg.callbacks import Dashboard, count_parameters
 from attnseg.cli import AttnSegCLI, run_dir
 
-SWEEP_KEYS = ("base", "fixed", "grid", "name", "test")
-COLUMNS = ["run", "status", "val_mIoU", "test_mIoU", "params", "GFLOPs", "train_images_per_s", "time_s"]
+SWEEP_KEYS = ("base", "fixed", "grid", "seeds", "context_classes", "name", "test")
+COLUMNS = ["run", "seed", "status", "val_mIoU", "test_mIoU", "test_context_IoU", "params", "GFLOPs",
+           "train_images_per_s", "time_s"]  # fmt: skip
+SCORES = (("val_mIoU", "val mIoU"), ("test_mIoU", "test mIoU"), ("test_context_IoU", "context IoU"))
 
 
 @dataclass
@@ -57,6 +77,9 @@ class Sweep:
     grid: dict[str, list[Any]]
     fixed: dict[str, Any] = field(default_factory=dict)
     test: bool = True
+    seeds: list[int] = field(default_factory=lambda: [0])
+    context_classes: list[str] = field(default_factory=list)
+    bundles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # axis -> name -> overrides
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Sweep":
@@ -80,24 +103,54 @@ class Sweep:
         grid = spec.get("grid") or {}
         if not isinstance(grid, dict) or not grid:
             raise ValueError(f"{path}: 'grid' must map dotted options to lists of values, e.g. model.lr: [0.01, 0.02]")
-        for key, values in grid.items():
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"{path}: grid.{key} is {values!r}; expected a non-empty list of values")
+        bundles = {}
+        for key, values in list(grid.items()):
+            if isinstance(values, dict) and values:
+                for name, overrides in values.items():
+                    if not isinstance(overrides, dict) or not overrides:
+                        raise ValueError(
+                            f"{path}: grid.{key}.{name} is {overrides!r}; expected a mapping of dotted options to "
+                            "values, e.g. {model.head: attnseg.heads.FCNHead}"
+                        )
+                bundles[key] = {str(name): dict(overrides) for name, overrides in values.items()}
+                grid[key] = list(bundles[key])
+            elif not isinstance(values, list) or not values:
+                raise ValueError(
+                    f"{path}: grid.{key} is {values!r}; expected a non-empty list of values (or a mapping of names "
+                    "to bundles of overrides)"
+                )
         fixed = spec.get("fixed") or {}
         if not isinstance(fixed, dict):
             raise ValueError(f"{path}: 'fixed' must map dotted options to values, got {fixed!r}")
+        seeds = spec.get("seeds", [0])
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+            raise ValueError(f"{path}: seeds is {seeds!r}; expected a non-empty list of integers, e.g. seeds: [0, 1, 2]")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{path}: seeds {seeds} repeat a seed; each seed once")
+        context = spec.get("context_classes") or []
+        if not isinstance(context, list) or not all(isinstance(c, str) for c in context):
+            raise ValueError(f"{path}: context_classes is {context!r}; expected a list of class names")
         name = str(spec.get("name") or path.stem)
-        return cls(path, name, base, dict(grid), dict(fixed), bool(spec.get("test", True)))
+        return cls(path, name, base, dict(grid), dict(fixed), bool(spec.get("test", True)), list(seeds), context,
+                   bundles)  # fmt: skip
 
     def points(self) -> list[dict[str, Any]]:
         """Every combination of the grid's values, the first key varying slowest."""
         keys = list(self.grid)
         return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
 
-    def arguments(self, point: dict[str, Any], extra: Sequence[str] = ()) -> list[str]:
-        """``fit`` arguments of one run: base configs, fixed overrides, extra arguments, then the grid point."""
+    def runs(self) -> list[tuple[dict[str, Any], int]]:
+        """``(grid point, seed)`` of every run: each point with each seed, seeds varying fastest."""
+        return [(point, seed) for point in self.points() for seed in self.seeds]
+
+    def arguments(self, point: dict[str, Any], extra: Sequence[str] = (), seed: Optional[int] = None) -> list[str]:
+        """``fit`` arguments of one run: base configs, fixed overrides, extra arguments, the grid point, the seed."""
         configs = [f"--config={b}" for b in self.base]
-        return ["fit", *configs, *override_args(self.fixed), *extra, *override_args(point)]
+        seeded = [f"--seed_everything={seed}"] if seed is not None else []
+        overrides: dict[str, Any] = {}
+        for key, value in point.items():
+            overrides.update(self.bundles[key][value] if key in self.bundles else {key: value})
+        return ["fit", *configs, *override_args(self.fixed), *extra, *override_args(overrides), *seeded]
 
 
 def override_args(overrides: dict[str, Any]) -> list[str]:
@@ -157,21 +210,35 @@ class SweepRunCLI(AttnSegCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
 
-def run_point(sweep: Sweep, index: int, point: dict[str, Any], extra: Sequence[str], group: str) -> dict[str, Any]:
-    """Fit (and test) one grid point; returns its result row (``status`` ``ok`` or ``failed`` with ``error``)."""
-    row: dict[str, Any] = {"run": index, **point, "status": "failed", "error": ""}
+def run_point(
+    sweep: Sweep, index: int, point: dict[str, Any], extra: Sequence[str], group: str, seed: Optional[int] = None
+) -> dict[str, Any]:
+    """Fit (and test) one grid point with one seed; returns its result row (``status`` ``ok`` or ``failed`` with
+    ``error``)."""
+    row: dict[str, Any] = {"run": index, **point, "seed": seed, "status": "failed", "error": ""}
     start = time.perf_counter()
     cli = None
+    label = point_label(point) + (f",seed={seed}" if seed is not None else "")
     try:
-        cli = SweepRunCLI(sweep.arguments(point, extra), group, point_label(point), sweep.test)
+        cli = SweepRunCLI(sweep.arguments(point, extra, seed), group, label, sweep.test)
         trainer = cli.trainer
         callback = trainer.checkpoint_callback
         if callback is not None and callback.best_model_score is not None:
             row["val_mIoU"] = float(callback.best_model_score)
         elif "val/mIoU" in trainer.callback_metrics:
             row["val_mIoU"] = float(trainer.callback_metrics["val/mIoU"])
-        if "test/mIoU" in trainer.callback_metrics:
-            row["test_mIoU"] = float(trainer.callback_metrics["test/mIoU"])
+        metrics = trainer.callback_metrics
+        if "test/mIoU" in metrics:
+            row["test_mIoU"] = float(metrics["test/mIoU"])
+        if sweep.context_classes and "test/mIoU" in metrics:
+            missing = [c for c in sweep.context_classes if f"test/IoU/{c}" not in metrics]
+            if missing:
+                raise ValueError(
+                    f"{sweep.path}: context_classes {missing} are not classes of this dataset "
+                    f"({', '.join(cli.model.class_names)})"
+                )
+            ious = [float(metrics[f"test/IoU/{c}"]) for c in sweep.context_classes]
+            row["test_context_IoU"] = sum(ious) / len(ious)
         row["params"] = count_parameters(cli.model)[0]
         for cb in trainer.callbacks:
             if isinstance(cb, Dashboard):
@@ -216,8 +283,42 @@ def _format(value: Any, scale: float = 1.0, digits: int = 2) -> str:
     return str(value)
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per grid point that has runs: its point, its runs, ``status`` (``ok`` when every run succeeded,
+    else ``failed (k/n)``) and, for an ok point, ``(mean, std)`` of each score over its seeds."""
+    keys = list(sweep.grid)
+    summary = []
+    for point in sweep.points():
+        runs = [row for row in rows if all(row.get(k) == v for k, v in point.items())]
+        if not runs:
+            continue
+        failed = sum(row["status"] != "ok" for row in runs)
+        entry: dict[str, Any] = {**{k: point[k] for k in keys}, "runs": runs, "n": len(runs)}
+        entry["status"] = "ok" if not failed else f"failed ({failed}/{len(runs)})"
+        if not failed:
+            for key, _ in SCORES + (("time_s", "time"),):
+                values = [row[key] for row in runs if isinstance(row.get(key), (int, float))]
+                if len(values) == len(runs):
+                    entry[key] = _mean_std([float(v) for v in values])
+        summary.append(entry)
+    return summary
+
+
+def _pm(value: Optional[tuple[float, float]], scale: float = 100.0, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    mean, std = value
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
 def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: str, extra: Sequence[str]) -> None:
-    """``results.csv`` (every field), ``results.md`` (a table for humans) and ``results.png`` (mIoU per run)."""
+    """``results.csv`` (one row per run, every field), ``results.md`` (mean ± std per grid point, then every run)
+    and ``results.png`` (mean scores per grid point with error bars)."""
     out.mkdir(parents=True, exist_ok=True)
     keys = list(sweep.grid)
     fields = ["run", *keys, *COLUMNS[1:], "run_dir", "best_checkpoint", "error"]
@@ -228,26 +329,46 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
             writer.writerow({k: json.dumps(v) if isinstance(v, (bool, list, dict)) else v for k, v in row.items()})
 
     names = short_names(keys)
-    header = ["#", *(names[k] for k in keys), "val mIoU (%)", "test mIoU (%)", "params (M)", "GFLOPs", "train img/s",
-              "time (s)", "status"]  # fmt: skip
+    context = sweep.context_classes
+    scores = [(k, label) for k, label in SCORES if context or k != "test_context_IoU"]
+    summary = summarise(sweep, rows)
+    header = [*(names[k] for k in keys), *(f"{label} (%)" for _, label in scores), "seeds", "time (s)", "status"]
     lines = [
         f"# Sweep `{sweep.name}`",
         "",
-        f"Sweep file: `{sweep.path}`; base: {', '.join(f'`{b.name}`' for b in sweep.base)}; W&B group: `{group}`"
-        + (f"; extra arguments: `{' '.join(extra)}`" if extra else ""),
+        f"Sweep file: `{sweep.path}`; base: {', '.join(f'`{b.name}`' for b in sweep.base)}; seeds: {sweep.seeds}; "
+        f"W&B group: `{group}`" + (f"; extra arguments: `{' '.join(extra)}`" if extra else ""),
         "",
-        "val mIoU: the best validation score, whose checkpoint the test mIoU comes from.",
+        "Mean ± standard deviation over the seeds of each grid point. val mIoU: the best validation score, whose "
+        "checkpoint the test scores come from."
+        + (f" context IoU: mean test IoU of {', '.join(f'`{c}`' for c in context)}." if context else ""),
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join("---:" if h not in names.values() and h != "status" else "---" for h in header) + "|",
+        "|" + "|".join("---" if h in names.values() or h == "status" else "---:" for h in header) + "|",
+    ]
+    for entry in summary:
+        cells = [json.dumps(entry[k]) if not isinstance(entry[k], str) else entry[k] for k in keys]
+        cells += [_pm(entry.get(key)) for key, _ in scores]
+        time_s = entry.get("time_s")
+        cells += [str(entry["n"]), f"{time_s[0]:.0f}" if time_s else "-", entry["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    run_header = ["#", *(names[k] for k in keys), "seed", *(f"{label} (%)" for _, label in scores), "params (M)",
+                  "GFLOPs", "train img/s", "time (s)", "status"]  # fmt: skip
+    lines += [
+        "",
+        "Every run:",
+        "",
+        "| " + " | ".join(run_header) + " |",
+        "|" + "|".join("---" if h in names.values() or h == "status" else "---:" for h in run_header) + "|",
     ]
     for row in rows:
         params = row.get("params")
         cells = [
             str(row["run"]),
             *(json.dumps(row[k]) if not isinstance(row[k], str) else row[k] for k in keys),
-            _format(row.get("val_mIoU"), 100),
-            _format(row.get("test_mIoU"), 100),
+            _format(row.get("seed")),
+            *(_format(row.get(key), 100) for key, _ in scores),
             _format(params / 1e6 if params else None),
             _format(row.get("GFLOPs")),
             _format(row.get("train_images_per_s"), digits=1),
@@ -259,33 +380,41 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
     if failed:
         lines += ["", "Failed runs:", ""] + [f"- run {row['run']}: {row['error']}" for row in failed]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    plot_results(rows, keys, out / "results.png", title=f"sweep {sweep.name}")
+    plot_results(summary, keys, out / "results.png", title=f"sweep {sweep.name} (mean ± std over seeds {sweep.seeds})",
+                 context=bool(context))  # fmt: skip
 
 
-def plot_results(rows: list[dict[str, Any]], keys: Sequence[str], path: Path, title: str = "") -> bool:
-    """Bar chart of val and test mIoU (%) per run; False (and a message) where matplotlib is missing."""
+def plot_results(summary: list[dict[str, Any]], keys: Sequence[str], path: Path, title: str = "",
+                 context: bool = False) -> bool:  # fmt: skip
+    """Bars of the mean test mIoU (and context IoU) per grid point with standard-deviation error bars, failed
+    points marked; False (and a message) where matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         print(f"matplotlib is not installed: {path} not written (pip install matplotlib)")
         return False
-    labels = [point_label({k: row[k] for k in keys}).replace(",", "\n") for row in rows]
-    fig = Figure(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 4.0), layout="constrained")
+    series = [("test_mIoU", "test mIoU")] + ([("test_context_IoU", "context IoU")] if context else [])
+    labels = [point_label({k: entry[k] for k in keys}).replace(",", "\n") for entry in summary]
+    fig = Figure(figsize=(max(4.0, 1.2 * len(summary) + 1.5), 4.0), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    width = 0.38
-    for offset, (key, label) in zip((-width / 2, width / 2), (("val_mIoU", "val"), ("test_mIoU", "test"))):
-        values = [100 * row[key] if isinstance(row.get(key), float) else 0.0 for row in rows]
-        bars = ax.bar([i + offset for i in range(len(rows))], values, width, label=label)
-        ax.bar_label(bars, labels=[f"{v:.1f}" if v else "" for v in values], fontsize=7)
-    for i, row in enumerate(rows):
-        if row["status"] != "ok":
-            ax.text(i, 1.0, "failed", ha="center", va="bottom", rotation=90, color="tab:red")
-    ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title(title)
-    ax.legend()
+    width = 0.8 / len(series)
+    for s, (key, label) in enumerate(series):
+        offset = (s - (len(series) - 1) / 2) * width
+        means = [100 * e[key][0] if e.get(key) else 0.0 for e in summary]
+        stds = [100 * e[key][1] if e.get(key) else 0.0 for e in summary]
+        bars = ax.bar([i + offset for i in range(len(summary))], means, width, yerr=stds, capsize=3, label=label)
+        ax.bar_label(bars, labels=[f"{m:.1f}±{d:.1f}" if m else "" for m, d in zip(means, stds)], fontsize=7,
+                     padding=2)  # fmt: skip
+    for i, entry in enumerate(summary):
+        if entry["status"] != "ok":
+            ax.text(i, 1.0, entry["status"], ha="center", va="bottom", rotation=90, color="tab:red")
+    ax.set_xticks(range(len(summary)), labels, fontsize=8)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right")
     fig.savefig(path, dpi=120)
     return True
 
@@ -307,6 +436,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("sweep", help="sweep file (YAML with base, grid, and optionally fixed, name, test)")
     parser.add_argument("--out", default=None, help="folder for the results (default: runs/sweeps/<name>)")
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run every grid point once per seed (overrides the file's seeds), e.g. --seeds 0 1 2")  # fmt: skip
     return parser.parse_args(argv), extra
 
 
@@ -318,26 +449,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         print(f"attnseg sweep: {err}", file=sys.stderr)
         return 2
-    points = sweep.points()
+    if args.seeds is not None:
+        if len(set(args.seeds)) != len(args.seeds):
+            print(f"attnseg sweep: --seeds {args.seeds} repeat a seed; each seed once", file=sys.stderr)
+            return 2
+        sweep.seeds = list(args.seeds)
+    runs = sweep.runs()
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
     if args.dry_run:
         then = ", then test on the best checkpoint" if sweep.test else ""
-        print(f"Sweep {sweep.name}: {len(points)} runs (fit{then})")
-        for index, point in enumerate(points):
-            print(f"[{index}] {point_label(point)}")
-            print("    attnseg " + " ".join(sweep.arguments(point, extra)))
+        points = len(runs) // len(sweep.seeds)
+        print(f"Sweep {sweep.name}: {len(runs)} runs ({points} grid points x seeds {sweep.seeds}; fit{then})")
+        for index, (point, seed) in enumerate(runs):
+            print(f"[{index}] {point_label(point)},seed={seed}")
+            print("    attnseg " + " ".join(sweep.arguments(point, extra, seed)))
         print(f"Results would go to {out}/results.{{csv,md,png}}")
         return 0
 
     group = f"{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}"
     leader = rank_zero_only.rank == 0  # with several processes (DDP) every one runs the sweep; one writes results
     rows: list[dict[str, Any]] = []
-    for index, point in enumerate(points):
-        print(f"\n=== sweep {sweep.name}: run {index + 1}/{len(points)}: {point_label(point)} ===", flush=True)
+    for index, (point, seed) in enumerate(runs):
+        label = f"{point_label(point)},seed={seed}"
+        print(f"\n=== sweep {sweep.name}: run {index + 1}/{len(runs)}: {label} ===", flush=True)
         try:
-            rows.append(run_point(sweep, index, point, extra, group))
+            rows.append(run_point(sweep, index, point, extra, group, seed))
         except (KeyboardInterrupt, SystemExit):  # Ctrl+C (Lightning turns it into SystemExit) ends the sweep
-            rows.append({"run": index, **point, "status": "interrupted", "error": "interrupted"})
+            rows.append({"run": index, **point, "seed": seed, "status": "interrupted", "error": "interrupted"})
             if leader:
                 write_results(sweep, rows, out, group, extra)
             print(f"\nSweep {sweep.name} interrupted at run {index}; results so far in {out}/", file=sys.stderr)

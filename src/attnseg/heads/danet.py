@@ -8,6 +8,9 @@ and classified (``out``), and each branch is also classified on its own (``pam``
     x (B, C_in, H, W) ─┬─ conv ─ PositionAttention ─ conv ─┬─ classifier ─► pam
                        │                                   + ─ classifier ─► out
                        └─ conv ─ ChannelAttention ── conv ─┴─ classifier ─► cam
+
+Switching a module off (``pam=false`` / ``cam=false``) replaces only that module by the identity: the
+branch, its convs, its side output and loss term stay, so ablation variants differ in the module alone.
 """
 
 from __future__ import annotations
@@ -241,17 +244,21 @@ class AttentionBranch(nn.Module):
 class DANetHead(nn.Module):
     """DANet head on the deepest feature, plus the auxiliary FCN head on the stage before last.
 
-    Outputs (each with loss weight 1, ``aux`` 0.4): ``out`` classifies the sum of the branches; ``pam`` and
-    ``cam`` classify their branch alone. A switch that is off removes its branch and its output. With one
-    branch, ``out`` and that branch's output classify the same feature with separate classifiers. With both
-    off the head is the ablation baseline: one plain branch (3x3 conv-BN-ReLU, 3x3 conv-BN-ReLU, the same
-    layers as a branch without its attention) and the classifier, outputs ``out`` (and ``aux``).
+    Outputs (each with loss weight 1, ``aux`` 0.4): ``out`` classifies the sum of the two branches; ``pam`` and
+    ``cam`` classify their branch alone (the official code's side outputs).
+
+    The switches are fair for ablations: ``pam=false`` (``cam=false``) keeps the position (channel) branch, its
+    two 3x3 conv-BN-ReLU layers, its side classifier and its ``pam`` (``cam``) loss term, and only replaces the
+    attention module inside it by the identity. So every point of the 2 x 2 grid has the same convolutions,
+    classifiers, outputs and loss weights; two points differ only in the attention modules' parameters (PAM's
+    query, key, value and gamma; CAM's gamma) and in what those modules compute. With both off the head is two
+    plain conv branches, summed and classified, with the same side outputs.
 
     Args:
         in_channels: channels of the encoder's feature maps, shallow to deep.
         num_classes: number of classes K.
-        pam: add the position attention branch (output ``pam``).
-        cam: add the channel attention branch (output ``cam``).
+        pam: run position attention in the position branch (off: the branch without it).
+        cam: run channel attention in the channel branch (off: the branch without it).
         channels: width of the branches; default ``in_channels[-1] // 4`` (512 for ResNet-50/101).
         key_channels: query/key width of the position attention; default ``channels // 8``.
         cam_energy: ``max_minus`` (official code) or ``plain``; see ``ChannelAttention``.
@@ -274,19 +281,15 @@ class DANetHead(nn.Module):
         super().__init__()
         c_in = in_channels[-1]
         channels = channels or max(1, c_in // 4)
-        attention = {}
-        if pam:
-            attention["pam"] = PositionAttention(channels, key_channels)
-        if cam:
-            attention["cam"] = ChannelAttention(cam_energy)
-        self.branches = nn.ModuleDict(
-            {name: AttentionBranch(c_in, channels, module) for name, module in attention.items()}
-            or {"conv": AttentionBranch(c_in, channels, nn.Identity())}
-        )
+        attention = {
+            "pam": PositionAttention(channels, key_channels) if pam else nn.Identity(),
+            "cam": ChannelAttention(cam_energy) if cam else nn.Identity(),
+        }
+        self.branches = nn.ModuleDict({name: AttentionBranch(c_in, channels, m) for name, m in attention.items()})
         self.cls = SegClassifier(channels, num_classes, dropout)
         self.branch_cls = nn.ModuleDict({name: SegClassifier(channels, num_classes, dropout) for name in attention})
         self.aux = AuxHead(in_channels[-2], num_classes, dropout=dropout) if aux else None
-        self.loss_weights = {"out": 1.0, **{name: 1.0 for name in attention}, **({"aux": 0.4} if aux else {})}
+        self.loss_weights = {"out": 1.0, "pam": 1.0, "cam": 1.0, **({"aux": 0.4} if aux else {})}
 
     def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         x = features[-1]
@@ -303,4 +306,8 @@ class DANetHead(nn.Module):
         """Attention maps of the branches for ``features``: ``pam`` (B, N, N) over the deepest feature's
         N = h * w positions (row-major), ``cam`` (B, C, C) over the branch channels."""
         x = features[-1]
-        return {name: b.attention.attention_map(b.reduce(x)) for name, b in self.branches.items() if name != "conv"}
+        return {
+            name: b.attention.attention_map(b.reduce(x))
+            for name, b in self.branches.items()
+            if not isinstance(b.attention, nn.Identity)
+        }

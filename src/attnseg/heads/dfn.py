@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.fcn import SegClassifier
+from attnseg.heads.fcn import AuxHead, SegClassifier
 from attnseg.losses import BorderFocalLoss
 
 
@@ -111,6 +111,9 @@ class DFNHead(nn.Module):
         border_channels: width of the Border Network (21 in the official code).
         dropout: Dropout2d probability before each classifier (the official code has none).
         edge_width: neighbourhood size of the border loss's edges (see ``BorderFocalLoss``).
+        aux: add the auxiliary FCN head every other head has (output ``aux``, loss weight 0.4) on
+            ``in_channels[-2]``; not in the paper, off by default. It lets a comparison of heads give every head
+            the same supervision (``out`` and ``aux`` alone).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class DFNHead(nn.Module):
         border_channels: int = 21,
         dropout: float = 0.0,
         edge_width: int = 7,
+        aux: bool = False,
     ) -> None:
         super().__init__()
         if len(in_channels) < 2:
@@ -145,6 +149,9 @@ class DFNHead(nn.Module):
             self.border_cls = SegClassifier(border_channels, 1, dropout)
             self.output_losses = nn.ModuleDict({"border": BorderFocalLoss(edge_width=edge_width)})
             self.loss_weights["border"] = 0.1
+        self.aux = AuxHead(in_channels[-2], num_classes) if aux else None
+        if aux:
+            self.loss_weights["aux"] = 0.4
 
     def smooth(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Smooth Network: top-down RRB -> CAB -> RRB with a prediction at every step."""
@@ -169,4 +176,6 @@ class DFNHead(nn.Module):
         outputs = self.smooth(features)
         if self.border:
             outputs["border"] = self.border_logits(features)
+        if self.aux is not None:
+            outputs["aux"] = self.aux(features[-2])
         return outputs

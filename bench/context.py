@@ -1,0 +1,128 @@
+"""Is the context benchmark's cue beyond the reach of convolutions? Chance level, effective receptive field, and
+the context-class IoU of trained models.
+
+    python bench/context.py --sweep runs/sweeps/heads/results.csv [--variant far] [--size 128] [--images 32]
+
+For the SyntheticShapes variant at the given size it prints:
+
+1. **chance**: the test IoU of the context classes (``warm_blob``, ``cold_blob``) for a model that finds every
+   blob exactly but cannot see the cue: it guesses warm or cold per image (expected over 200 draws), or always
+   says warm. A model without long-range context can do no better on average.
+2. **cue distance**: the least distance in pixels between a blob and its cue over the test images.
+3. **effective receptive field** of each checkpoint of the sweep file's rows (the ResNet-18-D8 models the
+   ablations train): the gradient of the blob logits at blob pixels with respect to the input image, averaged
+   over test images; the radius (in pixels, around the blob pixel) that holds 95 % and 99 % of its absolute mass.
+4. each row's test context-class IoU from the sweep, next to chance.
+
+A context IoU near chance with a receptive-field radius below the cue distance is the measurement that the cue is
+beyond what the encoder and a convolutional head see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from attnseg.data import SyntheticShapes
+from attnseg.data.transforms import eval_transforms
+from attnseg.task import SegmentationTask
+
+WARM, COLD = SyntheticShapes.classes.index("warm_blob"), SyntheticShapes.classes.index("cold_blob")
+
+
+def chance_iou(masks: list[np.ndarray], draws: int = 200, seed: int = 0) -> tuple[float, float]:
+    """Mean context-class IoU of a cue-blind oracle: (guess per image, expected over draws; always warm)."""
+
+    def iou(guesses: Sequence[bool]) -> float:
+        inter, union = np.zeros(2), np.zeros(2)
+        for mask, warm in zip(masks, guesses):
+            blobs = (mask == WARM) | (mask == COLD)
+            pred = np.where(blobs, WARM if warm else COLD, -1)
+            for i, c in enumerate((WARM, COLD)):
+                inter[i] += ((pred == c) & (mask == c)).sum()
+                union[i] += ((pred == c) | (mask == c)).sum()
+        return float(np.mean(inter / np.maximum(union, 1)))
+
+    rng = np.random.default_rng(seed)
+    guessed = float(np.mean([iou(rng.random(len(masks)) < 0.5) for _ in range(draws)]))
+    return guessed, iou([True] * len(masks))
+
+
+def cue_distance(masks: list[np.ndarray]) -> float:
+    """Least distance (pixels) between a blob pixel and a cue pixel of the same colour, over the images."""
+    least = np.inf
+    for mask in masks:
+        for blob, cue in ((WARM, SyntheticShapes.classes.index("warm_cue")), (COLD, SyntheticShapes.classes.index("cold_cue"))):
+            b, c = np.argwhere(mask == blob), np.argwhere(mask == cue)
+            if len(b) and len(c):
+                d = np.sqrt(((b[::7, None, :] - c[None, ::3, :]) ** 2).sum(-1)).min()
+                least = min(least, float(d))
+    return least
+
+
+def effective_receptive_field(task: SegmentationTask, dataset: SyntheticShapes, images: int) -> tuple[float, float]:
+    """Radii (pixels) around a blob pixel holding 95 % and 99 % of the mean |d blob logits / d input|."""
+    model = task.model.eval()
+    h, w = dataset.image_size
+    size = 2 * max(h, w) + 1
+    total = torch.zeros(size, size)  # gradient mass by offset from the blob pixel, centred
+    rng = np.random.default_rng(0)
+    for i in range(images):
+        image, mask = dataset[i]
+        ys, xs = np.nonzero(((mask == WARM) | (mask == COLD)).numpy())
+        if not len(ys):
+            continue
+        k = rng.integers(len(ys))
+        y, x = int(ys[k]), int(xs[k])
+        image = image[None].clone().requires_grad_(True)
+        logits = model(image)["out"]
+        (logits[0, WARM, y, x] - logits[0, COLD, y, x]).backward()
+        grad = image.grad[0].abs().sum(0)
+        grad = grad / grad.sum()
+        cy, cx = max(h, w), max(h, w)
+        total[cy - y : cy - y + h, cx - x : cx - x + w] += grad
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    radius = torch.sqrt((yy - size // 2) ** 2 + (xx - size // 2) ** 2.0).flatten()
+    order = radius.argsort()
+    mass = total.flatten()[order].cumsum(0) / total.sum()
+    return tuple(float(radius[order][int((mass < q).sum())]) for q in (0.95, 0.99))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep", type=Path, help="results.csv of a sweep on SyntheticShapes (checkpoints and scores)")
+    parser.add_argument("--variant", default="far", choices=("far", "two_hop", "band"))
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--images", type=int, default=32, help="test images for the receptive field")
+    args = parser.parse_args(argv)
+
+    test = SyntheticShapes(split="test", image_size=args.size, variant=args.variant)
+    masks = [test.generate(i)[1] for i in range(len(test))]
+    guessed, warm = chance_iou(masks)
+    print(f"SyntheticShapes {args.variant} {args.size}x{args.size}, {len(masks)} test images")
+    print(f"chance context IoU (cue-blind oracle): {100 * guessed:.1f} % guessing per image, {100 * warm:.1f} % always warm")
+    print(f"least blob-to-cue distance: {cue_distance(masks):.0f} px")
+    if args.sweep is None:
+        return
+    with open(args.sweep) as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    keys = [k for k in rows[0] if k not in ("run", "seed", "status") and not k[0].isupper()][:1] if rows else []
+    test.transforms = eval_transforms()
+    print("\n| run | " + " | ".join(keys) + " | seed | context IoU (%) | ERF radius 95 % (px) | ERF radius 99 % (px) |")
+    print("|---:|" + "---|" * len(keys) + "---:|---:|---:|---:|")
+    for row in rows:
+        task = SegmentationTask.load_from_checkpoint(row["best_checkpoint"], map_location="cpu", weights_only=True)
+        r95, r99 = effective_receptive_field(task, test, args.images)
+        context = float(row["test_context_IoU"]) * 100
+        cells = [row["run"], *(row[k] for k in keys), row["seed"], f"{context:.1f}", f"{r95:.0f}", f"{r99:.0f}"]
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
