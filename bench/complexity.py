@@ -4,7 +4,7 @@
         [--num-classes 19] [--out docs/benchmarks.md]
 
 Each head is built from its ``configs/model/<head>.yaml`` on the dilated (output stride 8) encoder, with every
-output it trains (auxiliary heads included). Counts use the dashboard's helpers (``attnseg.callbacks``):
+output it trains (auxiliary heads included). Counts use ``attnseg.profiling``:
 ``count_parameters`` and ``count_flops``, one forward of a (1, 3, size, size) image in eval mode under
 ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts 2; convolutions, matrix products and attention
 kernels, not element-wise ops). The head's share is the whole model's count minus the encoder's.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention import command_line, machine, table, update_section  # noqa: E402
 from model import HEADS, build_task  # noqa: E402
 
-from attnseg.callbacks import count_flops, count_parameters  # noqa: E402
+from attnseg.profiling import count_flops, count_parameters  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

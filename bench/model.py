@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention import REPO, command_line, machine, number, peak_bytes, table, update_section  # noqa: E402
 
-from attnseg.callbacks import _extra_flop_formulas, count_parameters  # noqa: E402
+from attnseg.profiling import count_parameters, extra_flop_formulas  # noqa: E402
 from attnseg.task import SegmentationTask  # noqa: E402
 
 HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn"]
@@ -110,7 +110,7 @@ def measure(args: argparse.Namespace, head: str, encoder: str, size: int, precis
     flops = {}
     for mode, step in steps.items():  # counted on the eager model, before any compilation
         model.train(mode == "train")
-        with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
+        with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
             step()
         flops[mode] = counter.get_total_flops()
     if args.compile:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "bench"))
 import attention as bench_attention  # noqa: E402
 import complexity as bench_complexity  # noqa: E402
+import context as bench_context  # noqa: E402
 import model as bench_model  # noqa: E402
 
 
@@ -129,3 +131,33 @@ def test_complexity_script_counts_parameters_and_flops(tmp_path):
         assert float(row[4]) == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6, abs=0.01)
         assert 0 < float(row[5]) < float(row[6])
     assert float(rows["ccnet"][6]) > float(rows["fcn"][6])  # the same encoder; CCNet's head is the larger one
+
+
+def test_context_chance_level_of_a_cue_blind_oracle():
+    """Two images with one blob each, one warm and one cold: always saying warm gets IoU 1/2 on warm_blob and 0 on
+    cold_blob; guessing per image gets 1/2 and 1/4 per class on average (mean 3/8 over many draws)."""
+    warm, cold = bench_context.WARM, bench_context.COLD
+    a, b = np.zeros((4, 4), dtype=np.int64), np.zeros((4, 4), dtype=np.int64)
+    a[:2, :2], b[2:, 2:] = warm, cold
+    guessed, always_warm = bench_context.chance_iou([a, b], draws=4000)
+    assert always_warm == pytest.approx(0.25)
+    assert guessed == pytest.approx(0.375, abs=0.02)
+
+
+def test_context_receptive_field_of_a_local_model_is_its_kernel():
+    """A model whose output at a pixel sees only a 5x5 window: all the gradient lies within radius 2 * sqrt(2)."""
+    from attnseg.data import SyntheticShapes
+
+    class Local(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 7, 5, padding=2)
+
+        def forward(self, x):
+            return {"out": self.conv(x)}
+
+    task = type("T", (), {"model": Local()})()
+    data = SyntheticShapes(split="test", image_size=48, num_samples=4)
+    data.transforms = lambda image, mask: (image.float() / 255, mask)
+    r95, r99 = bench_context.effective_receptive_field(task, data, images=4)
+    assert 1 <= r95 <= r99 <= 2 * 2**0.5 + 1e-6

@@ -14,20 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from attnseg.callbacks import (
-    TABLE_COLUMNS,
-    Dashboard,
-    LearningRateMonitor,
-    figure_to_array,
-    class_table,
-    colorize,
-    confusion_figure,
-    count_flops,
-    count_parameters,
-    default_palette,
-    denormalize,
-    overlay_figure,
-)
+from attnseg.callbacks import TABLE_COLUMNS, Dashboard, LearningRateMonitor, class_table
+from attnseg.profiling import count_flops, count_parameters
+from attnseg.visualize import colorize, confusion_figure, default_palette, denormalize, figure_to_array, overlay_figure
 from attnseg.data.synthetic import SyntheticShapes
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from conftest import CONFIGS, FAST, QUICKSTART, run_cli
@@ -72,7 +61,7 @@ def test_wandb_offline_run_holds_media_tables_and_summary(tmp_path):
     charts = list((media / "table" / "val").glob("confusion_matrix_table_*.table.json"))
     assert len(charts) == 2
     chart = json.loads(charts[0].read_text())
-    assert chart["columns"] == ["Actual", "Predicted", "nPredictions"] and len(chart["data"]) == 36
+    assert chart["columns"] == ["Actual", "Predicted", "nPredictions"] and len(chart["data"]) == len(CLASSES) ** 2
     assert sum(row[2] for row in chart["data"]) == VAL_PIXELS
 
     # complexity and throughput in the summary; learning rate and losses of every output in the history

@@ -14,7 +14,8 @@ from torchvision import tv_tensors
 from attnseg.data import SegDataModule
 from attnseg.data.synthetic import SyntheticShapes
 from attnseg.data.transforms import eval_transforms
-from attnseg.predict import ImageFolder, PredictionWriter
+from attnseg.data import ImageFolder
+from attnseg.predict import PredictionWriter
 from attnseg.task import SegmentationTask
 from conftest import CONFIGS, FAST, QUICKSTART, run_cli
 
@@ -33,7 +34,8 @@ def images(tmp_path) -> Path:
 
 def test_predict_writes_masks_and_overlays(images, tmp_path, capsys):
     fit = run_cli("fit", "--config", QUICKSTART, *FAST, "--config", CONFIGS / "logger/csv.yaml",
-                  "--trainer.max_epochs=1", "--trainer.limit_train_batches=2")  # fmt: skip
+                  "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                  "--trainer.precision=32-true", "--model.channels_last=false")  # fp32, as the reference below  # fmt: skip
     run = Path(fit.trainer.logger.log_dir)
     ckpt = fit.trainer.checkpoint_callback.best_model_path
     out = tmp_path / "predictions"

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from attnseg.cli import AttnSegCLI, main
+from attnseg.__main__ import main
+from attnseg.cli import AttnSegCLI
 from attnseg.sweep import Sweep, override_args, point_label, short_names, summarise, write_results
 from conftest import CONFIGS, FAST
 from wandb_offline import read_run, wandb_in

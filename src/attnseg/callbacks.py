@@ -10,7 +10,6 @@ land in the W&B run summary and in ``metrics.csv``.
 from __future__ import annotations
 
 import csv
-import colorsys
 import time
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
@@ -21,47 +20,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor as _LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.loggers.logger import DummyLogger
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from attnseg.checkpoint import run_dir
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from attnseg.profiling import count_flops, count_parameters
+from attnseg.visualize import confusion_figure, default_palette, denormalize, figure_to_array, overlay_figure
 
-IGNORE_COLOUR = (255, 255, 255)
 MAX_CHART_CLASSES = 100  # W&B tables hold up to 10,000 rows: a confusion chart of up to 100 x 100 cells
-
-# ------------------------------------------------------------------------------------------------ drawing helpers
-
-
-def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """Distinct colours for datasets without a palette: hues spaced by the golden ratio."""
-    colours = []
-    for k in range(num_classes):
-        r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.65, 0.95 if k % 2 else 0.75)
-        colours.append((round(r * 255), round(g * 255), round(b * 255)))
-    return colours
-
-
-def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
-    """Class map (H, W) -> RGB (H, W, 3) uint8; ``ignore_index`` (and any label without a colour) is white."""
-    table = np.zeros((256, 3), dtype=np.uint8)
-    table[:] = IGNORE_COLOUR
-    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
-    labels = np.asarray(mask).astype(np.int64)
-    labels = np.where((labels >= 0) & (labels < 256) & (labels != ignore_index), labels, 255)
-    return table[labels]
-
-
-def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """``(1 - alpha) * image + alpha * colours`` for two (H, W, 3) uint8 arrays."""
-    out = (1 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
-    return np.clip(out.round(), 0, 255).astype(np.uint8)
-
-
-def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Normalised images (B, 3, H, W) -> uint8 (B, H, W, 3), undoing ``(x - mean) / std``."""
-    m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    x = images.detach().float().cpu() * s + m
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def class_table(confmat: torch.Tensor, iou: torch.Tensor, names: Sequence[str]) -> list[list[Any]]:
@@ -76,116 +41,6 @@ def class_table(confmat: torch.Tensor, iou: torch.Tensor, names: Sequence[str]) 
 
 
 TABLE_COLUMNS = ["class", "IoU", "accuracy", "gt_pixels", "pred_pixels"]
-
-
-def confusion_figure(confmat: torch.Tensor, names: Sequence[str], title: str = ""):
-    """A matplotlib Figure of the row-normalised confusion matrix (rows: ground truth), cells annotated in %."""
-    from matplotlib.figure import Figure
-
-    counts = confmat.detach().double().cpu().numpy()
-    rows = counts.sum(1, keepdims=True)
-    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    k = len(names)
-    size = min(2.0 + 0.45 * k, 16.0)
-    fig = Figure(figsize=(size + 1.0, size), layout="constrained")
-    ax = fig.add_subplot()
-    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    fontsize = 7 if k <= 30 else 4
-    ax.set_xticks(range(k), names, rotation=60 if k <= 30 else 90, ha="right", fontsize=fontsize)
-    ax.set_yticks(range(k), names, fontsize=fontsize)
-    ax.set_xlabel("prediction")
-    ax.set_ylabel("ground truth")
-    ax.set_title(title, fontsize=9)
-    if k <= 30:
-        for i in range(k):
-            for j in range(k):
-                colour = "white" if share[i, j] > 0.5 else "black"
-                ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=6, color=colour)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    return fig
-
-
-def overlay_figure(
-    images: np.ndarray,
-    targets: np.ndarray,
-    preds: np.ndarray,
-    palette: Sequence[Sequence[int]],
-    names: Sequence[str],
-    ignore_index: int = 255,
-    title: str = "",
-):
-    """A matplotlib Figure with one row per image (each of its own size): image, ground truth, prediction over the
-    image; a legend names the classes present."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    n = len(images)
-    fig = Figure(figsize=(7.5, 2.5 * n + 0.8), layout="constrained")
-    axes = fig.subplots(n, 3, squeeze=False)
-    for row, (image, target, pred) in enumerate(zip(images, targets, preds)):
-        panels = (image, colorize(target, palette, ignore_index), blend(image, colorize(pred, palette)))
-        for col, (panel, label) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
-            axes[row, col].imshow(panel, interpolation="nearest")
-            axes[row, col].set_axis_off()
-            if row == 0:
-                axes[row, col].set_title(label, fontsize=9)
-    present = sorted(set().union(*(np.unique(a).tolist() for a in (*targets, *preds))))
-    handles = [Patch(color=np.asarray(palette[k]) / 255, label=names[k]) for k in present if k < len(names)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4) or 1, fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    return fig
-
-
-def figure_to_array(fig) -> np.ndarray:
-    """A matplotlib Figure as an RGB (H, W, 3) uint8 array."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-# ------------------------------------------------------------------------------------------------ measurements
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """``(all parameters, trainable parameters)``."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
-
-
-def _extra_flop_formulas() -> dict:
-    """Attention kernels ``FlopCounterMode`` does not know, counted like their CUDA counterparts (the CPU flash
-    kernel behind ``scaled_dot_product_attention`` on the CPU)."""
-    aten = torch.ops.aten
-    if not hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        return {}
-    flash = flop_registry[aten._scaled_dot_product_flash_attention]  # takes tensors, reads their shapes
-
-    def cpu_flash(*args, **kwargs) -> int:
-        return flash(*args, **kwargs)
-
-    cpu_flash._get_raw = True  # already reads shapes itself
-    return {aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash}
-
-
-@torch.no_grad()
-def count_flops(model: torch.nn.Module, input_size: Sequence[int], device: torch.device | str = "cpu") -> int:
-    """FLOPs of one forward of ``model`` on a (1, 3, H, W) input (``FlopCounterMode``: a multiply-add counts 2),
-    as executed on ``device``.
-
-    The model runs in eval mode (batch statistics and dropout untouched); each module's mode is restored after.
-    """
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        x = torch.zeros(1, 3, *input_size, device=device)
-        with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:
-            model(x)
-        return int(counter.get_total_flops())
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 def logging_step(trainer: Trainer) -> int:
@@ -301,8 +156,6 @@ class Dashboard(Callback):
 
     @staticmethod
     def _media_dir(trainer: Trainer, logger: Logger) -> Path:
-        from attnseg.cli import run_dir
-
         directory = getattr(logger, "log_dir", None)
         return Path(directory if directory else run_dir(trainer)) / "media"
 

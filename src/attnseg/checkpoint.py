@@ -6,6 +6,7 @@
 - ``Checkpoint`` keeps the best checkpoint by a monitored metric and refreshes ``last.ckpt`` at every
   save point (Lightning's ``ModelCheckpoint`` refreshes it only when the top-k changed, so a run whose
   metric stopped improving would resume from an old step).
+- ``run_dir`` is a run's own directory, ``<save_dir>/<name>/<version>``, which holds ``checkpoints/``.
 - ``find_last_checkpoint`` resolves ``--ckpt_path last`` to the newest ``last.ckpt`` of any run
   under the logger's directory, so a new process (a requeued job) continues the run it belongs to.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
@@ -75,6 +77,15 @@ class Checkpoint(ModelCheckpoint):
         ):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def run_dir(trainer: Trainer) -> Path:
+    """The run's own directory, ``<save_dir>/<name>/<version>``: where its checkpoints and config go."""
+    logger = trainer.logger
+    if logger is None or trainer.fast_dev_run:
+        return Path(trainer.default_root_dir)
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
 
 
 def find_last_checkpoint(runs_root: Path) -> Optional[Path]:

@@ -5,12 +5,11 @@ checkpoint callback that keeps the best ``val/mIoU`` and the last step, logs to 
 offline by default, and saves each run's resolved config in that run's own directory. Callback groups:
 ``checkpoint``, ``lr_monitor`` (learning rate every step), ``dashboard`` (overlays, IoU table, confusion matrix,
 complexity, throughput: ``attnseg.callbacks.Dashboard``) and ``prediction`` (``attnseg predict`` writes masks and
-overlays to ``--prediction.output_dir``). ``attnseg sweep SWEEP.yaml`` runs a grid of overrides (``attnseg.sweep``).
+overlays to ``--prediction.output_dir``). The ``attnseg`` command itself is ``attnseg.__main__``.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,7 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from attnseg.callbacks import Dashboard, LearningRateMonitor
-from attnseg.checkpoint import AtomicCheckpointIO, Checkpoint, find_last_checkpoint, run_of_checkpoint
+from attnseg.checkpoint import AtomicCheckpointIO, Checkpoint, find_last_checkpoint, run_dir, run_of_checkpoint
 from attnseg.data import SegDataModule
 from attnseg.distributed import SyncBatchNormPlugin
 from attnseg.predict import PredictionWriter
@@ -32,15 +31,6 @@ DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
     "init_args": {"save_dir": "runs", "project": "attnseg", "offline": True},
 }
-
-
-def run_dir(trainer: Trainer) -> Path:
-    """The run's own directory, ``<save_dir>/<name>/<version>``: where its checkpoints and config go."""
-    logger = trainer.logger
-    if logger is None or trainer.fast_dev_run:
-        return Path(trainer.default_root_dir)
-    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
-    return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -200,16 +190,3 @@ def _flatten(value, prefix: str) -> dict:
         return out
     return {prefix: value}
 
-
-def main(args: Optional[Sequence[str]] = None) -> None:
-    """Entry point of the ``attnseg`` console script and ``python -m attnseg``."""
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] == "sweep":
-        from attnseg.sweep import main as sweep
-
-        sys.exit(sweep(argv[1:]))
-    AttnSegCLI(args=args)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -58,8 +58,10 @@ import yaml
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from attnseg.callbacks import Dashboard, count_parameters
-from attnseg.cli import AttnSegCLI, run_dir
+from attnseg.callbacks import Dashboard
+from attnseg.checkpoint import run_dir
+from attnseg.cli import AttnSegCLI
+from attnseg.profiling import count_parameters
 
 SWEEP_KEYS = ("base", "fixed", "grid", "seeds", "context_classes", "name", "test")
 COLUMNS = ["run", "seed", "status", "val_mIoU", "test_mIoU", "test_context_IoU", "params", "GFLOPs",

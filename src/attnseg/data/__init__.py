@@ -10,19 +10,11 @@ from attnseg.data.camvid import CamVid
 from attnseg.data.cityscapes import Cityscapes
 from attnseg.data.coco_stuff import COCOStuff
 from attnseg.data.datamodule import SegDataModule
+from attnseg.data.image_folder import ImageFolder
 from attnseg.data.pascal_context import PascalContext
+from attnseg.data.registry import DATASETS
 from attnseg.data.synthetic import SyntheticShapes
 from attnseg.data.voc import VOC
-
-DATASETS = {
-    "SyntheticShapes": SyntheticShapes,
-    "CamVid": CamVid,
-    "Cityscapes": Cityscapes,
-    "VOC": VOC,
-    "ADE20K": ADE20K,
-    "PascalContext": PascalContext,
-    "COCOStuff": COCOStuff,
-}
 
 __all__ = [
     "ADE20K",
@@ -30,6 +22,7 @@ __all__ = [
     "CamVid",
     "Cityscapes",
     "DATASETS",
+    "ImageFolder",
     "PascalContext",
     "SegDataModule",
     "SyntheticShapes",

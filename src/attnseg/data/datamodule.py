@@ -9,17 +9,17 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
+from attnseg.data.image_folder import ImageFolder, collate_images
+from attnseg.data.registry import DATASETS
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 
 
 def resolve_dataset(name: str) -> type:
     """``CamVid`` (a class exported by ``attnseg.data``) or a dotted path ``package.module.Class``."""
-    import attnseg.data as registry
-
     if "." not in name:
-        if name in registry.DATASETS:
-            return registry.DATASETS[name]
-        raise ValueError(f"data.dataset={name!r}: unknown dataset; expected one of {sorted(registry.DATASETS)}")
+        if name in DATASETS:
+            return DATASETS[name]
+        raise ValueError(f"data.dataset={name!r}: unknown dataset; expected one of {sorted(DATASETS)}")
     module, _, cls = name.rpartition(".")
     try:
         return getattr(importlib.import_module(module), cls)
@@ -38,7 +38,7 @@ class SegDataModule(LightningDataModule):
         dataset_args: extra keyword arguments for the dataset class.
         train_splits: splits concatenated for training (e.g. ``[train, val]`` for CamVid's usual protocol).
         val_split / test_split: splits for ``validate`` and ``test``.
-        predict_dir: folder of images for ``predict`` (``attnseg.predict.ImageFolder``: normalised like evaluation,
+        predict_dir: folder of images for ``predict`` (``attnseg.data.ImageFolder``: normalised like evaluation,
             one image per batch, each at its own size).
         num_classes: optional check: must equal the dataset's class count.
         batch_size: training batch size (per device).
@@ -123,8 +123,6 @@ class SegDataModule(LightningDataModule):
         if stage == "test" and self.test_dataset is None:
             self.test_dataset = self.make_dataset(self.hparams.test_split)
         if stage == "predict" and self.predict_dataset is None:
-            from attnseg.predict import ImageFolder
-
             if self.hparams.predict_dir is None:
                 raise ValueError("data.predict_dir is not set: name the folder of images to predict")
             transforms = eval_transforms(self.hparams.mean, self.hparams.std)
@@ -164,8 +162,6 @@ class SegDataModule(LightningDataModule):
         return self._loader(self.test_dataset, self.hparams.val_batch_size, False, "data.val_batch_size")
 
     def predict_dataloader(self) -> DataLoader:
-        from attnseg.predict import collate_images
-
         hp = self.hparams
         return DataLoader(self.predict_dataset, batch_size=1, num_workers=hp.num_workers, collate_fn=collate_images)
 
