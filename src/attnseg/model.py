@@ -7,17 +7,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnseg.encoder import Encoder
+from attnseg.heads.base import SegHead
 
 
 class SegmentationModel(nn.Module):
     """``image (B, 3, H, W) -> encoder -> [features] -> head -> {name: (B, K, H, W) logits}``.
 
-    Every named output of the head is upsampled bilinearly to the input size, so losses and
-    metrics compare it with the full-resolution label map.
+    Every logit output of the head is upsampled bilinearly to the input size, so losses and metrics compare it with
+    the full-resolution label map; outputs the head declares as ``embeddings`` keep their feature resolution.
     """
 
-    def __init__(self, encoder: Encoder, head: nn.Module) -> None:
+    def __init__(self, encoder: Encoder, head: SegHead) -> None:
         super().__init__()
+        if not isinstance(head, SegHead):
+            raise TypeError(f"model.head: {type(head).__name__} is not an attnseg.heads.SegHead (see attnseg/heads/base.py)")
         self.encoder = encoder
         self.head = head
 
@@ -25,9 +28,10 @@ class SegmentationModel(nn.Module):
         features = self.encoder(images)
         outputs = self.head(features)
         size = images.shape[-2:]
+        keep = set(self.head.embeddings)
         return {
             name: F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            if logits.shape[-2:] != size
+            if logits.shape[-2:] != size and name not in keep
             else logits
             for name, logits in outputs.items()
         }

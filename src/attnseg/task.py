@@ -102,14 +102,14 @@ class SegmentationTask(LightningModule):
         self.model = SegmentationModel(enc, head(enc.channels, num_classes))
 
         self.loss = loss
-        self.output_losses = getattr(self.model.head, "output_losses", {})
+        self.output_losses = self.model.head.output_losses
         for name, criterion in [("model.loss", loss)] + [(f"the head's {k} loss", v) for k, v in self.output_losses.items()]:
             if getattr(criterion, "ignore_index", ignore_index) != ignore_index:
                 raise ValueError(
                     f"{name} ignores label {criterion.ignore_index} but the data's ignore_index is {ignore_index}; "
                     "make them agree (model.loss.init_args.ignore_index, or the dataset's void label)"
                 )
-        self.loss_weights = dict(getattr(self.model.head, "loss_weights", {"out": 1.0}))
+        self.loss_weights = dict(self.model.head.loss_weights)
         for name, weight in (loss_weights or {}).items():
             if name not in self.loss_weights:
                 raise ValueError(

@@ -1,12 +1,15 @@
-"""Segmentation heads, one file per paper; the attention module sits above the head that uses it.
+"""Segmentation heads, one file per paper; the attention module sits above the head that uses it. The contract
+they all follow is ``attnseg.heads.base.SegHead``.
 
 Select one with ``--model.head=attnseg.heads.<Name>`` (or ``class_path`` in YAML).
 """
 
+from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
+
 from attnseg.heads.ccnet import CCNetHead, CrissCrossAttention
 from attnseg.heads.danet import ChannelAttention, DANetHead, PositionAttention
 from attnseg.heads.dfn import ChannelAttentionBlock, DFNHead, RefinementResidualBlock
-from attnseg.heads.fcn import AuxHead, FCNHead
+from attnseg.heads.fcn import FCNHead
 from attnseg.heads.flanet import FLANetHead, FullyAttentionalBlock
 
 __all__ = [
@@ -21,5 +24,8 @@ __all__ = [
     "FLANetHead",
     "FullyAttentionalBlock",
     "PositionAttention",
+    "QKVAttention",
     "RefinementResidualBlock",
+    "SegClassifier",
+    "SegHead",
 ]

@@ -16,7 +16,7 @@ import torch
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.fcn import AuxHead, SegClassifier
+from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
 from attnseg.losses import CategoryConsistencyLoss
 
 
@@ -85,7 +85,7 @@ class _CrissCrossFunction(torch.autograd.Function):
         return grad_y, grad_q, grad_k, grad_v, grad_gamma
 
 
-class CrissCrossAttention(nn.Module):
+class CrissCrossAttention(QKVAttention):
     """Criss-cross attention: every position attends to the H + W - 1 positions of its row and column.
 
     ``energy_u,i = Q_u . K_i`` for the positions ``i`` on the column and row of ``u`` (the centre once: it is
@@ -102,14 +102,6 @@ class CrissCrossAttention(nn.Module):
         key_channels: channels of the query and key projections; default ``in_channels // 8``.
     """
 
-    def __init__(self, in_channels: int, key_channels: Optional[int] = None) -> None:
-        super().__init__()
-        key_channels = key_channels or max(1, in_channels // 8)
-        self.query = nn.Conv2d(in_channels, key_channels, kernel_size=1)
-        self.key = nn.Conv2d(in_channels, key_channels, kernel_size=1)
-        self.value = nn.Conv2d(in_channels, in_channels, kernel_size=1)
-        self.gamma = nn.Parameter(torch.zeros(1))
-
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention (B, H, W, H + W) in fp32: ``[..., :H]`` over the column (the centre weighs 0 there),
         ``[..., H:]`` over the row (the centre included)."""
@@ -118,7 +110,7 @@ class CrissCrossAttention(nn.Module):
             return _criss_cross_weights(q, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = (proj(x).float() for proj in (self.query, self.key, self.value))
+        q, k, v = self.qkv(x)
         with _full_precision(x):
             return _CrissCrossFunction.apply(x.float(), q, k, v, self.gamma).to(x.dtype)
 
@@ -139,15 +131,16 @@ class CrissCrossAttention(nn.Module):
         return image
 
 
-class CCNetHead(nn.Module):
+class CCNetHead(SegHead):
     """CCNet head on the deepest feature, plus the auxiliary FCN head on the stage before last.
 
     3x3 conv-BN-ReLU to ``C_in / 4``, ``CrissCrossAttention`` applied ``recurrence`` times with shared weights
     (0: the baseline without attention), 3x3 conv-BN-ReLU, concatenation with the input feature, 3x3
     conv-BN-ReLU to ``channels``, dropout and classifier (``out``, weight 1; ``aux``, weight 0.4).
 
-    With ``ccl=True`` a 1x1 conv projects the attention branch's output to ``ccl_dim`` channels (output ``ccl``,
-    (B, ccl_dim, h, w), weight 1, trained by ``CategoryConsistencyLoss``; the paper projects to 16 channels
+    With ``ccl=True`` a 1x1 conv projects the attention branch's output to ``ccl_dim`` channels (output ``ccl``:
+    an embedding (B, ccl_dim, h, w) at the feature resolution, not class logits, so it is neither upsampled nor
+    scored; weight 1, trained by ``CategoryConsistencyLoss`` against the labels resized to h x w; the paper projects to 16 channels
     and uses margins 0.5 / 1.5). Its weight is set like any other: ``model.loss_weights: {ccl: 0.5}``.
 
     Args:
@@ -197,8 +190,8 @@ class CCNetHead(nn.Module):
         self.aux = AuxHead(in_channels[-2], num_classes, dropout=dropout) if aux else None
         self.loss_weights = {"out": 1.0, **({"ccl": 1.0} if ccl else {}), **({"aux": 0.4} if aux else {})}
         if ccl:
-            loss = CategoryConsistencyLoss(delta_v=ccl_delta_v, delta_d=ccl_delta_d)
-            self.output_losses = nn.ModuleDict({"ccl": loss})
+            self.output_losses["ccl"] = CategoryConsistencyLoss(delta_v=ccl_delta_v, delta_d=ccl_delta_d)
+            self.embeddings = ("ccl",)
 
     def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         x = features[-1]
@@ -214,11 +207,11 @@ class CCNetHead(nn.Module):
         return outputs
 
     @torch.no_grad()
-    def attention_maps(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Criss-cross weights (B, h, w, h + w) of each recurrence step for ``features`` (empty without
-        attention); see ``CrissCrossAttention.attention_map``."""
-        y, maps = self.reduce(features[-1]), []
-        for _ in range(self.recurrence):
-            maps.append(self.cca.attention_map(y))
+    def attention_maps(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Criss-cross weights (B, h, w, h + w) of each recurrence step for ``features``: ``step1``, ``step2``...
+        (empty without attention); see ``CrissCrossAttention.attention_map``."""
+        y, maps = self.reduce(features[-1]), {}
+        for step in range(1, self.recurrence + 1):
+            maps[f"step{step}"] = self.cca.attention_map(y)
             y = self.cca(y)
         return maps

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.fcn import AuxHead, SegClassifier
+from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
 
 
 def _full_precision(x: torch.Tensor) -> torch.autocast:
@@ -78,7 +78,7 @@ class _QueryBlockAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None
 
 
-class PositionAttention(nn.Module):
+class PositionAttention(QKVAttention):
     """Position attention module (PAM): every position attends to every position.
 
     ``energy = Q^T K`` (no scaling), ``S = softmax(energy)`` over the keys, ``out = gamma * (V S^T) + x``
@@ -100,17 +100,9 @@ class PositionAttention(nn.Module):
         key_channels: channels of the query and key projections; default ``in_channels // 8``.
     """
 
-    def __init__(self, in_channels: int, key_channels: Optional[int] = None) -> None:
-        super().__init__()
-        key_channels = key_channels or max(1, in_channels // 8)
-        self.query = nn.Conv2d(in_channels, key_channels, kernel_size=1)
-        self.key = nn.Conv2d(in_channels, key_channels, kernel_size=1)
-        self.value = nn.Conv2d(in_channels, in_channels, kernel_size=1)
-        self.gamma = nn.Parameter(torch.zeros(1))
-
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Q, K (B, C', N) and V (B, C, N) in fp32."""
-        return tuple(proj(x).flatten(2).float() for proj in (self.query, self.key, self.value))
+        return tuple(t.flatten(2) for t in self.qkv(x))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``V S^T`` (B, C, N) from Q, K (B, C', N) and V (B, C, N), in fp32."""
@@ -241,7 +233,7 @@ class AttentionBranch(nn.Module):
         return self.project(self.attention(self.reduce(x)))
 
 
-class DANetHead(nn.Module):
+class DANetHead(SegHead):
     """DANet head on the deepest feature, plus the auxiliary FCN head on the stage before last.
 
     Outputs (each with loss weight 1, ``aux`` 0.4): ``out`` classifies the sum of the two branches; ``pam`` and
@@ -303,7 +295,7 @@ class DANetHead(nn.Module):
 
     @torch.no_grad()
     def attention_maps(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Attention maps of the branches for ``features``: ``pam`` (B, N, N) over the deepest feature's
+        """Attention maps of the modules switched on, for ``features``: ``pam`` (B, N, N) over the deepest feature's
         N = h * w positions (row-major), ``cam`` (B, C, C) over the branch channels."""
         x = features[-1]
         return {

@@ -30,14 +30,14 @@ every smooth step is supervised with weight 1, and the border logits with a sigm
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.fcn import AuxHead, SegClassifier
+from attnseg.heads.base import AuxHead, SegClassifier, SegHead
 from attnseg.losses import BorderFocalLoss
 
 
@@ -94,7 +94,7 @@ class ChannelAttentionBlock(nn.Module):
         return low * self.weights(low, high) + high
 
 
-class DFNHead(nn.Module):
+class DFNHead(SegHead):
     """DFN head: Smooth Network with deep supervision at every stage, and the Border Network.
 
     Outputs (all at their stage's feature resolution): ``out`` from the last, finest step of the Smooth
@@ -147,23 +147,34 @@ class DFNHead(nn.Module):
                 RefinementResidualBlock(border_channels, border_channels) for _ in in_channels[1:]
             )
             self.border_cls = SegClassifier(border_channels, 1, dropout)
-            self.output_losses = nn.ModuleDict({"border": BorderFocalLoss(edge_width=edge_width)})
+            self.output_losses["border"] = BorderFocalLoss(edge_width=edge_width)
             self.loss_weights["border"] = 0.1
         self.aux = AuxHead(in_channels[-2], num_classes) if aux else None
         if aux:
             self.loss_weights["aux"] = 0.4
 
-    def smooth(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Smooth Network: top-down RRB -> CAB -> RRB with a prediction at every step."""
+    def smooth(self, features: list[torch.Tensor], cab_weights: Optional[dict] = None) -> dict[str, torch.Tensor]:
+        """Smooth Network: top-down RRB -> CAB -> RRB with a prediction at every step (and each CAB's channel
+        weights in ``cab_weights``, when given, named after the step's output)."""
         outputs = {}
         high = self.context(features[-1])  # (B, C, 1, 1), broadcast by the first CAB
         for i in reversed(range(len(features))):
             low = self.smooth_pre[i](features[i])
             if high.shape[-2:] != (1, 1):
                 high = _resize(high, low.shape[-2:])
+            if cab_weights is not None:
+                cab_weights[self.smooth_names[i]] = self.cabs[i].weights(low, high)[:, :, 0, 0]
             high = self.smooth_post[i](self.cabs[i](low, high))
             outputs[self.smooth_names[i]] = self.smooth_cls[i](high)
         return outputs
+
+    @torch.no_grad()
+    def attention_maps(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The channel weights (B, C) each CAB gives the shallower stage, named after the step's output
+        (``stage1`` on the deepest feature ... ``out`` on the shallowest)."""
+        weights: dict[str, torch.Tensor] = {}
+        self.smooth(features, weights)
+        return weights
 
     def border_logits(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Border Network: bottom-up sum of RRB'd stages at the shallowest size; logits (B, 1, h, w)."""

@@ -3,11 +3,7 @@
 Long et al., "Fully Convolutional Networks for Semantic Segmentation" (CVPR 2015), in the
 form used on dilated backbones by mmsegmentation: a few 3x3 conv-BN-ReLU layers on the
 deepest feature, optionally concatenated with the input, dropout and a 1x1 classifier.
-
-Head contract (all heads in this package follow it):
-    head = Head(in_channels, num_classes, **options)
-    head(features: list of (B, C_i, H_i, W_i)) -> {name: (B, K, h, w) logits}
-    head.loss_weights: {name: default loss weight}; ``out`` is the prediction
+The head contract every head follows is ``attnseg.heads.base.SegHead``.
 """
 
 from __future__ import annotations
@@ -18,27 +14,10 @@ import torch
 from timm.layers import ConvNormAct
 from torch import nn
 
-
-class SegClassifier(nn.Sequential):
-    """Dropout2d + 1x1 conv to class logits."""
-
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1) -> None:
-        super().__init__(nn.Dropout2d(dropout), nn.Conv2d(in_channels, num_classes, kernel_size=1))
+from attnseg.heads.base import AuxHead, SegClassifier, SegHead
 
 
-class AuxHead(nn.Module):
-    """Auxiliary FCN head: 3x3 conv-BN-ReLU, dropout, 1x1 classifier (mmsegmentation's ``auxiliary_head``)."""
-
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.conv = ConvNormAct(in_channels, channels, kernel_size=3)
-        self.cls = SegClassifier(channels, num_classes, dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cls(self.conv(x))
-
-
-class FCNHead(nn.Module):
+class FCNHead(SegHead):
     """FCN head on the deepest feature, plus the auxiliary FCN head on the stage before last.
 
     Args:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.fcn import AuxHead, SegClassifier
+from attnseg.heads.base import AuxHead, SegClassifier, SegHead
 
 
 def _channel_attention(seq: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
@@ -119,7 +119,7 @@ class FullyAttentionalBlock(nn.Module):
         return attn_col, attn_row
 
 
-class FLANetHead(nn.Module):
+class FLANetHead(SegHead):
     """FLANet head: 2 x (3x3 conv-BN-ReLU), fully attentional block, concat with the input, conv, classifier.
 
     ``features[-1] -> conv -> conv -> FLA -> cat([features[-1], .]) -> 3x3 conv-BN-ReLU -> Dropout2d -> 1x1``,
@@ -162,9 +162,11 @@ class FLANetHead(nn.Module):
         self.loss_weights = {"out": 1.0, **({"aux": 0.4, "aux2": 0.4} if aux else {})}
 
     @torch.no_grad()
-    def attention_map(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The block's per-column (B, W, C, C) and per-row (B, H, C, C) maps for these encoder features."""
-        return self.fla.attention_map(self.convs(features[-1]))
+    def attention_maps(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The block's maps for these encoder features: ``column`` (B, W, C, C), one per column, and ``row``
+        (B, H, C, C), one per row; see ``FullyAttentionalBlock.attention_map``."""
+        column, row = self.fla.attention_map(self.convs(features[-1]))
+        return {"column": column, "row": row}
 
     def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         x = features[-1]

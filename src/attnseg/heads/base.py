@@ -1,0 +1,84 @@
+"""The head contract, in code, and the parts every head shares.
+
+    head = Head(in_channels, num_classes, **options)     # in_channels: the encoder's, shallow to deep
+    head(features: list of (B, C_i, H_i, W_i)) -> {name: tensor}
+    head.loss_weights   {name: default loss weight}, one per output; ``model.loss_weights`` overrides them
+    head.output_losses  {name: loss} for outputs not trained by ``model.loss`` (DFN's border, CCNet's ccl)
+    head.embeddings     names of outputs that are not class logits: left at feature resolution, never scored
+    head.attention_maps(features) -> {name: tensor}, empty for a head without attention
+
+``out`` is the prediction: (B, K, h, w) logits that the model upsamples to the image and the metrics score. Every
+other logit output (``aux``, ``pam``, ``stage1``, ``border``...) is extra supervision, upsampled like ``out``.
+Nothing outside a head knows its insides: the task reads only these attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from timm.layers import ConvNormAct
+from torch import nn
+
+
+class SegHead(nn.Module):
+    """Base class of every head (see the module's docstring). A subclass sets ``loss_weights`` (and, where it has
+    them, ``output_losses`` and ``embeddings``) in ``__init__`` and implements ``forward``; an attention head also
+    implements ``attention_maps``."""
+
+    embeddings: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss_weights: dict[str, float] = {}
+        self.output_losses = nn.ModuleDict()
+
+    def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    @torch.no_grad()
+    def attention_maps(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head's attention weights for ``features``, by name (see each head); a head without attention: {}."""
+        return {}
+
+
+class SegClassifier(nn.Sequential):
+    """Dropout2d + 1x1 conv to class logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__(nn.Dropout2d(dropout), nn.Conv2d(in_channels, num_classes, kernel_size=1))
+
+
+class AuxHead(nn.Module):
+    """Auxiliary FCN head: 3x3 conv-BN-ReLU, dropout, 1x1 classifier (mmsegmentation's ``auxiliary_head``)."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.conv = ConvNormAct(in_channels, channels, kernel_size=3)
+        self.cls = SegClassifier(channels, num_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls(self.conv(x))
+
+
+class QKVAttention(nn.Module):
+    """The projections of a self-attention over positions (DANet's PAM, CCNet's criss-cross): 1x1 convs to queries
+    and keys of ``key_channels`` and to values of ``in_channels``, and the learnt residual scale ``gamma``
+    (initialised to 0, so the module starts as the identity): ``out = x + gamma * attention(Q, K) V``.
+
+    Args:
+        in_channels: channels C of the input (and of the value projection).
+        key_channels: channels of the query and key projections; default ``in_channels // 8``.
+    """
+
+    def __init__(self, in_channels: int, key_channels: Optional[int] = None) -> None:
+        super().__init__()
+        key_channels = key_channels or max(1, in_channels // 8)
+        self.query = nn.Conv2d(in_channels, key_channels, kernel_size=1)
+        self.key = nn.Conv2d(in_channels, key_channels, kernel_size=1)
+        self.value = nn.Conv2d(in_channels, in_channels, kernel_size=1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K (B, C', H, W) and V (B, C, H, W) of ``x``, in fp32."""
+        return self.query(x).float(), self.key(x).float(), self.value(x).float()
