@@ -23,6 +23,7 @@ from lightning.pytorch.loggers.logger import DummyLogger
 
 from attnseg.checkpoint import run_dir
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from attnseg.lightning_internals import logging_step
 from attnseg.profiling import count_flops, count_parameters
 from attnseg.visualize import confusion_figure, default_palette, denormalize, figure_to_array, overlay_figure
 
@@ -41,12 +42,6 @@ def class_table(confmat: torch.Tensor, iou: torch.Tensor, names: Sequence[str]) 
 
 
 TABLE_COLUMNS = ["class", "IoU", "accuracy", "gt_pixels", "pred_pixels"]
-
-
-def logging_step(trainer: Trainer) -> int:
-    """The step Lightning logs the current metrics at (``self.log`` and ``LearningRateMonitor`` use it too), so
-    media line up with the scalars of the same validation."""
-    return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
 def _images(batch: Any) -> torch.Tensor:

@@ -24,6 +24,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
+from attnseg.lightning_internals import last_step_saved, save_last, saves_on_train_epoch_end
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose saves are atomic on local filesystems (temp file + fsync + rename)."""
@@ -59,12 +61,12 @@ class Checkpoint(ModelCheckpoint):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not saves_on_train_epoch_end(self, trainer):
             self._refresh_last(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if saves_on_train_epoch_end(self, trainer):
             self._refresh_last(trainer)
 
     def _refresh_last(self, trainer) -> None:
@@ -73,10 +75,10 @@ class Checkpoint(ModelCheckpoint):
             or trainer.fast_dev_run
             or trainer.state.fn != TrainerFn.FITTING
             or trainer.sanity_checking
-            or self._last_global_step_saved == trainer.global_step  # saved (top-k and last) at this step already
+            or last_step_saved(self) == trainer.global_step  # saved (top-k and last) at this step already
         ):
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        save_last(self, trainer)
 
 
 def run_dir(trainer: Trainer) -> Path:

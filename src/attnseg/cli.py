@@ -10,6 +10,7 @@ overlays to ``--prediction.output_dir``). The ``attnseg`` command itself is ``at
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,6 +25,7 @@ from attnseg.callbacks import Dashboard, LearningRateMonitor
 from attnseg.checkpoint import AtomicCheckpointIO, Checkpoint, find_last_checkpoint, run_dir, run_of_checkpoint
 from attnseg.data import SegDataModule
 from attnseg.distributed import SyncBatchNormPlugin
+from attnseg.lightning_internals import run_subcommand, subcommand_parser
 from attnseg.predict import PredictionWriter
 from attnseg.task import SegmentationTask
 
@@ -122,7 +124,7 @@ class AttnSegCLI(LightningCLI):
         saved = torch.load(config.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
         if not saved:
             return
-        defaults = self._parser(subcommand).get_defaults()
+        defaults = subcommand_parser(self, subcommand).get_defaults()
         conflicts = []
         for group in ("head", "encoder"):
             ours = _flatten(_plain(config.model.get(group)), group)
@@ -139,7 +141,7 @@ class AttnSegCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        config = self._get(self.config_init, "trainer", default={})
+        config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer") or {}
         if config.get("sync_batchnorm"):  # CPU-capable sync batch norm that keeps timm's fused activations
             plugins = config.get("plugins") or []
             kwargs["plugins"] = [*(plugins if isinstance(plugins, list) else [plugins]), SyncBatchNormPlugin()]
@@ -148,13 +150,13 @@ class AttnSegCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
-    def _run_subcommand(self, subcommand: str) -> None:
+    def _run_subcommand(self, subcommand: str) -> None:  # the one override of a private method (lightning_internals)
         try:
-            super()._run_subcommand(subcommand)
+            run_subcommand(self, subcommand)
         finally:  # close the W&B run, so a later run in this process (a sweep, a test) starts its own
-            for logger in self.trainer.loggers:
-                if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                    logger.experiment.finish(exit_code=0 if self.trainer.state.finished else 1)
+            wandb = sys.modules.get("wandb")
+            if wandb is not None and wandb.run is not None and any(isinstance(lg, WandbLogger) for lg in self.trainer.loggers):
+                wandb.run.finish(exit_code=0 if self.trainer.state.finished else 1)
 
     def before_predict(self) -> None:
         """Predictions go to files (``prediction.output_dir``); keeping every class map in memory is opt-in."""
