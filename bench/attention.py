@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,79 +61,9 @@ DEVICES = {"cpu": "CPU", "cuda": "CUDA"}
 SIZES = ["32x32", "64x64", "97x97", "64x128", "128x256"]
 
 # ------------------------------------------------------------------------------------------------ references
-
-
-def fp32(x: torch.Tensor) -> torch.autocast:
-    """Autocast off: the references keep the modules' precision contract (energies, softmax, aggregation in fp32)."""
-    return torch.autocast(device_type=x.device.type, enabled=False)
-
-
-def naive_pam(m: PositionAttention, x: torch.Tensor) -> torch.Tensor:
-    q, k, v = (p(x).flatten(2).float() for p in (m.query, m.key, m.value))  # (B, C', N), (B, C', N), (B, C, N)
-    with fp32(x):
-        s = torch.softmax(torch.bmm(q.transpose(1, 2), k), dim=-1)  # (B, N, N)
-        return (m.gamma * torch.bmm(v, s.transpose(1, 2)).view(x.shape) + x.float()).to(x.dtype)
-
-
-def naive_cam(m: ChannelAttention, x: torch.Tensor) -> torch.Tensor:
-    with fp32(x):
-        a = x.flatten(2).float()  # (B, C, N)
-        e = torch.bmm(a, a.transpose(1, 2))  # (B, C, C)
-        if m.energy == "max_minus":
-            e = e.max(dim=-1, keepdim=True)[0].expand_as(e) - e
-        return (m.gamma * torch.bmm(torch.softmax(e, dim=-1), a) + a).view(x.shape).to(x.dtype)
-
-
-_MASKS: dict = {}
-
-
-def criss_cross_mask(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """(N, N) bool: position i sees position j when they share a row or a column (cached for one size)."""
-    key = (h, w, str(device))
-    if key not in _MASKS:
-        rows = torch.arange(h, device=device).repeat_interleave(w)
-        cols = torch.arange(w, device=device).repeat(h)
-        _MASKS.clear()
-        _MASKS[key] = (rows[:, None] == rows[None, :]) | (cols[:, None] == cols[None, :])
-    return _MASKS[key]
-
-
-def masked_cca(m: CrissCrossAttention, x: torch.Tensor) -> torch.Tensor:
-    q, k, v = (p(x).flatten(2).float() for p in (m.query, m.key, m.value))
-    with fp32(x):
-        energy = torch.bmm(q.transpose(1, 2), k)  # (B, N, N)
-        energy = energy.masked_fill(~criss_cross_mask(*x.shape[-2:], x.device), float("-inf"))
-        out = torch.bmm(v, torch.softmax(energy, dim=-1).transpose(1, 2)).view(x.shape)
-        return (m.gamma * out + x.float()).to(x.dtype)
-
-
-def einsum_cca(m: CrissCrossAttention, x: torch.Tensor) -> torch.Tensor:
-    h = x.shape[2]
-    q, k, v = (p(x).float() for p in (m.query, m.key, m.value))
-    with fp32(x):
-        centre = torch.diag(torch.full((h,), float("-inf"), device=x.device))  # (H, G): -inf where g == h
-        energy_col = torch.einsum("bchw,bcgw->bhwg", q, k) + centre[:, None, :]  # (B, H, W, H)
-        energy_row = torch.einsum("bchw,bchv->bhwv", q, k)  # (B, H, W, W)
-        attention = torch.softmax(torch.cat([energy_col, energy_row], dim=-1), dim=-1)
-        out_col = torch.einsum("bhwg,bcgw->bchw", attention[..., :h], v)
-        out_row = torch.einsum("bhwv,bchv->bchw", attention[..., h:], v)
-        return (m.gamma * (out_col + out_row) + x.float()).to(x.dtype)
-
-
-def published_fla(m: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
-    """The published block's attention (tiled priors, batched ``bmm``), without its final 3x3 conv."""
-    b, c, h, w = x.shape
-    dtype = x.dtype
-    with fp32(x):
-        x = x.float()
-        cols = x.permute(0, 3, 1, 2).reshape(b * w, c, h)
-        rows = x.permute(0, 2, 1, 3).reshape(b * h, c, w)
-        prior_h = m.prior_h(F.avg_pool2d(x, [1, w]).view(b, c, h).permute(0, 2, 1))
-        prior_w = m.prior_w(F.avg_pool2d(x, [h, 1]).view(b, c, w).permute(0, 2, 1))
-        aug_h = torch.bmm(torch.softmax(torch.bmm(cols, prior_h.repeat(w, 1, 1)), -1), cols)
-        aug_w = torch.bmm(torch.softmax(torch.bmm(rows, prior_w.repeat(h, 1, 1)), -1), rows)
-        aug = aug_h.view(b, w, c, h).permute(0, 2, 3, 1) + aug_w.view(b, h, c, w).permute(0, 2, 1, 3)
-        return (m.gamma * aug + x).to(dtype)
+# The naive formulas live once, in tests/reference.py (what the tests check the modules against).
+sys.path.insert(0, str(REPO / "tests"))
+from reference import clear_masks, einsum_cca, fp32, masked_cca, naive_cam, naive_pam, published_fla  # noqa: E402
 
 
 def fla_attention(m: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
@@ -269,7 +198,7 @@ def measure_case(
             reset()
             results[name]["MiB"] = peak_bytes(run, device) / 2**20
     del module, x, grad
-    _MASKS.clear()
+    clear_masks()
 
     def cells(name: str) -> tuple:
         run, skipped = impls[name]

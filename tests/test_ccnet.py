@@ -11,27 +11,13 @@ from attnseg.heads import CCNetHead, CrissCrossAttention
 from attnseg.losses import CategoryConsistencyLoss
 from attnseg.task import SegmentationTask
 from head_checks import CHANNELS, fake_features, random_gamma
+from reference import criss_cross_mask, criss_cross_weights, masked_cca
 
 
-def criss_cross_mask(h: int, w: int) -> torch.Tensor:
-    """(N, N): position i may see position j if they share a row or a column (i sees itself once)."""
-    rows = torch.arange(h).repeat_interleave(w)  # row of each position, row-major
-    cols = torch.arange(w).repeat(h)
-    allowed = (rows[:, None] == rows[None, :]) | (cols[:, None] == cols[None, :])
-    assert (allowed.sum(1) == h + w - 1).all()
-    return allowed
 
 
-def naive_weights(m: CrissCrossAttention, x: torch.Tensor) -> torch.Tensor:
-    """Full attention (B, N, N) restricted to the criss-cross path."""
-    q, k = m.query(x).flatten(2), m.key(x).flatten(2)
-    energy = torch.bmm(q.transpose(1, 2), k)  # (B, N, N)
-    return torch.softmax(energy.masked_fill(~criss_cross_mask(*x.shape[-2:]), float("-inf")), dim=-1)
 
 
-def naive_cca(m: CrissCrossAttention, x: torch.Tensor) -> torch.Tensor:
-    v = m.value(x).flatten(2)  # (B, C, N)
-    return m.gamma * torch.bmm(v, naive_weights(m, x).transpose(1, 2)).view_as(x) + x
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 7, 9), (1, 8, 13, 17), (1, 8, 1, 5), (1, 8, 5, 1), (1, 8, 1, 1)])
@@ -40,13 +26,13 @@ def test_criss_cross_equals_masked_full_attention(shape):
     random_gamma(m)
     x = 2 * torch.randn(shape)
     with torch.no_grad():
-        torch.testing.assert_close(m(x), naive_cca(m, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(x), masked_cca(m, x), rtol=1e-5, atol=1e-5)
 
 
 def test_attention_map_and_pixel_image_match_the_full_attention():
     m = CrissCrossAttention(16)
     x = torch.randn(2, 16, 7, 9)
-    full = naive_weights(m, x).detach()  # (B, N, N)
+    full = criss_cross_weights(m, x).detach()  # (B, N, N)
     weights = m.attention_map(x)
     assert weights.shape == (2, 7, 9, 7 + 9)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 7, 9))
@@ -74,7 +60,7 @@ def test_gradients_equal_the_masked_full_attention(shape):
     random_gamma(m)
     x, weight = 2 * torch.randn(shape), torch.randn(shape)
     grads = []
-    for fn, layout in [(m, torch.contiguous_format), (lambda t: naive_cca(m, t), torch.contiguous_format),
+    for fn, layout in [(m, torch.contiguous_format), (lambda t: masked_cca(m, t), torch.contiguous_format),
                        (m, torch.channels_last)]:  # fmt: skip
         m.zero_grad()
         xr = x.clone(memory_format=layout).requires_grad_(True)
@@ -153,7 +139,7 @@ def test_switches_change_the_outputs(ccl, aux, expected):
 
 def test_category_consistency_loss_through_the_task():
     task = SegmentationTask(
-        head=lambda c, k: CCNetHead(c, k, channels=32, ccl=True, ccl_dim=4),
+        head=lambda c, k: CCNetHead(c, k, fuse_channels=32, ccl=True, ccl_dim=4),
         encoder={"name": "resnet18", "output_stride": 8},
         num_classes=3,
         loss_weights={"ccl": 0.5},
@@ -175,7 +161,7 @@ def test_category_consistency_loss_through_the_task():
 def test_widths_follow_the_official_code(encoder):
     """The attention branch at C_in / 4, the conv after the concatenation at ``channels`` (512 in the paper)."""
     channels = CHANNELS[encoder]
-    head = CCNetHead(channels, num_classes=4, channels=32, ccl=True)
+    head = CCNetHead(channels, num_classes=4, fuse_channels=32, ccl=True)
     assert head.reduce.conv.out_channels == channels[-1] // 4 and head.fuse.conv.out_channels == 32
     assert head.fuse.conv.in_channels == channels[-1] + channels[-1] // 4  # the input feature concatenated
 

@@ -9,22 +9,12 @@ from torch.profiler import ProfilerActivity, profile
 
 from attnseg.heads import ChannelAttention, DANetHead, PositionAttention
 from head_checks import CHANNELS, fake_features, random_gamma
+from reference import naive_cam, naive_pam
 
 # Fake encoder outputs: channel lists of resnet18 and scaled-down resnet50 / convnext, strides 4-8-8-8 (OS 8)
 # or 4-8-16-16 (OS 16) of a 97x129 input.
-def naive_pam(m: PositionAttention, x: torch.Tensor) -> torch.Tensor:
-    b, c, h, w = x.shape
-    q, k, v = m.query(x).flatten(2), m.key(x).flatten(2), m.value(x).flatten(2)  # (B, C', N), (B, C, N)
-    s = torch.softmax(torch.bmm(q.transpose(1, 2), k), dim=-1)  # (B, N, N)
-    return m.gamma * torch.bmm(v, s.transpose(1, 2)).view(b, c, h, w) + x
 
 
-def naive_cam(x: torch.Tensor, gamma: torch.Tensor, energy: str) -> torch.Tensor:
-    a = x.flatten(2)  # (B, C, N)
-    e = torch.bmm(a, a.transpose(1, 2))  # (B, C, C)
-    if energy == "max_minus":
-        e = e.max(dim=-1, keepdim=True)[0].expand_as(e) - e
-    return (gamma * torch.bmm(torch.softmax(e, dim=-1), a) + a).view_as(x)
 
 
 @pytest.mark.parametrize("shape,key_channels", [((2, 16, 7, 9), None), ((1, 32, 13, 17), 4), ((1, 4, 5, 3), 8)])
@@ -49,12 +39,12 @@ def test_channel_attention_equals_naive_formula(energy):
     random_gamma(m)
     x = 0.1 * torch.randn(2, 8, 7, 9)
     with torch.no_grad():
-        torch.testing.assert_close(m(x), naive_cam(x, m.gamma, energy), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(x), naive_cam(m, x, energy), rtol=1e-5, atol=1e-5)
         amap = m.attention_map(x)
     assert amap.shape == (2, 8, 8)
     torch.testing.assert_close(amap.sum(-1), torch.ones(2, 8))
     # the two energies are different attentions
-    other = naive_cam(x, m.gamma, "plain" if energy == "max_minus" else "max_minus")
+    other = naive_cam(m, x, "plain" if energy == "max_minus" else "max_minus")
     assert not torch.allclose(m(x), other, atol=1e-4)
 
 
@@ -69,7 +59,7 @@ def test_channel_attention_gradients_equal_the_naive_formula_without_subnormals(
     amap = m.attention_map(x)
     assert (amap == 0).any() and not ((amap > 0) & (amap < tiny)).any()
     grads = []
-    for fn in (m, lambda t: naive_cam(t, m.gamma, energy)):
+    for fn in (m, lambda t: naive_cam(m, t, energy)):
         m.zero_grad()
         xr = x.clone().requires_grad_(True)
         out = fn(xr)
@@ -107,7 +97,7 @@ def test_attention_runs_in_fp32_under_autocast():
         q, k, v = (p(x).float().flatten(2) for p in (pam.query, pam.key, pam.value))  # bf16 projections
         pam_bf16 = pam(x.bfloat16())
     with torch.no_grad():
-        torch.testing.assert_close(cam_out, naive_cam(x, cam.gamma, "plain"), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cam_out, naive_cam(cam, x, "plain"), rtol=1e-5, atol=1e-5)
         s = torch.softmax(q.transpose(1, 2) @ k, dim=-1)
         ref = pam.gamma * (v @ s.transpose(1, 2)).view_as(x) + x
         torch.testing.assert_close(pam_out, ref, rtol=1e-5, atol=1e-5)

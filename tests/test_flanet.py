@@ -5,43 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from attnseg.heads import FLANetHead, FullyAttentionalBlock
 from head_checks import CHANNELS, STRIDES, fake_features, random_gamma
+from reference import naive_fla, naive_fla_augment, published_fla
 
 
-def naive_augment(block: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
-    """``aug_h + aug_w`` with one explicit C x C softmax per column and per row of each image."""
-    out = torch.zeros_like(x)
-    for b in range(x.shape[0]):
-        prior_h = block.prior_h(x[b].mean(dim=2).T)  # (H, C) from the width-pooled image
-        prior_w = block.prior_w(x[b].mean(dim=1).T)  # (W, C) from the height-pooled image
-        for w in range(x.shape[3]):
-            column = x[b, :, :, w]  # (C, H)
-            out[b, :, :, w] += torch.softmax(column @ prior_h, dim=1) @ column
-        for h in range(x.shape[2]):
-            row = x[b, :, h, :]  # (C, W)
-            out[b, :, h, :] += torch.softmax(row @ prior_w, dim=1) @ row
-    return out
 
 
-def naive_block(block: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
-    return block.fuse(block.gamma * naive_augment(block, x) + x)
 
 
-def published_block(block: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
-    """The published batched form: priors tiled with ``repeat`` (index b * W + w meets prior (b * W + w) % B)."""
-    b, c, h, w = x.shape
-    cols = x.permute(0, 3, 1, 2).reshape(b * w, c, h)
-    rows = x.permute(0, 2, 1, 3).reshape(b * h, c, w)
-    prior_h = block.prior_h(F.avg_pool2d(x, [1, w]).view(b, c, h).permute(0, 2, 1))
-    prior_w = block.prior_w(F.avg_pool2d(x, [h, 1]).view(b, c, w).permute(0, 2, 1))
-    aug_h = torch.bmm(torch.softmax(torch.bmm(cols, prior_h.repeat(w, 1, 1)), -1), cols)
-    aug_w = torch.bmm(torch.softmax(torch.bmm(rows, prior_w.repeat(h, 1, 1)), -1), rows)
-    aug = aug_h.view(b, w, c, h).permute(0, 2, 3, 1) + aug_w.view(b, h, c, w).permute(0, 2, 1, 3)
-    return block.fuse(block.gamma * aug + x)
 
 
 SHAPES = [(2, 16, 7, 9), (1, 8, 13, 17), (3, 12, 8, 8), (1, 8, 1, 5), (2, 8, 5, 1), (1, 4, 1, 1)]
@@ -53,8 +27,8 @@ def test_block_equals_per_column_and_row_loops(shape):
     random_gamma(block)
     x = 2 * torch.randn(shape)
     with torch.no_grad():
-        torch.testing.assert_close(block.augment(x), naive_augment(block, x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(block(x), naive_block(block, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(block.augment(x), naive_fla_augment(block, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(block(x), naive_fla(block, x), rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_equal_the_loops_and_reach_every_parameter():
@@ -63,7 +37,7 @@ def test_gradients_equal_the_loops_and_reach_every_parameter():
     random_gamma(block)
     weight = torch.randn(2, 8, 6, 5)
     grads = []
-    for fn in (block, lambda t: naive_block(block, t)):
+    for fn in (block, lambda t: naive_fla(block, t)):
         block.zero_grad()
         x.grad = None
         (fn(x) * weight).sum().backward()
@@ -97,8 +71,8 @@ def test_each_image_of_a_batch_is_independent():
     # the published form is right for one image and mixes images in a batch
     with torch.no_grad():
         for i in range(3):
-            torch.testing.assert_close(published_block(block, x[i : i + 1]), out[i : i + 1], rtol=1e-5, atol=1e-5)
-        assert not torch.allclose(published_block(block, x), out, atol=1e-3)
+            torch.testing.assert_close(block.fuse(published_fla(block, x[i : i + 1])), out[i : i + 1], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(block.fuse(published_fla(block, x)), out, atol=1e-3)
 
 
 def test_attention_map_rows_are_the_per_line_softmax():

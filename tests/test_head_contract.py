@@ -16,7 +16,7 @@ from head_checks import CHANNELS, IMAGE, assert_trains_and_evaluates, fake_featu
 HEADS = {
     "fcn": lambda c, k: FCNHead(c, k),
     "danet": lambda c, k: DANetHead(c, k),
-    "ccnet": lambda c, k: CCNetHead(c, k, channels=32, ccl=True, ccl_dim=6),
+    "ccnet": lambda c, k: CCNetHead(c, k, fuse_channels=32, ccl=True, ccl_dim=6),
     "flanet": lambda c, k: FLANetHead(c, k, channels=32),
     "dfn": lambda c, k: DFNHead(c, k, channels=16, border_channels=5, dropout=0.1, aux=True),
 }

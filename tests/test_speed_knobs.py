@@ -100,11 +100,11 @@ class FormatProbe(Callback):
 def test_channels_last_model_and_batches_train_and_match_the_default_layout():
     torch.manual_seed(0)
     task = SegmentationTask(
-        head=lambda c, k: DANetHead(c, k), encoder={"name": "resnet18", "output_stride": 8}, num_classes=6,
+        head=lambda c, k: DANetHead(c, k), encoder={"name": "resnet18", "output_stride": 8}, num_classes=7,
         channels_last=True,
     )  # fmt: skip
     plain = SegmentationTask(head=lambda c, k: DANetHead(c, k), encoder={"name": "resnet18", "output_stride": 8},
-                             num_classes=6)  # fmt: skip
+                             num_classes=7)  # fmt: skip
     for m in task.modules():  # non-zero gamma: the attention contributes to the outputs
         if isinstance(m, (PositionAttention, ChannelAttention)):
             torch.nn.init.constant_(m.gamma, 0.5)
@@ -147,7 +147,7 @@ def test_data_loader_knobs_reach_the_loaders():
 def test_compiled_model_trains_and_matches_eager():
     torch.manual_seed(0)
     task = SegmentationTask(
-        head=lambda c, k: DANetHead(c, k), encoder={"name": "resnet18", "output_stride": 8}, num_classes=6,
+        head=lambda c, k: DANetHead(c, k), encoder={"name": "resnet18", "output_stride": 8}, num_classes=7,
         compile=True,
     )  # fmt: skip
     for m in task.modules():

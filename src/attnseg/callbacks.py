@@ -252,7 +252,7 @@ class Dashboard(Callback):
     # ------------------------------------------------------------------------------ media
     def _log_overlays(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         palette, names, _, _ = self._data_style(trainer, pl_module)
-        ignore = getattr(pl_module, "ignore_index", 255)
+        ignore = pl_module.ignore_index
         images, targets, preds = (list(x) for x in zip(*self._samples))  # images may differ in size
         step, key = logging_step(trainer), f"{stage}/predictions"
         for logger in self._loggers(trainer):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
+from attnseg.constants import IGNORE_INDEX
 
 
 class CrossEntropy(nn.Module):
@@ -19,7 +20,7 @@ class CrossEntropy(nn.Module):
 
     def __init__(
         self,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         label_smoothing: float = 0.0,
         class_weight: Optional[Sequence[float]] = None,
     ) -> None:
@@ -61,7 +62,7 @@ class OHEMCrossEntropy(nn.Module):
         min_kept: the least number of pixels kept (0: the threshold alone decides).
     """
 
-    def __init__(self, ignore_index: int = 255, thresh: float = 0.7, min_kept: int = 100000) -> None:
+    def __init__(self, ignore_index: int = IGNORE_INDEX, thresh: float = 0.7, min_kept: int = 100000) -> None:
         super().__init__()
         if not 0.0 < thresh <= 1.0:
             raise ValueError(f"OHEMCrossEntropy: thresh={thresh}, expected a probability in (0, 1]")
@@ -110,7 +111,7 @@ class CategoryConsistencyLoss(nn.Module):
 
     def __init__(
         self,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         delta_v: float = 0.5,
         delta_d: float = 1.5,
         alpha: float = 1.0,
@@ -192,7 +193,7 @@ class BorderFocalLoss(nn.Module):
         edge_width: side of the square neighbourhood (odd, 3 or more).
     """
 
-    def __init__(self, ignore_index: int = 255, alpha: float = 0.25, gamma: float = 2.0, edge_width: int = 7) -> None:
+    def __init__(self, ignore_index: int = IGNORE_INDEX, alpha: float = 0.25, gamma: float = 2.0, edge_width: int = 7) -> None:
         super().__init__()
         if edge_width < 3 or edge_width % 2 == 0:
             raise ValueError(f"BorderFocalLoss: edge_width={edge_width}, expected an odd number of pixels >= 3")

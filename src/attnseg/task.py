@@ -22,6 +22,7 @@ from attnseg.heads import FCNHead
 from attnseg.inference import MultiScaleFlip, SlidingWindow, Whole
 from attnseg.losses import CrossEntropy
 from attnseg.model import SegmentationModel
+from attnseg.constants import IGNORE_INDEX
 
 # A head class with its options bound; called with (encoder channels, num_classes).
 HeadFactory = Callable[[Sequence[int], int], nn.Module]
@@ -36,10 +37,10 @@ class SegmentationTask(LightningModule):
     """Train and evaluate ``SegmentationModel(Encoder, head)``.
 
     Args:
+        num_classes: number of classes; required (the CLI links it from the datamodule's dataset).
         head: the head class and its options (``class_path`` + ``init_args``); built from the encoder's
             channels and ``num_classes``.
         encoder: timm encoder name, output stride, local pretrained file.
-        num_classes: number of classes (linked from the datamodule by the CLI).
         ignore_index: label value excluded from losses and metrics (linked from the datamodule).
         class_names: names for per-class metrics (linked from the datamodule).
         loss: segmentation loss applied to every output the head does not give its own loss, e.g.
@@ -67,10 +68,10 @@ class SegmentationTask(LightningModule):
 
     def __init__(
         self,
+        num_classes: int,
         head: HeadFactory = FCNHead,
         encoder: EncoderConfig = EncoderConfig(),
-        num_classes: int = 6,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         class_names: Optional[list[str]] = None,
         loss: nn.Module = lazy_instance(CrossEntropy),
         loss_weights: Optional[dict[str, float]] = None,

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from attnseg.constants import IGNORE_INDEX
 
 IGNORE_COLOUR = (255, 255, 255)
 
@@ -21,7 +22,7 @@ def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
     return colours
 
 
-def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
+def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Class map (H, W) -> RGB (H, W, 3) uint8; ``ignore_index`` (and any label without a colour) is white."""
     table = np.zeros((256, 3), dtype=np.uint8)
     table[:] = IGNORE_COLOUR
@@ -78,7 +79,7 @@ def overlay_figure(
     preds: np.ndarray,
     palette: Sequence[Sequence[int]],
     names: Sequence[str],
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     title: str = "",
 ):
     """A matplotlib Figure with one row per image (each of its own size): image, ground truth, prediction over the

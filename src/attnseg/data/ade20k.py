@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnseg.data.io import IGNORE_INDEX, FolderDataset, Pairs, list_pairs, voc_palette
+from attnseg.constants import IGNORE_INDEX
+from attnseg.data.io import FolderDataset, Pairs, list_pairs, voc_palette
 
 
 class ADE20K(FolderDataset):

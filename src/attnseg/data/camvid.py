@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnseg.data.io import FolderDataset, Pairs, list_pairs
+from attnseg.constants import IGNORE_INDEX
 
 
 class CamVid(FolderDataset):
@@ -36,7 +37,7 @@ class CamVid(FolderDataset):
     )  # fmt: skip
     splits = ("train", "val", "test")
     layout = "root/{train,val,test}/*.png with labels of the same names in root/{train,val,test}annot/ (SegNet CamVid)"
-    label_map = {**{i: i for i in range(11)}, 11: 255}
+    label_map = {**{i: i for i in range(11)}, 11: IGNORE_INDEX}
 
     def list_samples(self, root: Path, split: str) -> Pairs:
         return list_pairs(self.folder(root / split), self.folder(root / f"{split}annot"), ".png", ".png")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnseg.data.io import IGNORE_INDEX, FolderDataset, Pairs, list_pairs
+from attnseg.constants import IGNORE_INDEX
+from attnseg.data.io import FolderDataset, Pairs, list_pairs
 
 # The official label table (cityscapesScripts, helpers/labels.py): name, id (value in *_labelIds.png),
 # trainId (255: not evaluated), colour. ``license plate`` (id -1) is never written to the label PNGs.

@@ -12,6 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from attnseg.data.image_folder import ImageFolder, collate_images
 from attnseg.data.registry import DATASETS
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
+from attnseg.constants import IGNORE_INDEX
 
 
 def resolve_dataset(name: str) -> type:
@@ -83,7 +84,7 @@ class SegDataModule(LightningDataModule):
         self.dataset_cls = resolve_dataset(dataset)
         self.class_names: list[str] = list(self.dataset_cls.classes)
         self.palette: list[tuple[int, int, int]] = [tuple(c) for c in self.dataset_cls.palette]
-        self.ignore_index = 255
+        self.ignore_index = IGNORE_INDEX
         if num_classes is not None and num_classes != len(self.class_names):
             raise ValueError(
                 f"data.num_classes={num_classes} but {dataset} has {len(self.class_names)} classes "
@@ -171,7 +172,7 @@ class PadForRanks(Dataset):
     ``ignore_index``: every rank runs the same number of batches (DDP needs that) and the padding adds
     nothing to the metrics (the default DistributedSampler pads with real duplicates, counted twice)."""
 
-    def __init__(self, dataset: Dataset, world_size: int, ignore_index: int = 255) -> None:
+    def __init__(self, dataset: Dataset, world_size: int, ignore_index: int = IGNORE_INDEX) -> None:
         self.dataset = dataset
         self.ignore_index = ignore_index
         self.length = -(-len(dataset) // world_size) * world_size

@@ -21,7 +21,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-IGNORE_INDEX = 255
 Pairs = list[tuple[Path, Path]]
 
 

@@ -12,6 +12,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+from attnseg.constants import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,7 +53,7 @@ class RandomCropCatMax(v2.Transform):
     class covers more than that share of the crop's labelled pixels.
     """
 
-    def __init__(self, size: Sequence[int], cat_max_ratio: float = 1.0, ignore_index: int = 255) -> None:
+    def __init__(self, size: Sequence[int], cat_max_ratio: float = 1.0, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         self.size = (int(size[0]), int(size[1]))
         self.cat_max_ratio = cat_max_ratio
@@ -162,7 +163,7 @@ def train_transforms(
     cat_max_ratio: float = 1.0,
     flip: bool = True,
     photometric: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:

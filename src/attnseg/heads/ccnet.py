@@ -134,9 +134,9 @@ class CrissCrossAttention(QKVAttention):
 class CCNetHead(SegHead):
     """CCNet head on the deepest feature, plus the auxiliary FCN head on the stage before last.
 
-    3x3 conv-BN-ReLU to ``C_in / 4``, ``CrissCrossAttention`` applied ``recurrence`` times with shared weights
+    3x3 conv-BN-ReLU to ``channels`` (C_in / 4), ``CrissCrossAttention`` applied ``recurrence`` times with shared weights
     (0: the baseline without attention), 3x3 conv-BN-ReLU, concatenation with the input feature, 3x3
-    conv-BN-ReLU to ``channels``, dropout and classifier (``out``, weight 1; ``aux``, weight 0.4).
+    conv-BN-ReLU to ``fuse_channels``, dropout and classifier (``out``, weight 1; ``aux``, weight 0.4).
 
     With ``ccl=True`` a 1x1 conv projects the attention branch's output to ``ccl_dim`` channels (output ``ccl``:
     an embedding (B, ccl_dim, h, w) at the feature resolution, not class logits, so it is neither upsampled nor
@@ -147,9 +147,10 @@ class CCNetHead(SegHead):
         in_channels: channels of the encoder's feature maps, shallow to deep.
         num_classes: number of classes K.
         recurrence: criss-cross attention steps (2 in the paper; 0 for the baseline).
-        channels: width of the conv after the concatenation (512 in the paper).
-        inter_channels: width of the attention branch; default ``in_channels[-1] // 4``.
-        key_channels: query/key width of the attention; default ``inter_channels // 8``.
+        channels: width of the attention branch, as every head's ``channels``; default ``in_channels[-1] // 4``
+            (512 on ResNet-50/101, as in the paper).
+        fuse_channels: width of the conv after the concatenation (512 in the paper).
+        key_channels: query/key width of the attention; default ``channels // 8``.
         ccl: add the category consistent loss on projected features (output ``ccl``).
         ccl_dim: channels D of the projected features.
         ccl_delta_v: the loss's variance margin delta_v.
@@ -163,8 +164,8 @@ class CCNetHead(SegHead):
         in_channels: Sequence[int],
         num_classes: int,
         recurrence: int = 2,
-        channels: int = 512,
-        inter_channels: Optional[int] = None,
+        channels: Optional[int] = None,
+        fuse_channels: int = 512,
         key_channels: Optional[int] = None,
         ccl: bool = False,
         ccl_dim: int = 16,
@@ -179,14 +180,14 @@ class CCNetHead(SegHead):
         if ccl and ccl_dim < 1:
             raise ValueError(f"CCNetHead: ccl_dim={ccl_dim}, expected 1 or more")
         c_in = in_channels[-1]
-        inter_channels = inter_channels or max(1, c_in // 4)
+        channels = channels or max(1, c_in // 4)
         self.recurrence = recurrence
-        self.reduce = ConvNormAct(c_in, inter_channels, kernel_size=3)
-        self.cca = CrissCrossAttention(inter_channels, key_channels) if recurrence else None
-        self.project = ConvNormAct(inter_channels, inter_channels, kernel_size=3)
-        self.fuse = ConvNormAct(c_in + inter_channels, channels, kernel_size=3)
-        self.cls = SegClassifier(channels, num_classes, dropout)
-        self.ccl = nn.Conv2d(inter_channels, ccl_dim, kernel_size=1) if ccl else None
+        self.reduce = ConvNormAct(c_in, channels, kernel_size=3)
+        self.cca = CrissCrossAttention(channels, key_channels) if recurrence else None
+        self.project = ConvNormAct(channels, channels, kernel_size=3)
+        self.fuse = ConvNormAct(c_in + channels, fuse_channels, kernel_size=3)
+        self.cls = SegClassifier(fuse_channels, num_classes, dropout)
+        self.ccl = nn.Conv2d(channels, ccl_dim, kernel_size=1) if ccl else None
         self.aux = AuxHead(in_channels[-2], num_classes, dropout=dropout) if aux else None
         self.loss_weights = {"out": 1.0, **({"ccl": 1.0} if ccl else {}), **({"aux": 0.4} if aux else {})}
         if ccl:

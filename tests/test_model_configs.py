@@ -1,0 +1,33 @@
+"""``configs/model/<head>.yaml`` state the head's options for readers; they must say what the code does: every value
+written there equals the head's own default, so a model file never silently changes a head."""
+
+import importlib
+import inspect
+
+import pytest
+import yaml
+
+from conftest import CONFIGS
+
+FILES = sorted((CONFIGS / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_model_file_states_the_code_defaults(path):
+    head = yaml.safe_load(path.read_text())["model"]["head"]
+    module, _, name = head["class_path"].rpartition(".")
+    signature = inspect.signature(getattr(importlib.import_module(module), name))
+    written = head.get("init_args") or {}
+    unknown = set(written) - set(signature.parameters)
+    assert not unknown, f"{path.name}: {sorted(unknown)} are not options of {name}"
+    differ = {k: (v, signature.parameters[k].default) for k, v in written.items() if signature.parameters[k].default != v}
+    assert differ == {}, f"{path.name}: values (file, code) that differ from {name}'s defaults"
+
+
+def test_every_head_has_a_model_file():
+    import attnseg.heads as heads
+
+    names = {cls.__name__ for cls in vars(heads).values() if isinstance(cls, type) and cls.__name__.endswith("Head")}
+    names -= {"AuxHead", "SegHead"}
+    stated = {yaml.safe_load(p.read_text())["model"]["head"]["class_path"].rpartition(".")[2] for p in FILES}
+    assert stated == names
