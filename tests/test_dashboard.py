@@ -14,7 +14,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from attnseg.callbacks import TABLE_COLUMNS, Dashboard, LearningRateMonitor, class_table
+from attnseg.callbacks import (
+    TABLE_COLUMNS,
+    ClassTables,
+    Complexity,
+    LearningRateMonitor,
+    PredictionOverlays,
+    Throughput,
+    class_table,
+)
 from attnseg.profiling import count_flops, count_parameters
 from attnseg.visualize import colorize, confusion_figure, default_palette, denormalize, figure_to_array, overlay_figure
 from attnseg.data.synthetic import SyntheticShapes
@@ -27,13 +35,13 @@ CLASSES = list(SyntheticShapes.classes)
 SHORT = [
     "--config", QUICKSTART, *FAST,
     "--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.log_every_n_steps=1",
-    "--dashboard.warmup_steps=1", "--model.optimizer=sgd", "--model.head_lr_mult=10",
+    "--throughput.warmup_steps=1", "--model.optimizer=sgd", "--model.head_lr_mult=10",
 ]  # fmt: skip
 VAL_PIXELS = 8 * 32 * 32
 
 
 def test_wandb_offline_run_holds_media_tables_and_summary(tmp_path):
-    cli = run_cli("fit", *SHORT, "--dashboard.num_images=3", *wandb_in(tmp_path / "runs"))
+    cli = run_cli("fit", *SHORT, "--overlays.num_images=3", *wandb_in(tmp_path / "runs"))
     (run,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
     media = run / "files" / "media"
 
@@ -73,7 +81,7 @@ def test_wandb_offline_run_holds_media_tables_and_summary(tmp_path):
         "history_keys"
     ]
     # the resolved config, dashboard options included
-    assert offline["config"]["dashboard"]["num_images"] == 3
+    assert offline["config"]["overlays"]["num_images"] == 3
     assert offline["config"]["model"]["head"]["class_path"] == "attnseg.heads.FCNHead"
 
 
@@ -114,7 +122,7 @@ def test_csv_logger_gets_the_numbers_and_media_files():
 
 def test_media_switches_and_no_logger():
     csv_args = ["--config", CONFIGS / "logger/csv.yaml", "--trainer.max_epochs=1"]
-    cli = run_cli("fit", *SHORT, *csv_args, "--dashboard.num_images=0", "--dashboard.tables=false")
+    cli = run_cli("fit", *SHORT, *csv_args, "--overlays.num_images=0", "--tables.enabled=false")
     directory = Path(cli.trainer.logger.log_dir)
     assert not (directory / "media").exists()
     assert "model/GFLOPs" in (directory / "metrics.csv").read_text().splitlines()[0]
@@ -122,9 +130,27 @@ def test_media_switches_and_no_logger():
     cli = run_cli("fit", *SHORT, "--trainer.max_epochs=1", "--trainer.logger=false")
     assert cli.trainer.state.finished
     kinds = {type(c) for c in cli.trainer.callbacks}
-    assert {Dashboard, LearningRateMonitor} <= kinds
-    dashboard = next(c for c in cli.trainer.callbacks if isinstance(c, Dashboard))
-    assert dashboard.summary == {}
+    assert {PredictionOverlays, ClassTables, Complexity, Throughput, LearningRateMonitor} <= kinds
+    measured = [c.summary for c in cli.trainer.callbacks if isinstance(c, (Complexity, Throughput))]
+    assert measured == [{}, {}]
+
+
+def test_overlays_reuse_the_validation_steps_predictions(monkeypatch):
+    """Drawing the overlays runs no inference of its own: as many forward passes with overlays as without."""
+    from attnseg.task import SegmentationTask
+
+    calls = []
+    original = SegmentationTask.predict_logits
+    monkeypatch.setattr(SegmentationTask, "predict_logits", lambda self, x: calls.append(1) or original(self, x))
+    csv_args = ["--config", CONFIGS / "logger/csv.yaml", "--trainer.max_epochs=1"]
+    counts = {}
+    for n in (0, 3):
+        calls.clear()
+        cli = run_cli("fit", *SHORT, *csv_args, f"--overlays.num_images={n}")
+        counts[n] = len(calls)
+    assert counts[3] == counts[0] > 0
+    media = Path(cli.trainer.logger.log_dir) / "media" / "val"
+    assert list(media.glob("predictions_step*.png"))
 
 
 def test_count_flops_matches_a_hand_count_and_restores_modes():

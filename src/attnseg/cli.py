@@ -3,8 +3,8 @@
 The CLI links the dataset's class count, class names and ignore index into the model, adds a
 checkpoint callback that keeps the best ``val/mIoU`` and the last step, logs to Weights & Biases
 offline by default, and saves each run's resolved config in that run's own directory. Callback groups:
-``checkpoint``, ``lr_monitor`` (learning rate every step), ``dashboard`` (overlays, IoU table, confusion matrix,
-complexity, throughput: ``attnseg.callbacks.Dashboard``) and ``prediction`` (``attnseg predict`` writes masks and
+``checkpoint``, ``lr_monitor`` (learning rate every step), ``overlays``, ``tables``, ``complexity`` and
+``throughput`` (the dashboard, ``attnseg.callbacks``) and ``prediction`` (``attnseg predict`` writes masks and
 overlays to ``--prediction.output_dir``). The ``attnseg`` command itself is ``attnseg.__main__``.
 """
 
@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from attnseg.callbacks import Dashboard, LearningRateMonitor
+from attnseg.callbacks import ClassTables, Complexity, LearningRateMonitor, PredictionOverlays, Throughput
 from attnseg.checkpoint import AtomicCheckpointIO, Checkpoint, find_last_checkpoint, run_dir, run_of_checkpoint
 from attnseg.data import SegDataModule
 from attnseg.distributed import SyncBatchNormPlugin
@@ -85,7 +85,10 @@ class AttnSegCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
-        parser.add_lightning_class_args(Dashboard, "dashboard")
+        parser.add_lightning_class_args(PredictionOverlays, "overlays")
+        parser.add_lightning_class_args(ClassTables, "tables")
+        parser.add_lightning_class_args(Complexity, "complexity")  # before throughput: its measurement is not a step
+        parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:

@@ -58,7 +58,7 @@ import yaml
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from attnseg.callbacks import Dashboard
+from attnseg.callbacks import Complexity, Throughput
 from attnseg.checkpoint import run_dir
 from attnseg.cli import AttnSegCLI
 from attnseg.profiling import count_parameters
@@ -243,8 +243,9 @@ def run_point(
             row["test_context_IoU"] = sum(ious) / len(ious)
         row["params"] = count_parameters(cli.model)[0]
         for cb in trainer.callbacks:
-            if isinstance(cb, Dashboard):
+            if isinstance(cb, Complexity):
                 row["GFLOPs"] = cb.summary.get("model/GFLOPs")
+            if isinstance(cb, Throughput):
                 row["train_images_per_s"] = cb.summary.get("perf/train_images_per_s")
         row["run_dir"] = str(run_dir(trainer))
         row["best_checkpoint"] = (callback.best_model_path if callback else "") or ""

@@ -135,6 +135,9 @@ class SegmentationTask(LightningModule):
 
         self.val_metrics = metrics("val/")
         self.test_metrics = metrics("test/")
+        # the last computed metrics of each stage ({"val/mIoU": ..., "val/IoU": (K,), "val/confmat": (K, K), ...}),
+        # for callbacks (the dashboard's tables) and scripts
+        self.last_metrics: dict[str, dict[str, torch.Tensor]] = {}
         self._speed_knobs_applied = False
 
     # ----------------------------------------------------------------------------------- speed knobs
@@ -189,9 +192,12 @@ class SegmentationTask(LightningModule):
         """Logits (B, K, H, W) of ``out`` under the configured inference mode."""
         return self.inference(self.model, images)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Scores the batch; returns its predictions (B, H, W), which callbacks receive (the overlays)."""
         images, masks = batch
-        self.val_metrics.update(self.predict_logits(images).argmax(dim=1), masks)
+        preds = self.predict_logits(images).argmax(dim=1)
+        self.val_metrics.update(preds, masks)
+        return preds
 
     def test_step(self, batch, batch_idx: int) -> None:
         images, masks = batch
@@ -202,10 +208,10 @@ class SegmentationTask(LightningModule):
         return self.predict_logits(images).argmax(dim=1)
 
     def on_validation_epoch_end(self) -> None:
-        self.last_val = self._log_metrics(self.val_metrics, "val/")
+        self.last_metrics["val"] = self._log_metrics(self.val_metrics, "val/")
 
     def on_test_epoch_end(self) -> None:
-        self.last_test = self._log_metrics(self.test_metrics, "test/")
+        self.last_metrics["test"] = self._log_metrics(self.test_metrics, "test/")
 
     def _log_metrics(self, collection: MetricCollection, prefix: str) -> dict[str, torch.Tensor]:
         values = collection.compute()

@@ -81,6 +81,7 @@ def overlay_figure(
     names: Sequence[str],
     ignore_index: int = IGNORE_INDEX,
     title: str = "",
+    alpha: float = 0.5,
 ):
     """A matplotlib Figure with one row per image (each of its own size): image, ground truth, prediction over the
     image; a legend names the classes present."""
@@ -91,7 +92,7 @@ def overlay_figure(
     fig = Figure(figsize=(7.5, 2.5 * n + 0.8), layout="constrained")
     axes = fig.subplots(n, 3, squeeze=False)
     for row, (image, target, pred) in enumerate(zip(images, targets, preds)):
-        panels = (image, colorize(target, palette, ignore_index), blend(image, colorize(pred, palette)))
+        panels = (image, colorize(target, palette, ignore_index), blend(image, colorize(pred, palette), alpha))
         for col, (panel, label) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
             axes[row, col].imshow(panel, interpolation="nearest")
             axes[row, col].set_axis_off()

@@ -1,0 +1,131 @@
+"""MediaSink: the one place that knows where the dashboard callbacks' output goes.
+
+W&B gets native media (``wandb.Image`` with class-labelled masks, ``wandb.Table``, a confusion-matrix chart); every
+other logger (CSV...) gets the same content as files under ``<run dir>/media/<stage>/`` (PNG overlays and confusion
+matrix, CSV tables). Numbers (parameters, GFLOPs, images/s) go to every logger through ``log_metrics``, so they land
+in the W&B run summary and in ``metrics.csv``. Everything is logged at Lightning's logging step, so media line up
+with the scalars of the same validation.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers.logger import DummyLogger
+
+from attnseg.checkpoint import run_dir
+from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from attnseg.lightning_internals import logging_step
+from attnseg.visualize import confusion_figure, default_palette, figure_to_array, overlay_figure
+
+MAX_CHART_CLASSES = 100  # W&B tables hold up to 10,000 rows: a confusion chart of up to 100 x 100 cells
+
+
+def loggers(trainer: Trainer) -> list[Logger]:
+    return [lg for lg in trainer.loggers if not isinstance(lg, DummyLogger)]
+
+
+def data_style(trainer: Trainer, pl_module: LightningModule) -> tuple[list, list[str], Sequence, Sequence]:
+    """Palette, class names, mean and std from the datamodule (with generic fallbacks)."""
+    dm = trainer.datamodule
+    num_classes = getattr(pl_module, "num_classes", None) or len(getattr(dm, "class_names", [])) or 256
+    names = list(getattr(pl_module, "class_names", None) or getattr(dm, "class_names", None) or [])
+    names = names or [str(k) for k in range(num_classes)]
+    palette = list(getattr(dm, "palette", None) or default_palette(len(names)))
+    hparams = getattr(dm, "hparams", {})
+    return palette, names, hparams.get("mean", IMAGENET_MEAN), hparams.get("std", IMAGENET_STD)
+
+
+class MediaSink:
+    """Writes one trainer's dashboard output to each of its loggers (see the module's docstring)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.loggers = loggers(trainer)
+        self.step = logging_step(trainer)
+
+    @staticmethod
+    def active(trainer: Trainer) -> bool:
+        """Whether anything should be measured or drawn now: rank 0, a real logger, not the sanity check."""
+        return trainer.is_global_zero and not trainer.sanity_checking and bool(loggers(trainer))
+
+    def numbers(self, metrics: dict[str, float]) -> None:
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.step)
+
+    def _media_dir(self, logger: Logger, stage: str) -> Path:
+        directory = getattr(logger, "log_dir", None)
+        path = Path(directory if directory else run_dir(self.trainer)) / "media" / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def overlays(
+        self,
+        stage: str,
+        images: list[np.ndarray],
+        targets: list[np.ndarray],
+        preds: list[np.ndarray],
+        palette: Sequence,
+        names: Sequence[str],
+        ignore_index: int,
+        alpha: float = 0.5,
+    ) -> None:
+        """Images (H, W, 3) uint8 with their label and prediction maps (H, W), each image of its own size."""
+        key = f"{stage}/predictions"
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                labels = {k: name for k, name in enumerate(names)}
+                dtype = np.uint8 if len(names) < 256 and ignore_index < 256 else np.int32
+                masks = [
+                    {
+                        "ground_truth": {"mask_data": t.astype(dtype), "class_labels": {**labels, ignore_index: "ignore"}},
+                        "prediction": {"mask_data": p.astype(dtype), "class_labels": labels},
+                    }
+                    for t, p in zip(targets, preds)
+                ]
+                captions = [f"{stage} image {i}, step {self.step}" for i in range(len(images))]
+                logger.log_image(key, images, step=self.step, masks=masks, caption=captions)
+            else:
+                path = self._media_dir(logger, stage) / f"predictions_step{self.step:06d}.png"
+                title = f"{stage} predictions, epoch {self.trainer.current_epoch}, step {self.step}"
+                figure = overlay_figure(images, targets, preds, palette, names, ignore_index, title, alpha)
+                figure.savefig(path, dpi=100)
+
+    def table(self, stage: str, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(f"{stage}/{name}", columns=columns, data=rows, step=self.step)
+            else:
+                with open(self._media_dir(logger, stage) / f"{name}_step{self.step:06d}.csv", "w", newline="") as f:
+                    csv.writer(f).writerows([columns, *rows])
+
+    def confusion(self, stage: str, confmat: torch.Tensor, names: Sequence[str]) -> None:
+        """A (K, K) confusion matrix (rows: ground truth): an interactive chart on W&B (a rendered one beyond
+        ``MAX_CHART_CLASSES``), a PNG of the row-normalised matrix elsewhere."""
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                title = f"{stage} confusion matrix (step {self.step})"
+                if len(names) <= MAX_CHART_CLASSES:  # one table row per cell
+                    counts = confmat.detach().cpu().tolist()
+                    cells = [[names[i], names[j], counts[i][j]] for i in range(len(names)) for j in range(len(names))]
+                    chart = wandb.plot_table(
+                        "wandb/confusion_matrix/v1",
+                        wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=cells),
+                        {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+                        {"title": title},
+                    )
+                else:
+                    chart = wandb.Image(figure_to_array(confusion_figure(confmat, names, title)))
+                logger.log_metrics({f"{stage}/confusion_matrix": chart}, step=self.step)
+            else:
+                title = f"{stage} confusion matrix (% of each ground-truth class), step {self.step}"
+                path = self._media_dir(logger, stage) / f"confusion_matrix_step{self.step:06d}.png"
+                confusion_figure(confmat, names, title).savefig(path, dpi=100)
