@@ -61,9 +61,9 @@ DEVICES = {"cpu": "CPU", "cuda": "CUDA"}
 SIZES = ["32x32", "64x64", "97x97", "64x128", "128x256"]
 
 # ------------------------------------------------------------------------------------------------ references
-# The naive formulas live once, in tests/reference.py (what the tests check the modules against).
-sys.path.insert(0, str(REPO / "tests"))
-from reference import clear_masks, einsum_cca, fp32, masked_cca, naive_cam, naive_pam, published_fla  # noqa: E402
+# The naive formulas live once, in tests/helpers/reference.py (what the tests check the modules against).
+sys.path.insert(0, str(REPO))
+from tests.helpers.reference import clear_masks, einsum_cca, fp32, masked_cca, naive_cam, naive_pam, published_fla  # noqa: E402
 
 
 def fla_attention(m: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:

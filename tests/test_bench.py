@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from tests.helpers.cli import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 import attention as bench_attention  # noqa: E402

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CONFIGS, FAST, QUICKSTART, run_cli
-from layouts import SMALL_WINDOWS, data_config_case, experiment_case
+from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
+from tests.helpers.layouts import SMALL_WINDOWS, data_config_case, experiment_case
 
 
 def quickstart_with(config: str):

@@ -9,7 +9,7 @@ import yaml
 from torch import nn
 
 from attnseg.inference import MultiScaleFlip, SlidingWindow, Whole
-from conftest import QUICKSTART, run_cli
+from tests.helpers.cli import QUICKSTART, run_cli
 
 
 class Pointwise(nn.Module):

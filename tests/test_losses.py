@@ -11,7 +11,7 @@ import yaml
 
 from attnseg.losses import CategoryConsistencyLoss, OHEMCrossEntropy
 from attnseg.task import SegmentationTask
-from conftest import FAST, QUICKSTART, run_cli
+from tests.helpers.cli import FAST, QUICKSTART, run_cli
 
 # --------------------------------------------------------------------------------------------- OHEM
 # Six pixels (1 x 2 x 3), two classes; the softmax gives each pixel's true class exactly this probability.

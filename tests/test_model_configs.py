@@ -7,7 +7,7 @@ import inspect
 import pytest
 import yaml
 
-from conftest import CONFIGS
+from tests.helpers.cli import CONFIGS
 
 FILES = sorted((CONFIGS / "model").glob("*.yaml"))
 

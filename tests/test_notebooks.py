@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 
 from attnseg.sweep import Sweep, write_results
-from conftest import REPO
+from tests.helpers.cli import REPO
 
 NOTEBOOKS = REPO / "notebooks"
 

@@ -17,7 +17,7 @@ from attnseg.data.transforms import eval_transforms
 from attnseg.data import ImageFolder
 from attnseg.predict import PredictionWriter
 from attnseg.task import SegmentationTask
-from conftest import CONFIGS, FAST, QUICKSTART, run_cli
+from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
 
 
 @pytest.fixture

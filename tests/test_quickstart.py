@@ -3,7 +3,7 @@ cannot tell the look-alike blobs apart (their cue is beyond its reach) while an 
 
 import pytest
 
-from conftest import CONFIGS, QUICKSTART, run_cli
+from tests.helpers.cli import CONFIGS, QUICKSTART, run_cli
 
 # README, "Set up": FCN's best val mIoU over seeds 0-2 (configs/ablation/heads.yaml), and the margin a run may fall
 # below it (bf16 arithmetic differs between CPUs; seeds 0-2 spread by less than this).

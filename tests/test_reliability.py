@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from attnseg.checkpoint import AtomicCheckpointIO
-from conftest import FAST, QUICKSTART, run_cli
+from tests.helpers.cli import FAST, QUICKSTART, REPO, run_cli
 
-TESTS = Path(__file__).resolve().parent
 ATTNSEG = str(Path(sys.executable).parent / "attnseg")
 
 
@@ -24,7 +23,7 @@ def child_env() -> dict:
     """The test process's environment for a child ``attnseg``, without the W&B service of this process (a
     child attached to it would write its run files relative to the directory that service started in)."""
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    return {**env, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def attnseg(*args, timeout=300, check=True):
@@ -58,7 +57,7 @@ def test_fit_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     saved_step = step_of(last)  # loads: never a half-written file
 
-    out = attnseg("fit", *base, "--ckpt_path", "last", "--trainer.callbacks+=faults.Probe")
+    out = attnseg("fit", *base, "--ckpt_path", "last", "--trainer.callbacks+=tests.helpers.faults.Probe")
     probe = json.loads(Path("probe.json").read_text())
     assert probe["start_step"] == saved_step > 0  # continued, not restarted
     assert probe["end_step"] == 12 * 4
@@ -72,7 +71,7 @@ def test_fit_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     assert "Restored all states from the checkpoint" in out.stderr + out.stdout
 
     # an explicit path works too: one more epoch on top
-    attnseg("fit", *base[:-1], "--trainer.max_epochs=13", "--ckpt_path", last, "--trainer.callbacks+=faults.Probe")
+    attnseg("fit", *base[:-1], "--trainer.max_epochs=13", "--ckpt_path", last, "--trainer.callbacks+=tests.helpers.faults.Probe")
     probe = json.loads(Path("probe.json").read_text())
     assert probe["start_step"] == 12 * 4 and probe["end_step"] == 13 * 4
 
@@ -102,16 +101,16 @@ def test_ddp_two_cpu_processes_fit_and_validate_match_single_process(tmp_path):
             "--data.batch_size=2", "--trainer.logger=false"]  # fmt: skip
     ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
     attnseg("fit", *base, *ddp, "--trainer.sync_batchnorm=true", "--trainer.max_epochs=1",
-            "--trainer.default_root_dir=ddp", "--trainer.callbacks+=faults.Probe", timeout=600)  # fmt: skip
+            "--trainer.default_root_dir=ddp", "--trainer.callbacks+=tests.helpers.faults.Probe", timeout=600)  # fmt: skip
     probe = json.loads(Path("probe.json").read_text())
     assert probe["world_size"] == 2 and probe["end_step"] == 2  # 7 samples, batch 2, 2 ranks: 2 steps
     ckpt = next(Path("ddp").rglob("last.ckpt"))
 
     Path("probe.json").unlink()
-    attnseg("validate", *base, *ddp, "--ckpt_path", ckpt, "--trainer.callbacks+=faults.Probe", timeout=600)
+    attnseg("validate", *base, *ddp, "--ckpt_path", ckpt, "--trainer.callbacks+=tests.helpers.faults.Probe", timeout=600)
     ddp_val = json.loads(Path("probe.json").read_text())
     Path("probe.json").unlink()
-    attnseg("validate", *base, "--ckpt_path", ckpt, "--trainer.callbacks+=faults.Probe")
+    attnseg("validate", *base, "--ckpt_path", ckpt, "--trainer.callbacks+=tests.helpers.faults.Probe")
     single = json.loads(Path("probe.json").read_text())
     assert ddp_val["world_size"] == 2 and single["world_size"] == 1
     assert ddp_val["val"]["val/mIoU"] == pytest.approx(single["val"]["val/mIoU"], abs=1e-6)
@@ -119,9 +118,9 @@ def test_ddp_two_cpu_processes_fit_and_validate_match_single_process(tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_terms_and_keeps_last_good_checkpoint(tmp_path):
-    from faults import finite
+    from tests.helpers.faults import finite
 
-    args = ["--config", QUICKSTART, *FAST, "--trainer.max_epochs=3", "--model.loss=faults.NaNAfter",
+    args = ["--config", QUICKSTART, *FAST, "--trainer.max_epochs=3", "--model.loss=tests.helpers.faults.NaNAfter",
             "--model.loss.nan_from=8"]  # fmt: skip  # 2 terms per step (out, aux): NaN from step 4 = epoch 2
     with pytest.raises(FloatingPointError, match=r"step 4 .*out=nan, aux=nan"):
         run_cli("fit", *args)
@@ -138,7 +137,7 @@ def test_checkpoint_of_another_class_count_or_head_is_refused(tmp_path):
                   "--trainer.default_root_dir=r")  # fmt: skip
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     with pytest.raises(ValueError, match=r"last.ckpt.*7 classes.*8 classes"):
-        run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--data.dataset=faults.ExtraClassShapes")
+        run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--data.dataset=tests.helpers.faults.ExtraClassShapes")
     with pytest.raises(ValueError, match=r"last.ckpt.*num_convs=1 \(checkpoint: 2\)"):
         run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--model.head.num_convs=1")
     with pytest.raises(ValueError, match=r"encoder.name=resnet34 \(checkpoint: resnet18\)"):

@@ -12,7 +12,7 @@ from attnseg.cli import AttnSegCLI
 from attnseg.data import SegDataModule
 from attnseg.heads import ChannelAttention, CrissCrossAttention, DANetHead, FullyAttentionalBlock, PositionAttention
 from attnseg.task import SegmentationTask
-from conftest import CONFIGS, FAST, QUICKSTART
+from tests.helpers.cli import CONFIGS, FAST, QUICKSTART
 
 ATTENTION = (PositionAttention, ChannelAttention, CrissCrossAttention, FullyAttentionalBlock)
 # what computes energies, softmax and the attention-weighted sums inside the attention modules

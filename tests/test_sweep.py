@@ -15,8 +15,8 @@ from PIL import Image
 from attnseg.__main__ import main
 from attnseg.cli import AttnSegCLI
 from attnseg.sweep import Sweep, override_args, point_label, short_names, summarise, write_results
-from conftest import CONFIGS, FAST
-from wandb_offline import read_run, wandb_in
+from tests.helpers.cli import CONFIGS, FAST
+from tests.helpers.wandb_offline import read_run, wandb_in
 
 TINY = [*FAST, "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"]
 

@@ -10,8 +10,8 @@ from torch.profiler import ProfilerActivity, profile
 from attnseg.heads import CCNetHead, CrissCrossAttention
 from attnseg.losses import CategoryConsistencyLoss
 from attnseg.task import SegmentationTask
-from head_checks import CHANNELS, fake_features, random_gamma
-from reference import criss_cross_mask, criss_cross_weights, masked_cca
+from tests.helpers.head_checks import CHANNELS, fake_features, random_gamma
+from tests.helpers.reference import criss_cross_mask, criss_cross_weights, masked_cca
 
 
 

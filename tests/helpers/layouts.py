@@ -160,7 +160,7 @@ SMALL = [
 
 def data_config_case(config: str, dataset: str):
     """A data group file on top of the quickstart (ResNet-18, CPU), ``--data.root`` at a tiny copy of its layout."""
-    from conftest import CONFIGS, QUICKSTART
+    from tests.helpers.cli import CONFIGS, QUICKSTART
 
     def args(tmp_path: Path) -> list:
         return ["--config", QUICKSTART, "--data", CONFIGS / config, "--data.root", LAYOUTS[dataset](tmp_path), *SMALL]
@@ -170,7 +170,7 @@ def data_config_case(config: str, dataset: str):
 
 def experiment_case(config: str, dataset: str, *extra: str):
     """An experiment file with its heavy settings made light: ResNet-18 without weights, 32x32 crops, batch 2, CPU."""
-    from conftest import CONFIGS
+    from tests.helpers.cli import CONFIGS
 
     def args(tmp_path: Path) -> list:
         return [

@@ -8,8 +8,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from attnseg.heads import ChannelAttention, DANetHead, PositionAttention
-from head_checks import CHANNELS, fake_features, random_gamma
-from reference import naive_cam, naive_pam
+from tests.helpers.head_checks import CHANNELS, fake_features, random_gamma
+from tests.helpers.reference import naive_cam, naive_pam
 
 # Fake encoder outputs: channel lists of resnet18 and scaled-down resnet50 / convnext, strides 4-8-8-8 (OS 8)
 # or 4-8-16-16 (OS 16) of a 97x129 input.

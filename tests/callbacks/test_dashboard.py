@@ -27,8 +27,8 @@ from attnseg.profiling import count_flops, count_parameters
 from attnseg.visualize import colorize, confusion_figure, default_palette, denormalize, figure_to_array, overlay_figure
 from attnseg.data.synthetic import SyntheticShapes
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
-from conftest import CONFIGS, FAST, QUICKSTART, run_cli
-from wandb_offline import read_run, wandb_in
+from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
+from tests.helpers.wandb_offline import read_run, wandb_in
 
 CLASSES = list(SyntheticShapes.classes)
 # Two epochs of two steps, each followed by a validation on the 8 validation images (two batches of 4).

@@ -1,5 +1,5 @@
 """The attention formulas of the papers, written out naively: the references the modules are tested against
-(``tests/test_danet.py``, ``test_ccnet.py``, ``test_flanet.py``) and timed against (``bench/attention.py``).
+(``tests/heads/test_danet.py``, ``test_ccnet.py``, ``test_flanet.py``) and timed against (``bench/attention.py``).
 
 Each takes the module under test for its weights only (projections, ``gamma``, priors) and computes the formula
 directly, holding the full maps: (N, N) for PAM and criss-cross, (C, C) for CAM and per line for FLA. Energies,

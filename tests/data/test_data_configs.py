@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from attnseg.data import DATASETS, SegDataModule
-from conftest import CONFIGS, QUICKSTART, run_cli
+from tests.helpers.cli import CONFIGS, QUICKSTART, run_cli
 
 DATA_FILES = sorted(p.name for p in (CONFIGS / "data").glob("*.yaml"))
 EXPERIMENTS = sorted(p.name for p in (CONFIGS / "experiment").glob("*.yaml"))

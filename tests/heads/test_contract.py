@@ -10,7 +10,7 @@ import torch
 from attnseg.encoder import Encoder
 from attnseg.heads import CCNetHead, DANetHead, DFNHead, FCNHead, FLANetHead, SegHead
 from attnseg.model import SegmentationModel
-from head_checks import CHANNELS, IMAGE, assert_trains_and_evaluates, fake_features
+from tests.helpers.head_checks import CHANNELS, IMAGE, assert_trains_and_evaluates, fake_features
 
 # every head with every output it can have switched on, narrow for speed
 HEADS = {

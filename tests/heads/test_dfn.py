@@ -11,7 +11,7 @@ from segmentation_models_pytorch.losses import FocalLoss
 from attnseg.heads import ChannelAttentionBlock, DFNHead, RefinementResidualBlock
 from attnseg.losses import BorderFocalLoss
 from attnseg.task import SegmentationTask
-from head_checks import CHANNELS, STRIDES, fake_features
+from tests.helpers.head_checks import CHANNELS, STRIDES, fake_features
 
 I = 255  # ignored
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-import layouts
+from tests.helpers import layouts
 from attnseg.data import (
     ADE20K,
     DATASETS,
@@ -23,7 +23,7 @@ from attnseg.data import (
     SegDataModule,
 )
 from attnseg.data.io import voc_palette
-from conftest import SHARED
+from tests.helpers.cli import SHARED
 
 CAMVID = SHARED / "data" / "camvid"
 CITYSCAPES_FIXTURE = SHARED / "data" / "fixtures" / "cityscapes"

@@ -1,4 +1,5 @@
-"""Helpers that tests plug into the CLI by class_path (the tests directory is on sys.path)."""
+"""Helpers that tests plug into the CLI by class_path (``tests.helpers.faults.<Name>``; the repository root is on
+sys.path)."""
 
 from __future__ import annotations
 

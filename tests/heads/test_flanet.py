@@ -8,8 +8,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from attnseg.heads import FLANetHead, FullyAttentionalBlock
-from head_checks import CHANNELS, STRIDES, fake_features, random_gamma
-from reference import naive_fla, naive_fla_augment, published_fla
+from tests.helpers.head_checks import CHANNELS, STRIDES, fake_features, random_gamma
+from tests.helpers.reference import naive_fla, naive_fla_augment, published_fla
 
 
 
