@@ -28,7 +28,7 @@ RECIPE = REPO / "configs" / "experiment" / "camvid_r18_cpu.yaml"
 HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn"]
 # DFN's Smooth Network runs 512-wide RRBs at stride 4; on ResNet-18 that made one step ~6x slower than FCN's.
 # Its width follows the encoder like DANet's does (C_in / 4 = 128); every other head keeps its defaults.
-HEAD_ARGS = {"dfn": ["--model.head.channels=128"]}
+HEAD_ARGS = {"dfn": ["--model.head.channels=128"], "flanet": ["--model.head.channels=512"]}  # as measured
 CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
            "Bicyclist"]  # fmt: skip
 

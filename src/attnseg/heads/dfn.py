@@ -106,7 +106,8 @@ class DFNHead(SegHead):
         in_channels: channels of the encoder's feature maps, shallow to deep (two or more; DFN uses four,
             at strides 4, 8, 16, 32; with a dilated encoder the deeper ones share a size).
         num_classes: number of classes K.
-        channels: width of the Smooth Network (512 in the official code).
+        channels: width of the Smooth Network; default ``in_channels[-1] // 4`` (512 on ResNet-50/101, the official
+            code's value).
         border: add the Border Network (output ``border``).
         border_channels: width of the Border Network (21 in the official code).
         dropout: Dropout2d probability before each classifier (the official code has none).
@@ -120,7 +121,7 @@ class DFNHead(SegHead):
         self,
         in_channels: Sequence[int],
         num_classes: int,
-        channels: int = 512,
+        channels: Optional[int] = None,
         border: bool = True,
         border_channels: int = 21,
         dropout: float = 0.0,
@@ -131,6 +132,7 @@ class DFNHead(SegHead):
         if len(in_channels) < 2:
             raise ValueError(f"DFNHead: needs 2 or more feature maps, the encoder gives {list(in_channels)}")
         n = len(in_channels)
+        channels = channels or max(1, in_channels[-1] // 4)
         self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels[-1], channels, 1), nn.ReLU())
         # smooth_*[i] processes features[i]
         self.smooth_pre = nn.ModuleList(RefinementResidualBlock(c, channels) for c in in_channels)

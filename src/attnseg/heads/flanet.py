@@ -17,7 +17,7 @@ Differences from the published code (same formula, per image):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,7 +130,8 @@ class FLANetHead(SegHead):
     Args:
         in_channels: channels of the encoder's feature maps, shallow to deep (at least three).
         num_classes: number of classes K.
-        channels: width of the head's convs and of the attention block (512 in the paper).
+        channels: width of the head's convs and of the attention block; default ``in_channels[-1] // 4`` (512 on
+            ResNet-50/101, the paper's value).
         dropout: Dropout2d probability before each classifier.
         aux: add the auxiliary heads ``aux`` (on ``in_channels[-2]``) and ``aux2`` (on ``in_channels[-3]``).
         aux_channels: width of the auxiliary heads' conv (64 in the published code).
@@ -140,7 +141,7 @@ class FLANetHead(SegHead):
         self,
         in_channels: Sequence[int],
         num_classes: int,
-        channels: int = 512,
+        channels: Optional[int] = None,
         dropout: float = 0.1,
         aux: bool = True,
         aux_channels: int = 64,
@@ -151,6 +152,7 @@ class FLANetHead(SegHead):
                 f"FLANetHead: aux=True needs 3 or more feature maps, the encoder gives {list(in_channels)}"
             )
         c_in = in_channels[-1]
+        channels = channels or max(1, c_in // 4)
         self.convs = nn.Sequential(
             ConvNormAct(c_in, channels, kernel_size=3), ConvNormAct(channels, channels, kernel_size=3)
         )
