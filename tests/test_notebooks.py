@@ -64,7 +64,7 @@ def test_ablation_notebook_reads_a_sweep(tmp_path):
     scores = [0.61, 0.58, 0.55, None]  # the last run failed
     rows = []
     for index, (point, score) in enumerate(zip(sweep.points(), scores)):
-        row = {"run": index, **point, "status": "ok" if score else "failed", "time_s": 12.0 + index}
+        row = {"run": index, **point, "seed": 0, "status": "ok" if score else "failed", "time_s": 12.0 + index}
         if score:
             row.update(val_mIoU=score + 0.02, test_mIoU=score, params=1e6 * (3 - index), GFLOPs=1.5 - 0.2 * index,
                        train_images_per_s=100.0 + 10 * index)  # fmt: skip
