@@ -158,7 +158,8 @@ class AttnSegCLI(LightningCLI):
             run_subcommand(self, subcommand)
         finally:  # close the W&B run, so a later run in this process (a sweep, a test) starts its own
             wandb = sys.modules.get("wandb")
-            if wandb is not None and wandb.run is not None and any(isinstance(lg, WandbLogger) for lg in self.trainer.loggers):
+            ours = any(isinstance(logger, WandbLogger) for logger in self.trainer.loggers)
+            if ours and wandb is not None and wandb.run is not None:
                 wandb.run.finish(exit_code=0 if self.trainer.state.finished else 1)
 
     def before_predict(self) -> None:

@@ -20,7 +20,8 @@ class SegmentationModel(nn.Module):
     def __init__(self, encoder: Encoder, head: SegHead) -> None:
         super().__init__()
         if not isinstance(head, SegHead):
-            raise TypeError(f"model.head: {type(head).__name__} is not an attnseg.heads.SegHead (see attnseg/heads/base.py)")
+            name = type(head).__name__
+            raise TypeError(f"model.head: {name} is not an attnseg.heads.SegHead (see attnseg/heads/base.py)")
         self.encoder = encoder
         self.head = head
 

@@ -125,7 +125,8 @@ class Sweep:
         if not isinstance(fixed, dict):
             raise ValueError(f"{path}: 'fixed' must map dotted options to values, got {fixed!r}")
         seeds = spec.get("seeds", [0])
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        integers = isinstance(seeds, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+        if not seeds or not integers:
             raise ValueError(f"{path}: seeds is {seeds!r}; expected a non-empty list of integers, e.g. seeds: [0, 1, 2]")
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{path}: seeds {seeds} repeat a seed; each seed once")

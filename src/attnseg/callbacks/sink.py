@@ -81,10 +81,11 @@ class MediaSink:
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 labels = {k: name for k, name in enumerate(names)}
+                with_void = {**labels, ignore_index: "ignore"}
                 dtype = np.uint8 if len(names) < 256 and ignore_index < 256 else np.int32
                 masks = [
                     {
-                        "ground_truth": {"mask_data": t.astype(dtype), "class_labels": {**labels, ignore_index: "ignore"}},
+                        "ground_truth": {"mask_data": t.astype(dtype), "class_labels": with_void},
                         "prediction": {"mask_data": p.astype(dtype), "class_labels": labels},
                     }
                     for t, p in zip(targets, preds)

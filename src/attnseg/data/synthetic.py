@@ -152,8 +152,9 @@ class _Scene:
         """One square cue near a corner; blobs in rows and columns at least GAP * (H, W) away from the cue's."""
         side = self._cue_side()
         top, left = self.rng.random() < 0.5, self.rng.random() < 0.5
-        y0 = int(self.rng.integers(0, side // 2 + 1)) if top else self.h - side - int(self.rng.integers(0, side // 2 + 1))
-        x0 = int(self.rng.integers(0, side // 2 + 1)) if left else self.w - side - int(self.rng.integers(0, side // 2 + 1))
+        dy, dx = (int(self.rng.integers(0, side // 2 + 1)) for _ in range(2))  # distance from the corner
+        y0 = dy if top else self.h - side - dy
+        x0 = dx if left else self.w - side - dx
         cue = (y0, x0, y0 + side, x0 + side)
         # the blobs' extent: rows beyond the cue's rows by the gap, likewise columns, on the far side
         rows = (cue[2] + GAP * self.h, self.h) if top else (0, cue[0] - GAP * self.h)

@@ -134,14 +134,14 @@ class CrissCrossAttention(QKVAttention):
 class CCNetHead(SegHead):
     """CCNet head on the deepest feature, plus the auxiliary FCN head on the stage before last.
 
-    3x3 conv-BN-ReLU to ``channels`` (C_in / 4), ``CrissCrossAttention`` applied ``recurrence`` times with shared weights
-    (0: the baseline without attention), 3x3 conv-BN-ReLU, concatenation with the input feature, 3x3
+    3x3 conv-BN-ReLU to ``channels`` (C_in / 4), ``CrissCrossAttention`` applied ``recurrence`` times with shared
+    weights (0: the baseline without attention), 3x3 conv-BN-ReLU, concatenation with the input feature, 3x3
     conv-BN-ReLU to ``fuse_channels``, dropout and classifier (``out``, weight 1; ``aux``, weight 0.4).
 
     With ``ccl=True`` a 1x1 conv projects the attention branch's output to ``ccl_dim`` channels (output ``ccl``:
     an embedding (B, ccl_dim, h, w) at the feature resolution, not class logits, so it is neither upsampled nor
-    scored; weight 1, trained by ``CategoryConsistencyLoss`` against the labels resized to h x w; the paper projects to 16 channels
-    and uses margins 0.5 / 1.5). Its weight is set like any other: ``model.loss_weights: {ccl: 0.5}``.
+    scored; weight 1, trained by ``CategoryConsistencyLoss`` against the labels resized to h x w; the paper projects
+    to 16 channels and uses margins 0.5 / 1.5). Its weight is set like any other: ``model.loss_weights: {ccl: 0.5}``.
 
     Args:
         in_channels: channels of the encoder's feature maps, shallow to deep.
