@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -117,9 +118,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print("\n| run | " + " | ".join(keys) + " | seed | context IoU (%) | ERF radius 95 % (px) | ERF radius 99 % (px) |")
     print("|---:|" + "---|" * len(keys) + "---:|---:|---:|---:|")
     for row in rows:
-        task = SegmentationTask.load_from_checkpoint(row["best_checkpoint"], map_location="cpu", weights_only=True)
-        r95, r99 = effective_receptive_field(task, test, args.images)
         context = float(row["test_context_IoU"]) * 100
+        try:
+            task = SegmentationTask.load_from_checkpoint(row["best_checkpoint"], map_location="cpu", weights_only=True)
+        except Exception as err:  # e.g. a checkpoint of an older version whose options were renamed
+            found = re.search(r"Option '[^']+' is not accepted", str(err))
+            reason = found.group(0) if found else f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:80]}"
+            cells = [row["run"], *(row[k] for k in keys), row["seed"], f"{context:.1f}", "-", f"- (not loaded: {reason})"]
+            print("| " + " | ".join(cells) + " |", flush=True)
+            continue
+        r95, r99 = effective_receptive_field(task, test, args.images)
         cells = [row["run"], *(row[k] for k in keys), row["seed"], f"{context:.1f}", f"{r95:.0f}", f"{r99:.0f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
 
