@@ -113,7 +113,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     with open(args.sweep) as f:
         rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
-    keys = [k for k in rows[0] if k not in ("run", "seed", "status") and not k[0].isupper()][:1] if rows else []
+    columns = list(rows[0]) if rows else ["run", "seed"]
+    keys = columns[1 : columns.index("seed")]  # the grid's columns, between the run number and the seed
     test.transforms = eval_transforms()
     print("\n| run | " + " | ".join(keys) + " | seed | context IoU (%) | ERF radius 95 % (px) | ERF radius 99 % (px) |")
     print("|---:|" + "---|" * len(keys) + "---:|---:|---:|---:|")

@@ -221,3 +221,14 @@ def test_override_formatting_and_labels():
         "model.lr": "lr",
     }
     assert point_label({"model.head.init_args.pam": True, "model.head.init_args.cam": False}) == "pam=true,cam=false"
+
+
+def test_unknown_context_class_fails_the_run_before_it_trains(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "s.yaml", "grid:\n  model.lr: [0.001]\ncontext_classes: [warm_blob, nope]\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(sweep), "--out", "results", "--", *TINY, "--trainer.logger=false"])
+    assert exit_info.value.code == 1
+    with open("results/results.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "failed" and f"{sweep}: context_classes ['nope'] are not classes" in row["error"]
+    assert not row["val_mIoU"]  # stopped before fitting

@@ -192,10 +192,16 @@ class SweepRunCLI(AttnSegCLI):
         group: W&B group of the sweep's runs.
         label: W&B name of this run.
         test: test the best checkpoint (the last weights where there is none) after fitting.
+        context_classes: class names the sweep reports; checked against the dataset's before fitting.
+        source: the sweep file, for error messages.
     """
 
-    def __init__(self, args: Sequence[str], group: str, label: str, test: bool = True) -> None:
+    def __init__(
+        self, args: Sequence[str], group: str, label: str, test: bool = True,
+        context_classes: Sequence[str] = (), source: str = "sweep",
+    ) -> None:  # fmt: skip
         self.group, self.label, self.test_after_fit = group, label, test
+        self.context_classes, self.source = list(context_classes), source
         super().__init__(args=args, parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}})
 
     def before_instantiate_classes(self) -> None:
@@ -205,6 +211,14 @@ class SweepRunCLI(AttnSegCLI):
             if getattr(logger, "class_path", "").rpartition(".")[2] == WandbLogger.__name__:
                 logger.init_args.group = logger.init_args.get("group") or self.group
                 logger.init_args.name = logger.init_args.get("name") or self.label
+
+    def before_fit(self) -> None:
+        missing = [c for c in self.context_classes if c not in self.model.class_names]
+        if missing:
+            raise ValueError(
+                f"{self.source}: context_classes {missing} are not classes of this dataset "
+                f"({', '.join(self.model.class_names)})"
+            )
 
     def after_fit(self) -> None:
         super().after_fit()
@@ -223,7 +237,8 @@ def run_point(
     cli = None
     label = point_label(point) + (f",seed={seed}" if seed is not None else "")
     try:
-        cli = SweepRunCLI(sweep.arguments(point, extra, seed), group, label, sweep.test)
+        cli = SweepRunCLI(sweep.arguments(point, extra, seed), group, label, sweep.test, sweep.context_classes,
+                          str(sweep.path))  # fmt: skip
         trainer = cli.trainer
         callback = trainer.checkpoint_callback
         if callback is not None and callback.best_model_score is not None:
@@ -234,12 +249,6 @@ def run_point(
         if "test/mIoU" in metrics:
             row["test_mIoU"] = float(metrics["test/mIoU"])
         if sweep.context_classes and "test/mIoU" in metrics:
-            missing = [c for c in sweep.context_classes if f"test/IoU/{c}" not in metrics]
-            if missing:
-                raise ValueError(
-                    f"{sweep.path}: context_classes {missing} are not classes of this dataset "
-                    f"({', '.join(cli.model.class_names)})"
-                )
             ious = [float(metrics[f"test/IoU/{c}"]) for c in sweep.context_classes]
             row["test_context_IoU"] = sum(ious) / len(ious)
         row["params"] = count_parameters(cli.model)[0]
@@ -293,7 +302,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per grid point that has runs: its point, its runs, ``status`` (``ok`` when every run succeeded,
+    """One entry per grid point that has runs: its point, the number of runs ``n``, ``status`` (``ok`` when every run succeeded,
     else ``failed (k/n)``) and, for an ok point, ``(mean, std)`` of each score over its seeds."""
     keys = list(sweep.grid)
     summary = []
@@ -302,7 +311,7 @@ def summarise(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not runs:
             continue
         failed = sum(row["status"] != "ok" for row in runs)
-        entry: dict[str, Any] = {**{k: point[k] for k in keys}, "runs": runs, "n": len(runs)}
+        entry: dict[str, Any] = {**{k: point[k] for k in keys}, "n": len(runs)}
         entry["status"] = "ok" if not failed else f"failed ({failed}/{len(runs)})"
         if not failed:
             for key, _ in SCORES + (("time_s", "time"),):

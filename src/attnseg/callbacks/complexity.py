@@ -6,13 +6,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from attnseg.callbacks.sink import MediaSink
+from attnseg.callbacks.sink import MediaSink, batch_images
 from attnseg.profiling import count_flops, count_parameters
-
-
-def batch_images(batch: Any):
-    """The images (B, 3, H, W) of an ``(images, masks)`` or ``{"image": ...}`` batch."""
-    return batch[0] if isinstance(batch, (tuple, list)) else batch["image"]
 
 
 class Complexity(Callback):

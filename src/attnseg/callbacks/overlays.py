@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from attnseg.callbacks.complexity import batch_images
-from attnseg.callbacks.sink import MediaSink, data_style
+from attnseg.callbacks.sink import MediaSink, batch_images, data_style
 from attnseg.visualize import denormalize
 
 

@@ -27,6 +27,11 @@ from attnseg.visualize import confusion_figure, default_palette, figure_to_array
 MAX_CHART_CLASSES = 100  # W&B tables hold up to 10,000 rows: a confusion chart of up to 100 x 100 cells
 
 
+def batch_images(batch: Any) -> torch.Tensor:
+    """The images (B, 3, H, W) of an ``(images, masks)`` or ``{"image": ...}`` batch."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch["image"]
+
+
 def loggers(trainer: Trainer) -> list[Logger]:
     return [lg for lg in trainer.loggers if not isinstance(lg, DummyLogger)]
 

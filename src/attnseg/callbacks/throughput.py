@@ -8,8 +8,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from attnseg.callbacks.complexity import batch_images
-from attnseg.callbacks.sink import MediaSink
+from attnseg.callbacks.sink import MediaSink, batch_images
 
 
 def _sync(device: torch.device) -> float:
