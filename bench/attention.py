@@ -2,7 +2,7 @@
 
     python bench/attention.py [--sizes 32x32 64x64 97x97 64x128 128x256] [--channels 512] [--batch 1]
         [--dtypes fp32 bf16] [--modules pam cam cc1 cc2 fla] [--device cpu] [--repeat 3] [--threads N]
-        [--flush-denormal] [--out docs/benchmarks.md]
+        [--flush-denormal] [--channels-last] [--out docs/benchmarks.md]
 
 Every case builds one module, one input x (B, C, H, W) and one output gradient, then runs ``y = f(x);
 y.backward(grad)`` for the module and for each reference computed from the same module's weights (``gamma = 1``):
@@ -16,8 +16,11 @@ y.backward(grad)`` for the module and for each reference computed from the same 
            (attention only)        (B W, C, C) and (B H, C, C) maps); both without the block's final 3x3 conv
 
 ``bf16`` runs under ``torch.autocast(dtype=torch.bfloat16)`` with a bf16 input, as in ``bf16-mixed`` training: the
-1x1 projections run in bf16; the modules and the references alike compute energies, softmax and aggregation in fp32
-(the project's convention) and return bf16.
+1x1 projections run in bf16, the modules take their fast path (bf16 operands with fp32 accumulation, softmax
+statistics in fp32) and the references compute energies, softmax and aggregation in fp32; both return bf16.
+``--channels-last`` gives the module and its input the channels-last memory format (as ``model.channels_last``
+does in training); the dtype cell says so. When a run measures both dtypes, a second table gives the modules'
+bf16 speed-up over fp32 (``fp32 ms / bf16 ms``, ours only).
 
 Time: the best of ``--repeat`` runs (each implementation's runs interleaved with the others'; an implementation
 whose run takes over ``--long`` seconds runs once). Peak memory: on the CPU the largest net amount of memory
@@ -68,8 +71,9 @@ from tests.helpers.reference import clear_masks, einsum_cca, fp32, masked_cca, n
 
 def fla_attention(m: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
     """The block's forward without its final 3x3 conv (the same layer in both implementations)."""
+    aug = m.augment(x)  # under autocast: the fast path
     with fp32(x):
-        return (m.gamma * m.augment(x) + x.float()).to(x.dtype)
+        return (m.gamma * aug + x.float()).to(x.dtype)
 
 
 def repeat(step: Callable, times: int) -> Callable:
@@ -160,9 +164,10 @@ def measure_case(
     label, build, ours, references = MODULES[key]
     b, c, (h, w) = args.batch, args.channels, size
     torch.manual_seed(0)
-    module = build(c).to(device)
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    module = build(c).to(device, memory_format=layout)
     torch.nn.init.ones_(module.gamma)
-    x = torch.randn(b, c, h, w, device=device).to(DTYPES[dtype]).requires_grad_(True)
+    x = torch.randn(b, c, h, w, device=device).to(DTYPES[dtype], memory_format=layout).requires_grad_(True)
     grad = torch.randn_like(x)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
@@ -208,7 +213,8 @@ def measure_case(
     ours_ms, ours_mib = cells("ours")
     for ref_label, _, _ in references:
         ref_ms, ref_mib = cells(ref_label)
-        row = [label + (" (subnormals flushed)" if args.flush_denormal else ""), ref_label, f"{b}x{c}x{h}x{w}", dtype]
+        row = [label + (" (subnormals flushed)" if args.flush_denormal else ""), ref_label, f"{b}x{c}x{h}x{w}",
+               dtype_cell(dtype, args)]  # fmt: skip
         for dev in DEVICES:
             if dev == device.type:
                 row += [pair(ours_ms, ref_ms), pair(ours_mib, ref_mib)]
@@ -216,6 +222,35 @@ def measure_case(
                 row += [NOT_MEASURED, NOT_MEASURED]
         rows.append(row)
     return rows
+
+
+def dtype_cell(dtype: str, args: argparse.Namespace) -> str:
+    return f"{dtype}, channels-last" if args.channels_last else dtype
+
+
+def speedup_rows(rows: Sequence[Sequence[str]], devices: Sequence[str]) -> list[list[str]]:
+    """``[module, input, layout, <device> fp32 ms, bf16 ms, speed-up...]`` for every module and input this run
+    measured in both dtypes (ours only; one row per module, whatever its references)."""
+    ours: dict[tuple, dict] = {}
+    for row in rows:
+        dtype, _, layout = row[3].partition(", ")
+        for i, dev in enumerate(DEVICES):
+            cell = row[4 + 2 * i]
+            if cell != NOT_MEASURED and not cell.startswith("skipped"):
+                times = ours.setdefault((row[0], row[2], layout or "contiguous"), {})
+                times[(dev, dtype)] = float(cell.split(" / ")[0])
+    out = []
+    for (module, size, layout), ms in ours.items():
+        cells = []
+        for dev in DEVICES:
+            fp32, bf16 = ms.get((dev, "fp32")), ms.get((dev, "bf16"))
+            if dev in devices and fp32 and bf16:
+                cells += [number(fp32), number(bf16), f"{fp32 / bf16:.2f}x"]
+            else:
+                cells += [NOT_MEASURED] * 3
+        if any(cell != NOT_MEASURED for cell in cells):
+            out.append([module, size, layout, *cells])
+    return out
 
 
 def number(value: float) -> str:
@@ -342,6 +377,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's, all cores)")
     parser.add_argument("--flush-denormal", action="store_true",
                         help="CPU: treat subnormal floats as 0 (torch.set_flush_denormal); rows say so")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="module and input in the channels-last memory format; rows say so")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the table into")
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -372,11 +409,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         print(" | ".join(row), f"[{time.perf_counter() - start:.0f} s]", flush=True)
     print()
     print(table(header, rows))
+    speedup_header = ["module", "B x C x H x W", "layout"]
+    for label in DEVICES.values():
+        speedup_header += [f"{label} fp32 ms", f"{label} bf16 ms", f"{label} bf16 speed-up"]
+    speedups = speedup_rows(rows, devices)
+    if speedups:
+        print()
+        print(table(speedup_header, speedups))
     if args.flush_denormal:
         torch.set_flush_denormal(False)
     if args.out is not None:
         command = command_line("bench/attention.py", argv)
         update_section(args.out, "bench/attention.py", header, rows, 4, machines, command)
+        if speedups:
+            update_section(args.out, "bench/attention.py bf16", speedup_header, speedups, 3, machines, command,
+                           notes="The modules' bf16 fast path against their fp32 path, measured in the same run.")
         print(f"\nwritten to {args.out}")
 
 

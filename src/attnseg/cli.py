@@ -25,6 +25,7 @@ from attnseg.callbacks import ClassTables, Complexity, LearningRateMonitor, Pred
 from attnseg.checkpoint import AtomicCheckpointIO, Checkpoint, find_last_checkpoint, run_dir, run_of_checkpoint
 from attnseg.data import SegDataModule
 from attnseg.distributed import SyncBatchNormPlugin
+from attnseg.hardware import cpu_bf16_flags
 from attnseg.lightning_internals import run_subcommand, subcommand_parser
 from attnseg.predict import PredictionWriter
 from attnseg.task import SegmentationTask
@@ -143,6 +144,9 @@ class AttnSegCLI(LightningCLI):
                 + ". Drop these options to evaluate the checkpoint as trained, or pass a matching checkpoint."
             )
 
+    def before_instantiate_classes(self) -> None:
+        _choose_cpu_fast_path(self.config[self.subcommand] if self.subcommand else self.config)
+
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer") or {}
         if config.get("sync_batchnorm"):  # CPU-capable sync batch norm that keeps timm's fused activations
@@ -177,6 +181,29 @@ class AttnSegCLI(LightningCLI):
             return
         print(f"Best val/mIoU: {float(callback.best_model_score):.4f}")
         print(f"Best checkpoint: {callback.best_model_path}")
+
+
+def _choose_cpu_fast_path(config) -> None:
+    """``trainer.precision`` and ``model.channels_last`` left unset on a CPU run: bf16 autocast and channels-last
+    where the CPU has AMX or AVX512-BF16 (about 3-4x faster training), fp32 elsewhere; says which in one line.
+    A value set in a config file or on the command line is kept."""
+    trainer, model = config.trainer, config.model
+    on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
+    if not on_cpu or (trainer.precision is not None and model.channels_last is not None):
+        return
+    flags = cpu_bf16_flags()
+    if trainer.precision is None and flags:
+        trainer.precision = "bf16-mixed"
+    if model.channels_last is None:
+        model.channels_last = bool(flags)
+    if flags:
+        reason = f"the CPU has {' and '.join(flags)}"
+    else:
+        reason = "no AMX or AVX512-BF16 in the CPU's flags"
+    rank_zero_info(
+        f"CPU precision: {trainer.precision or '32-true'}, channels_last={model.channels_last} ({reason}); "
+        "set trainer.precision / model.channels_last to choose"
+    )
 
 
 def _plain(value):

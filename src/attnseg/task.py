@@ -62,6 +62,8 @@ class SegmentationTask(LightningModule):
             (single process only).
         channels_last: speed knob: keep the model's 4-D weights and every batch's images in the channels-last
             memory format (faster convolutions with bf16/fp16 on recent GPUs and with oneDNN on CPUs). Same results.
+            None (the default): the ``attnseg`` command turns it on for CPU runs on CPUs with AMX or AVX512-BF16,
+            with bf16 autocast (``trainer.precision`` unset); otherwise off.
         compile: speed knob: ``torch.compile`` the model (``nn.Module.compile``, in place: parameter names and
             checkpoints are unchanged). The first steps, and the first step at each new input size, compile.
     """
@@ -86,7 +88,7 @@ class SegmentationTask(LightningModule):
         warmup_ratio: float = 1e-6,
         inference: Union[Whole, SlidingWindow, MultiScaleFlip] = lazy_instance(Whole),
         nonfinite_loss: Literal["raise", "skip"] = "raise",
-        channels_last: bool = False,
+        channels_last: Optional[bool] = None,
         compile: bool = False,
     ) -> None:
         super().__init__()

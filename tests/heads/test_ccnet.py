@@ -73,20 +73,6 @@ def test_gradients_equal_the_masked_full_attention(shape):
             torch.testing.assert_close(result[name], naive[name], rtol=1e-4, atol=1e-4, msg=lambda e: f"{name}: {e}")
 
 
-def test_runs_in_fp32_under_autocast():
-    m = CrissCrossAttention(16)
-    random_gamma(m)
-    x = 3 * torch.randn(1, 16, 7, 9)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = m(x)
-        q, k, v = (p(x).float().flatten(2) for p in (m.query, m.key, m.value))  # bf16 projections
-        out_bf16 = m(x.bfloat16())
-    energy = torch.bmm(q.transpose(1, 2), k).masked_fill(~criss_cross_mask(7, 9), float("-inf"))
-    ref = m.gamma * torch.bmm(v, torch.softmax(energy, -1).transpose(1, 2)).view_as(x) + x
-    torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-5)
-    assert out.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
-
-
 def test_memory_is_linear_in_rows_plus_columns_never_n_squared():
     m = CrissCrossAttention(16)
     random_gamma(m)

@@ -90,19 +90,6 @@ def test_attention_map_rows_are_the_per_line_softmax():
         torch.testing.assert_close(block.augment(x), aug, rtol=1e-5, atol=1e-5)
 
 
-def test_fp32_attention_under_autocast():
-    block = FullyAttentionalBlock(8).eval()
-    random_gamma(block)
-    x = 3 * torch.randn(1, 8, 6, 7)
-    with torch.no_grad():
-        reference = block.augment(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            aug = block.augment(x)
-            out_bf16 = block(x.bfloat16())
-    assert aug.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
-    torch.testing.assert_close(aug, reference, rtol=1e-6, atol=1e-6)
-
-
 def test_attention_never_holds_a_c_by_c_map_per_line():
     c, h, w = 256, 16, 24
     block = FullyAttentionalBlock(c)

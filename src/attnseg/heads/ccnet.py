@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
+from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead, bf16_autocast, bf16_products
 from attnseg.losses import CategoryConsistencyLoss
 
 
@@ -25,64 +26,96 @@ def _full_precision(x: torch.Tensor) -> torch.autocast:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
-def _criss_cross_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Attention (B, H, W, H + W) from Q, K (B, C', H, W): ``[..., :H]`` over the column (the centre weighs 0 there),
-    ``[..., H:]`` over the row (the centre included). One softmax over both, in the inputs' dtype."""
-    h = q.shape[-2]
-    column = torch.einsum("bchw,bcgw->bhwg", q, k)  # (B, H, W, H): energy of (h, w) with (g, w)
-    centre = torch.eye(h, dtype=torch.bool, device=q.device)[:, None, :]  # (H, 1, H): g == h
-    column = column.masked_fill_(centre, float("-inf"))
-    row = torch.einsum("bchw,bchv->bhwv", q, k)  # (B, H, W, W): energy of (h, w) with (h, v)
-    return torch.softmax(torch.cat([column, row], dim=-1), dim=-1)
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """``x``'s memory format, to return the result in."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
-def _gather(weights: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``out[:, :, h, w] = sum_g weights[:, h, w, g] t[:, :, g, w] + sum_v weights[:, h, w, H + v] t[:, :, h, v]``:
-    each position sums ``t`` (B, C, H, W) over its column and row with ``weights`` (B, H, W, H + W)."""
-    h = t.shape[-2]
-    out = torch.einsum("bhwg,bcgw->bchw", weights[..., :h], t).contiguous()  # the layout the 1x1 convs want
-    return out.add_(torch.einsum("bhwv,bchv->bchw", weights[..., h:], t))
+def _lines(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W, C) contiguous (a view of a channels-last tensor): every row and every column of an
+    image is then a matrix with unit-stride channels, which the batched matrix products read without copies."""
+    return t.permute(0, 2, 3, 1).contiguous()
 
 
-def _scatter(weights: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The transpose of ``_gather``: each position spreads ``t`` (B, C, H, W) over its column and row."""
-    h = t.shape[-2]
-    out = torch.einsum("bhwg,bchw->bcgw", weights[..., :h], t).contiguous()
-    return out.add_(torch.einsum("bhwv,bchw->bchv", weights[..., h:], t))
+def _energies(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dot products along columns and rows of Q, K (B, H, W, C'): ``column[b, w, h, g] = Q[b, h, w] . K[b, g, w]``
+    (B, W, H, H) and ``row[b, h, w, v] = Q[b, h, w] . K[b, h, v]`` (B, H, W, W), in fp32."""
+    b, h, w, _ = q.shape
+    column, row = q.new_empty(b, w, h, h, dtype=torch.float32), q.new_empty(b, h, w, w, dtype=torch.float32)
+    for i in range(b):  # one image at a time: its columns and rows are batches of strided views, not copies
+        torch.bmm(q[i].transpose(0, 1), k[i].permute(1, 2, 0), out=column[i])
+        torch.bmm(q[i], k[i].transpose(1, 2), out=row[i])
+    return column, row
+
+
+def _softmax(column: torch.Tensor, row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One softmax over each position's column and row energies together, in place; the centre is counted once,
+    in the row (its column entry weighs 0)."""
+    column.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+    top = torch.maximum(column.amax(-1).transpose(1, 2), row.amax(-1))  # (B, H, W)
+    column.sub_(top.transpose(1, 2)[..., None]).exp_()
+    row.sub_(top[..., None]).exp_()
+    total = column.sum(-1).transpose(1, 2) + row.sum(-1)
+    return column.div_(total.transpose(1, 2)[..., None]), row.div_(total[..., None])
+
+
+def _along_lines(column: torch.Tensor, row: torch.Tensor, t: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """Sums of ``t`` (B, H, W, C) along columns and rows weighted by ``column`` (B, W, H, H), ``row`` (B, H, W, W):
+    ``out[h, w] = sum_g column[w, h, g] t[g, w] + sum_v row[h, w, v] t[h, v]`` (each position gathers from its
+    column and row), or with ``transpose`` its adjoint (each position spreads ``t`` over its column and row).
+    Products in ``t``'s dtype (each sum accumulated in fp32, rounded once), the result in fp32."""
+    out = torch.empty(t.shape, dtype=torch.float32, device=t.device)
+    for i in range(t.shape[0]):
+        c, r = (column[i].transpose(1, 2), row[i].transpose(1, 2)) if transpose else (column[i], row[i])
+        out[i] = torch.bmm(r, t[i])
+        out[i].add_(torch.bmm(c, t[i].transpose(0, 1)).transpose(0, 1))
+    return out
+
+
+def _aggregate(column, row, t, transpose: bool, fast: bool) -> torch.Tensor:
+    """``_along_lines`` of the attention and values (or output gradients): on the fast path from bf16 weights and
+    values, as flash attention does; otherwise in fp32."""
+    if fast:
+        column, row, t = column.to(torch.bfloat16), row.to(torch.bfloat16), t.to(torch.bfloat16)
+    return _along_lines(column, row, t, transpose)
 
 
 class _CrissCrossFunction(torch.autograd.Function):
-    """``x + gamma * _gather(A, V)`` with ``A = softmax(criss-cross energies of Q, K)``, with a hand-written backward.
+    """``x + gamma * out`` with ``out`` the criss-cross attention of Q, K, V, all given as lines (B, H, W, C), with
+    a hand-written backward.
 
-    Autograd through the einsums would keep the energies, their concatenation, the softmax, the transposed copies
-    of V that the aggregation einsums make and the aggregated output (for gamma's gradient); here only Q, K, V and
-    the (B, H, W, H + W) attention are saved, gamma's gradient comes from the attention's gradient
-    (``sum(dL/dy * out) = sum(A * dL/dA)``), and every other buffer is freed as soon as it is used. Inputs and
-    arithmetic in fp32.
+    Only Q, K, V and the attention (column (B, W, H, H) and row (B, H, W, W) weights) are saved; gamma's gradient
+    comes from the attention's gradient (``sum(dL/dy * out) = sum(A * dL/dA)``), every other buffer is freed as
+    soon as it is used, and every product reads rows and columns as strided views (no transposed copies).
+    Energies, softmax and their gradients in fp32; with ``fast`` (bf16 autocast) products take bf16-rounded
+    operands with fp32 accumulation.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gamma: torch.Tensor):
-        weights = _criss_cross_weights(q, k)
-        ctx.save_for_backward(q, k, v, weights, gamma)
-        return torch.addcmul(x, gamma, _gather(weights, v))
+    def forward(ctx, x, q, k, v, gamma, fast: bool):
+        with bf16_products(fast):
+            column, row = _softmax(*_energies(q, k))
+        ctx.save_for_backward(q, k, v, column, row, gamma)
+        ctx.fast = fast
+        return torch.addcmul(x, gamma, _aggregate(column, row, v, False, fast))
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        q, k, v, weights, gamma = ctx.saved_tensors
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            grad_y = grad_y.to(v.dtype)
-            grad_weights = torch.cat(  # dL/dA / gamma, (B, H, W, H + W)
-                [torch.einsum("bchw,bcgw->bhwg", grad_y, v), torch.einsum("bchw,bchv->bhwv", grad_y, v)], dim=-1
-            )
-            weighted = (grad_weights * weights).sum(-1, keepdim=True)  # (B, H, W, 1)
+        q, k, v, column, row, gamma = ctx.saved_tensors
+        with torch.autocast(device_type=q.device.type, enabled=False), bf16_products(ctx.fast):
+            dy = grad_y.float().contiguous()
+            grad_column, grad_row = _energies(dy, v.float())  # dL/dA / gamma
+            weighted = (grad_column * column).sum(-1).transpose(1, 2) + (grad_row * row).sum(-1)  # (B, H, W)
             grad_gamma = weighted.sum().reshape(gamma.shape)
             # softmax backward, in place: dE = A * (dA - sum(A * dA)); the masked centre has A = 0, so dE = 0 there
-            grad_energy = grad_weights.sub_(weighted).mul_(weights).mul_(gamma)
-            grad_v = _scatter(weights, grad_y).mul_(gamma)
-            grad_q = _gather(grad_energy, k)
-            grad_k = _scatter(grad_energy, q)
-        return grad_y, grad_q, grad_k, grad_v, grad_gamma
+            grad_column.sub_(weighted.transpose(1, 2)[..., None]).mul_(column).mul_(gamma)
+            grad_row.sub_(weighted[..., None]).mul_(row).mul_(gamma)
+            grad_v = _aggregate(column, row, dy, True, ctx.fast).mul_(gamma)
+            grad_q = _along_lines(grad_column, grad_row, k, False)
+            grad_k = _along_lines(grad_column, grad_row, q, True)
+        return dy, grad_q, grad_k, grad_v, grad_gamma, None
 
 
 class CrissCrossAttention(QKVAttention):
@@ -90,29 +123,42 @@ class CrissCrossAttention(QKVAttention):
 
     ``energy_u,i = Q_u . K_i`` for the positions ``i`` on the column and row of ``u`` (the centre once: it is
     masked out of the column), one softmax over the column and row together, ``out = gamma * sum_i A_u,i V_i + x``.
-    Energies are (B, H, W, H) for the column and (B, H, W, W) for the row, so memory is O(N (H + W)), never
-    O(N^2). Energies, softmax and aggregation in fp32 (autocast off); the output has the input's dtype.
+    Energies are (B, W, H, H) for the columns and (B, H, W, W) for the rows, so memory is O(N (H + W)), never
+    O(N^2). Energies, softmax and aggregation in fp32 (autocast off); the output has the input's dtype. Under bf16
+    autocast the products take bf16 operands with fp32 accumulation (``bf16_products`` for the energies and
+    their gradients, bf16 weights and values for the aggregation); softmax and the residual stay fp32.
 
-    The attention runs in ``_CrissCrossFunction``, which saves only Q, K, V and the attention for its
-    backward: at 97x97 and above it is no slower and smaller than autograd through the same einsums
-    (see docs/benchmarks.md).
+    The attention runs in ``_CrissCrossFunction`` on Q, K, V laid out as lines (B, H, W, C), free for a
+    channels-last input: it saves only Q, K, V and the attention for its backward and multiplies rows and
+    columns in place, without the transposed copies that einsum makes (see docs/benchmarks.md).
 
     Args:
         in_channels: channels C of the input (and of the value projection).
         key_channels: channels of the query and key projections; default ``in_channels // 8``.
     """
 
+    def _projections(self, lines: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K, V as lines (B, H, W, C'), from the input as lines (B, H, W, C): the 1x1 convs as matrix products
+        over the channels, which keep the lines layout."""
+        return tuple(F.linear(lines, p.weight.flatten(1), p.bias) for p in (self.query, self.key, self.value))
+
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention (B, H, W, H + W) in fp32: ``[..., :H]`` over the column (the centre weighs 0 there),
         ``[..., H:]`` over the row (the centre included)."""
-        q, k = self.query(x).float(), self.key(x).float()
+        q, k, _ = self._projections(_lines(x))
         with _full_precision(x):
-            return _criss_cross_weights(q, k)
+            column, row = _softmax(*_energies(q.float(), k.float()))
+            return torch.cat([column.transpose(1, 2), row], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x)
+        fast, layout = bf16_autocast(x), _memory_format(x)
+        lines = _lines(x)  # a view of a channels-last input; one copy of any other
+        q, k, v = self._projections(lines)
         with _full_precision(x):
-            return _CrissCrossFunction.apply(x.float(), q, k, v, self.gamma).to(x.dtype)
+            # fp32 queries and keys for fp32 energies; on the fast path the values stay bf16 (the products' dtype)
+            q, k, v = q.float(), k.float(), v.to(torch.bfloat16 if fast else torch.float32)
+            out = _CrissCrossFunction.apply(lines.float(), q, k, v, self.gamma, fast).to(x.dtype)
+        return out.permute(0, 3, 1, 2).contiguous(memory_format=layout)
 
     @torch.no_grad()
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:

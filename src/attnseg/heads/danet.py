@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
+from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead, bf16_autocast, bf16_products
 
 
 def _full_precision(x: torch.Tensor) -> torch.autocast:
@@ -95,6 +95,11 @@ class PositionAttention(QKVAttention):
     Energies, softmax and aggregation are fp32 (autocast off, fp32 copies of Q, K, V); the output has the
     input's dtype.
 
+    Under bf16 autocast (``bf16-mixed``) the module takes the fast path instead: Q, K, V stay bf16 and
+    ``scaled_dot_product_attention`` runs a flash kernel (fp32 accumulation, softmax statistics in fp32, the
+    (N, N) map never held). The CPU's flash kernel wants equal query and value widths, so Q and K are
+    zero-padded to C channels (zero channels add nothing to any energy). The residual sum is fp32.
+
     Args:
         in_channels: channels C of the input (and of the value projection).
         key_channels: channels of the query and key projections; default ``in_channels // 8``.
@@ -113,10 +118,22 @@ class PositionAttention(QKVAttention):
         return _QueryBlockAttention.apply(q, k, v, block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x)
+        if bf16_autocast(x):
+            out = self._attend_bf16(x)
+        else:
+            with _full_precision(x):
+                out = self._attend(*self._qkv(x))
         with _full_precision(x):
-            out = self._attend(q, k, v).reshape(x.shape)
-            return torch.addcmul(x.float(), self.gamma, out).to(x.dtype)  # x + gamma * out
+            return torch.addcmul(x.float(), self.gamma, out.reshape(x.shape).float()).to(x.dtype)  # x + gamma * out
+
+    def _attend_bf16(self, x: torch.Tensor) -> torch.Tensor:
+        """``V S^T`` (B, N, C) in bf16 from the bf16 projections, by a flash kernel (fp32 accumulation)."""
+        q, k, v = (p(x).to(torch.bfloat16).flatten(2).transpose(1, 2) for p in (self.query, self.key, self.value))
+        if q.device.type == "cpu" and q.shape[-1] != v.shape[-1]:
+            q, k = (F.pad(t, (0, v.shape[-1] - t.shape[-1])) for t in (q, k))
+        q, k, v = (t.contiguous()[:, None] for t in (q, k, v))  # (B, 1, N, C): one head
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)[:, 0]  # (B, N, C)
+        return out.transpose(1, 2)
 
     @torch.no_grad()
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,22 +162,23 @@ class _ChannelAttentionFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, gamma: torch.Tensor, max_minus: bool) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, gamma: torch.Tensor, max_minus: bool, fast: bool) -> torch.Tensor:
         # a (B, C, N) -> (B, C, N)
-        energy = torch.bmm(a, a.transpose(1, 2))  # (B, C, C)
-        if max_minus:
-            top = energy.amax(dim=-1, keepdim=True)
-            energy = energy.neg_().add_(top)
-        weights = _flushed_softmax(energy)
-        ctx.save_for_backward(a, weights, gamma)
-        ctx.max_minus = max_minus
-        return torch.bmm(weights, a).mul_(gamma).add_(a)
+        with bf16_products(fast):
+            energy = torch.bmm(a, a.transpose(1, 2))  # (B, C, C)
+            if max_minus:
+                top = energy.amax(dim=-1, keepdim=True)
+                energy = energy.neg_().add_(top)
+            weights = _flushed_softmax(energy)
+            ctx.save_for_backward(a, weights, gamma)
+            ctx.max_minus, ctx.fast = max_minus, fast
+            return torch.bmm(weights, a).mul_(gamma).add_(a)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         a, weights, gamma = ctx.saved_tensors
-        with torch.autocast(device_type=a.device.type, enabled=False):
-            grad_y = grad_y.to(a.dtype)
+        with torch.autocast(device_type=a.device.type, enabled=False), bf16_products(ctx.fast):
+            grad_y = grad_y.to(a.dtype).contiguous()
             grad_weights = torch.bmm(grad_y, a.transpose(1, 2))  # dL/dS / gamma, (B, C, C)
             weighted = grad_weights.mul_(weights)  # S * dL/dS / gamma, in place
             grad_gamma = weighted.sum().reshape(gamma.shape)
@@ -171,7 +189,7 @@ class _ChannelAttentionFunction(torch.autograd.Function):
                 grad_energy.neg_()
             grad_a = torch.bmm(weights.transpose(1, 2), grad_y).mul_(gamma).add_(grad_y)
             grad_a.baddbmm_(grad_energy + grad_energy.transpose(1, 2), a)
-        return grad_a, grad_gamma, None
+        return grad_a, grad_gamma, None, None
 
 
 class ChannelAttention(nn.Module):
@@ -184,7 +202,9 @@ class ChannelAttention(nn.Module):
     The attention runs in ``_ChannelAttentionFunction``: the residual and gamma fused, five (C, C, N) matrix
     products for forward and backward instead of autograd's six, and weights below 1.2e-38 set to 0
     (``_flushed_softmax``; the official energy makes rows so peaked that subnormal weights would slow every
-    product that uses the map by an order of magnitude on CPUs); see docs/benchmarks.md.
+    product that uses the map by an order of magnitude on CPUs); see docs/benchmarks.md. Under bf16 autocast the
+    products take bf16-rounded operands with fp32 accumulation and results (``bf16_products``); energies, softmax
+    and the residual stay fp32.
 
     Args:
         energy: ``max_minus`` or ``plain``.
@@ -205,9 +225,9 @@ class ChannelAttention(nn.Module):
         return _flushed_softmax(energy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = x.flatten(2).float()  # (B, C, N)
+        a, fast = x.flatten(2).float().contiguous(), bf16_autocast(x)  # (B, C, N), channels-last input copied
         with _full_precision(x):
-            out = _ChannelAttentionFunction.apply(a, self.gamma, self.energy == "max_minus")
+            out = _ChannelAttentionFunction.apply(a, self.gamma, self.energy == "max_minus", fast)
             return out.view(x.shape).to(x.dtype)
 
     @torch.no_grad()

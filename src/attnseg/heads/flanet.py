@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.base import AuxHead, SegClassifier, SegHead
+from attnseg.heads.base import AuxHead, SegClassifier, SegHead, bf16_autocast
 
 
 def _channel_attention(seq: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
@@ -70,8 +70,9 @@ class FullyAttentionalBlock(nn.Module):
     and ``full_aug_h``/``full_aug_w``, with the priors of each image applied to that image only. ``forward`` gets
     ``A @ F`` from ``scaled_dot_product_attention`` (query = value = the line's channels, key = the prior, scale
     1), so memory stays O(B C H W): the (B, W, C, C) and (B, H, C, C) maps are neither stored nor, with a fused
-    kernel, formed. Energies, softmax and the residual sum run in fp32 (also under autocast); the result has the
-    input's dtype.
+    kernel, formed. Energies, softmax and the residual sum run in fp32; the result has the input's dtype. Under
+    bf16 autocast the lines and priors enter the attention kernel in bf16 (a flash kernel: fp32 accumulation and
+    softmax statistics), the priors and the residual sum stay fp32.
 
     Args:
         channels: channels C of the input and output.
@@ -91,17 +92,19 @@ class FullyAttentionalBlock(nn.Module):
         return prior_h, prior_w
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """``aug_h + aug_w`` (B, C, H, W) in fp32."""
+        """``aug_h + aug_w`` (B, C, H, W) in fp32 (under bf16 autocast from bf16 attention, see the class)."""
+        dtype = torch.bfloat16 if bf16_autocast(x) else torch.float32
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float()
-            prior_h, prior_w = self.priors(x)
+            prior_h, prior_w = (p.to(dtype) for p in self.priors(x.float()))
+            x = x.to(dtype)
             aug_h = _channel_attention(x.permute(0, 3, 1, 2), prior_h)  # (B, W, C, H)
             aug_w = _channel_attention(x.permute(0, 2, 1, 3), prior_w)  # (B, H, C, W)
-            return aug_h.permute(0, 2, 3, 1) + aug_w.permute(0, 2, 1, 3)
+            return aug_h.permute(0, 2, 3, 1).float() + aug_w.permute(0, 2, 1, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        aug = self.augment(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            y = (self.gamma * self.augment(x) + x.float()).to(x.dtype)
+            y = (self.gamma * aug + x.float()).to(x.dtype)
         return self.fuse(y)
 
     @torch.no_grad()
