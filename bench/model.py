@@ -1,14 +1,18 @@
 """Whole models: training-step and inference throughput, peak memory and model FLOP utilisation, per head.
 
     python bench/model.py [--heads fcn danet ccnet flanet dfn] [--encoders resnet50 resnet101] [--sizes 512 769]
-        [--batch 8] [--precision bf16-mixed fp32] [--channels-last] [--compile] [--steps 10] [--warmup 3]
-        [--device cuda] [--peak-tflops 989] [--out docs/benchmarks.md]
+        [--batch 8] [--precision bf16-mixed fp32] [--layouts contiguous channels-last] [--compile] [--steps 10]
+        [--warmup 3] [--device cuda] [--peak-tflops 989] [--out docs/benchmarks.md]
 
 Each head is built from its ``configs/model/<head>.yaml`` on a dilated (output stride 8) timm encoder with random
 weights, inside ``SegmentationTask`` (its losses, 19 classes). A training step is forward, the task's weighted losses
 against random labels, backward and an SGD step (momentum 0.9); inference is one forward of the model in eval mode
-(``inference_mode``). Both run under ``torch.autocast(dtype=torch.bfloat16)`` for ``bf16-mixed``. Throughput is
-images per second over ``--steps`` steps after ``--warmup`` steps.
+(``inference_mode``) on the whole ``size x size`` image, and sliding-window inference (``attnseg.inference.
+SlidingWindow``, ``size x size`` windows every two thirds of a window) over ``size x 2 size`` images, three windows
+each. All run under ``torch.autocast(dtype=torch.bfloat16)`` for ``bf16-mixed``; ``--layouts channels-last`` gives
+the weights and images the channels-last memory format (``model.channels_last``). Throughput is images per second
+over ``--steps`` steps after ``--warmup`` steps. The speed-up columns divide each row's throughput by that of the
+fp32, contiguous row of the same head, encoder and size measured in the same run.
 
 Peak memory: what the step finds allocated (weights, buffers, optimiser state, the batch) plus the peak of what it
 allocates: on CUDA ``torch.cuda.max_memory_allocated`` over one step; on the CPU the resident tensors' bytes plus the
@@ -38,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention import REPO, command_line, machine, number, peak_bytes, table, update_section  # noqa: E402
 
+from attnseg.inference import SlidingWindow  # noqa: E402
 from attnseg.profiling import count_parameters, extra_flop_formulas  # noqa: E402
 from attnseg.task import SegmentationTask  # noqa: E402
 
@@ -80,15 +85,19 @@ def resident_bytes(*groups) -> int:
     return sum(seen.values())
 
 
-def measure(args: argparse.Namespace, head: str, encoder: str, size: int, precision: str, device: torch.device):
-    """``(train images/s, train peak bytes, train FLOPs per step, inference images/s, peak bytes, FLOPs)``."""
+def measure(
+    args: argparse.Namespace, head: str, encoder: str, size: int, precision: str, layout: str, device: torch.device
+):
+    """``(train images/s, train peak bytes, train FLOPs per step, inference images/s, peak bytes, FLOPs,
+    sliding-window images/s)``."""
     torch.manual_seed(0)
     task = build_task(head, encoder).to(device)
     model = task.model
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if layout == "channels-last" else torch.contiguous_format
+    model.to(memory_format=fmt)
     images = torch.randn(args.batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    wide = torch.randn(args.batch, 3, size, 2 * size, device=device).contiguous(memory_format=fmt)
+    sliding = SlidingWindow((size, size), batch_windows=3)
     masks = torch.randint(0, NUM_CLASSES, (args.batch, size, size), device=device)
     masks[:, : size // 8] = 255
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -106,6 +115,11 @@ def measure(args: argparse.Namespace, head: str, encoder: str, size: int, precis
         with autocast:
             model(images)["out"]
 
+    @torch.inference_mode()
+    def infer_sliding() -> None:
+        with autocast:
+            sliding(model, wide)
+
     steps = {"train": train_step, "eval": infer}
     flops = {}
     for mode, step in steps.items():  # counted on the eager model, before any compilation
@@ -118,18 +132,27 @@ def measure(args: argparse.Namespace, head: str, encoder: str, size: int, precis
     results = []
     for mode, step in steps.items():
         model.train(mode == "train")
-        for _ in range(args.warmup):
-            step()
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        _sync(device)
-        rate = args.batch * args.steps / (time.perf_counter() - start)
+        rate = images_per_second(step, args, device)
         state = [t for s in optimizer.state.values() for t in s.values()]
         resident = resident_bytes(model.parameters(), model.buffers(), state, [images, masks])
         results += [rate, resident + peak_bytes(step, device), flops[mode]]
-    return results
+    return results + [images_per_second(infer_sliding, args, device)]
+
+
+def images_per_second(step, args: argparse.Namespace, device: torch.device) -> float:
+    """Images per second of ``step`` (one batch) over ``--steps`` steps after ``--warmup``."""
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    _sync(device)
+    return args.batch * args.steps / (time.perf_counter() - start)
+
+
+def speedup(rate: float, baseline: Optional[float]) -> str:
+    return f"{rate / baseline:.2f}x" if baseline else "n/a"
 
 
 def _sync(device: torch.device) -> None:
@@ -145,7 +168,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 769], help="square input sizes")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16-mixed"], default=["bf16-mixed"])
-    parser.add_argument("--channels-last", action="store_true", help="channels-last weights and images")
+    parser.add_argument("--layouts", nargs="+", choices=["contiguous", "channels-last"], default=["contiguous"],
+                        help="memory formats of weights and images")
+    parser.add_argument("--channels-last", action="store_true", help="the same as --layouts channels-last")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (nn.Module.compile)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before")
@@ -162,34 +187,45 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     peak_tflops = gpu_peak_tflops(device, args.peak_tflops)
-    knobs = ", ".join(k for k, on in (("channels-last", args.channels_last), ("compile", args.compile)) if on)
+    # the fp32, contiguous baseline first: the speed-ups of the other rows divide by it
+    layouts = sorted(["channels-last"] if args.channels_last else args.layouts, key=lambda x: x != "contiguous")
+    precisions = sorted(args.precision, key=lambda x: x != "fp32")
 
     header = ["head", "encoder", "input", "batch", "precision", "device", "params (M)", "train img/s",
-              "train peak GiB", "train TFLOP/s (MFU)", "inference img/s", "inference peak GiB"]  # fmt: skip
+              "train peak GiB", "train TFLOP/s (MFU)", "inference img/s", "inference peak GiB",
+              "sliding-window img/s", "train speed-up", "inference speed-up"]  # fmt: skip
     rows = []
     for encoder in args.encoders:
         for size in args.sizes:
-            for precision in args.precision:
-                for head in args.heads:
-                    start = time.perf_counter()
-                    params = count_parameters(build_task(head, encoder).model)[0]
-                    setting = precision + (f" ({knobs})" if knobs else "")
-                    row = [head, f"{encoder}-D8", f"{size}x{size}", str(args.batch), setting, args.device,
-                           f"{params / 1e6:.1f}"]  # fmt: skip
-                    try:
-                        train_rate, train_peak, train_flops, eval_rate, eval_peak, _ = measure(
-                            args, head, encoder, size, precision, device
-                        )
-                    except torch.cuda.OutOfMemoryError:
-                        torch.cuda.empty_cache()
-                        row += ["out of memory"] * 5
-                    else:
-                        achieved = train_flops * train_rate / args.batch / 1e12
-                        mfu = f"{100 * achieved / peak_tflops:.1f}%" if peak_tflops else "n/a"
-                        row += [number(train_rate), f"{train_peak / 2**30:.2f}", f"{number(achieved)} ({mfu})",
-                                number(eval_rate), f"{eval_peak / 2**30:.2f}"]  # fmt: skip
-                    rows.append(row)
-                    print(" | ".join(row), f"[{time.perf_counter() - start:.0f} s]", flush=True)
+            for head in args.heads:
+                baseline = {}  # fp32, contiguous: the rates the speed-ups divide by
+                for precision in precisions:
+                    for layout in layouts:
+                        start = time.perf_counter()
+                        params = count_parameters(build_task(head, encoder).model)[0]
+                        knobs = [k for k, on in (("channels-last", layout == "channels-last"),
+                                                 ("compile", args.compile)) if on]  # fmt: skip
+                        setting = precision + (f" ({', '.join(knobs)})" if knobs else "")
+                        row = [head, f"{encoder}-D8", f"{size}x{size}", str(args.batch), setting, args.device,
+                               f"{params / 1e6:.1f}"]  # fmt: skip
+                        try:
+                            train_rate, train_peak, train_flops, eval_rate, eval_peak, _, slide_rate = measure(
+                                args, head, encoder, size, precision, layout, device
+                            )
+                        except torch.cuda.OutOfMemoryError:
+                            torch.cuda.empty_cache()
+                            row += ["out of memory"] * 8
+                        else:
+                            if precision == "fp32" and layout == "contiguous" and not args.compile:
+                                baseline = {"train": train_rate, "eval": eval_rate}
+                            achieved = train_flops * train_rate / args.batch / 1e12
+                            mfu = f"{100 * achieved / peak_tflops:.1f}%" if peak_tflops else "n/a"
+                            row += [number(train_rate), f"{train_peak / 2**30:.2f}", f"{number(achieved)} ({mfu})",
+                                    number(eval_rate), f"{eval_peak / 2**30:.2f}", number(slide_rate),
+                                    speedup(train_rate, baseline.get("train")),
+                                    speedup(eval_rate, baseline.get("eval"))]  # fmt: skip
+                        rows.append(row)
+                        print(" | ".join(row), f"[{time.perf_counter() - start:.0f} s]", flush=True)
     print()
     print(table(header, rows))
     if args.out is not None:

@@ -120,17 +120,21 @@ def test_update_section_keeps_cells_a_run_did_not_measure(tmp_path):
 def test_model_script_measures_every_head(tmp_path):
     out = tmp_path / "m.md"
     bench_model.main(["--device", "cpu", "--heads", "fcn", "danet", "--encoders", "resnet18", "--sizes", "32",
-                      "--batch", "2", "--precision", "fp32", "--steps", "1", "--warmup", "0",
-                      "--out", str(out)])  # fmt: skip
-    rows = table_rows(out.read_text(), 12)
+                      "--batch", "2", "--precision", "bf16-mixed", "fp32", "--layouts", "channels-last", "contiguous",
+                      "--steps", "1", "--warmup", "0", "--out", str(out)])  # fmt: skip
+    rows = table_rows(out.read_text(), 15)
+    settings = ["fp32", "fp32 (channels-last)", "bf16-mixed", "bf16-mixed (channels-last)"]  # the baseline first
     assert [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows] == [
-        (head, "resnet18-D8", "32x32", "2", "fp32", "cpu") for head in ("fcn", "danet")
+        (head, "resnet18-D8", "32x32", "2", setting, "cpu") for head in ("fcn", "danet") for setting in settings
     ]
     for row in rows:
-        params, train_rate, train_gib, flops, eval_rate, eval_gib = row[6:]
-        assert float(params) > 11 and float(train_rate) > 0 and float(eval_rate) > 0
+        params, train_rate, train_gib, flops, eval_rate, eval_gib, slide_rate, train_up, eval_up = row[6:]
+        assert float(params) > 11 and float(train_rate) > 0 and float(eval_rate) > 0 and float(slide_rate) > 0
         assert float(train_gib) > float(eval_gib) > 0.04  # at least the weights (11M fp32); training holds more
         assert float(flops.split()[0]) > 0 and flops.endswith("(n/a)")  # no MFU without a known GPU peak
+        baseline = next(r for r in rows if r[0] == row[0] and r[4] == "fp32")
+        assert float(train_up[:-1]) == pytest.approx(float(train_rate) / float(baseline[7]), rel=0.02), row
+        assert float(eval_up[:-1]) == pytest.approx(float(eval_rate) / float(baseline[10]), rel=0.02), row
 
 
 def test_complexity_script_counts_parameters_and_flops(tmp_path):

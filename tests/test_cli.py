@@ -19,6 +19,17 @@ def quickstart_with(config: str):
     return lambda tmp_path: ["--config", QUICKSTART, "--config", CONFIGS / config, *FAST]
 
 
+def paper_recipe_case(head: str):
+    """A paper's Cityscapes recipe composed as README says (shared recipe, model, the paper's differences), small."""
+    configs = ["experiment/cityscapes.yaml", f"model/{head}.yaml", f"experiment/cityscapes_{head}.yaml"]
+
+    def args(tmp_path: Path) -> list:
+        small = experiment_case("experiment/cityscapes.yaml", "Cityscapes", *SMALL_WINDOWS)(tmp_path)[2:]
+        return [arg for config in configs for arg in ("--config", CONFIGS / config)] + small
+
+    return args
+
+
 # Each YAML under configs/ and how to run it small; a config whose data lives elsewhere gets
 # a tiny dataset in its layout generated under tmp_path (see the dataset tests' helpers).
 CASES = {
@@ -50,6 +61,9 @@ CASES = {
     "experiment/ade20k.yaml": experiment_case("experiment/ade20k.yaml", "ADE20K"),
     "experiment/pascal_context.yaml": experiment_case("experiment/pascal_context.yaml", "PascalContext", *SMALL_WINDOWS),
     "experiment/coco_stuff.yaml": experiment_case("experiment/coco_stuff.yaml", "COCOStuff"),
+    "experiment/cityscapes_danet.yaml": paper_recipe_case("danet"),
+    "experiment/cityscapes_ccnet.yaml": paper_recipe_case("ccnet"),
+    "experiment/cityscapes_dfn.yaml": paper_recipe_case("dfn"),
 }
 SWEEP_DIRS = ("ablation",)  # sweep files, exercised by the sweep tests
 
@@ -117,3 +131,29 @@ def test_console_script_and_module_entry_points():
         proc = subprocess.run([str(exe), *cmd[1:]], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "fit" in proc.stdout and "validate" in proc.stdout and "predict" in proc.stdout
+
+
+def test_paper_recipes_resolve_to_their_sources(tmp_path, capsys):
+    """Each paper's recipe, composed after the shared one and the model, gives the values its file cites."""
+    expected = {
+        "danet": {"model.lr": 0.01, "model.weight_decay": 0.0001, "model.head_lr_mult": 10.0, "model.min_lr": 0.0,
+                  "model.head.init_args.aux": False, "data.scale_range": [0.75, 2.0], "trainer.max_steps": 89040},
+        "ccnet": {"model.lr": 0.01, "model.weight_decay": 0.0001, "model.head_lr_mult": 1.0,
+                  "model.loss.class_path": "attnseg.losses.OHEMCrossEntropy", "model.loss.init_args.thresh": 0.7,
+                  "model.loss.init_args.min_kept": 100000, "model.aux_loss.class_path": "attnseg.losses.CrossEntropy",
+                  "model.head.init_args.recurrence": 2, "trainer.max_steps": 60000},
+        "dfn": {"model.lr": 0.0007, "model.weight_decay": 0.0001, "model.no_decay_norm_bias": True,
+                "model.head_lr_mult": 10.0, "model.encoder.output_stride": 32, "trainer.max_steps": 80000,
+                "data.batch_size": 16, "data.photometric": False},
+    }  # fmt: skip
+    for head, values in expected.items():
+        configs = ["experiment/cityscapes.yaml", f"model/{head}.yaml", f"experiment/cityscapes_{head}.yaml"]
+        with pytest.raises(SystemExit):
+            run_cli("fit", *[a for c in configs for a in ("--config", CONFIGS / c)], "--print_config")
+        printed = yaml.safe_load(capsys.readouterr().out)
+        for key, value in values.items():
+            node = printed
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, f"{head}: {key} = {node}, expected {value}"
+        assert printed["data"]["dataset"] == "Cityscapes" and printed["model"]["encoder"]["name"] == "resnet101"

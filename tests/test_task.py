@@ -80,3 +80,44 @@ def test_head_lr_multiplier_and_poly_schedule(optimizer):
     assert lrs[5][0] == pytest.approx(0.02 * poly(5) * (0.1 + 0.9 * 5 / 10))
     assert lrs[50] == pytest.approx([0.02 * poly(50), 0.2 * poly(50)])
     assert lrs[99][1] == pytest.approx(0.2 * poly(99))
+
+
+def test_no_decay_for_norm_layers_and_biases():
+    """With ``no_decay_norm_bias`` every norm parameter and bias is in a group of weight decay 0 (with its part's
+    learning rate), every other parameter keeps the decay, and each parameter is in exactly one group."""
+    task = SegmentationTask(encoder=ENC, num_classes=3, head_lr_mult=10, weight_decay=1e-4, no_decay_norm_bias=True)
+    task._trainer = _Trainer()
+    opt = SegmentationTask.configure_optimizers(task)["optimizer"]
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert list(groups) == ["encoder", "encoder_no_decay", "head", "head_no_decay"]
+    named = dict(task.model.named_parameters())
+    norm_ids = {id(p) for m in task.model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    for name, g in groups.items():
+        assert g["weight_decay"] == (0.0 if name.endswith("no_decay") else 1e-4)
+        assert g["lr"] == (0.01 if name.startswith("encoder") else 0.1)
+        for p in g["params"]:
+            is_bias_or_norm = id(p) in norm_ids or any(p is q for n, q in named.items() if n.endswith(".bias"))
+            assert is_bias_or_norm == name.endswith("no_decay")
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in task.model.parameters())
+    assert any(p.dim() == 4 for p in groups["head"]["params"]) and groups["head_no_decay"]["params"]
+    default = SegmentationTask(encoder=ENC, num_classes=3)
+    default._trainer = _Trainer()
+    groups = SegmentationTask.configure_optimizers(default)["optimizer"].param_groups
+    assert [g["name"] for g in groups] == ["encoder", "head"]  # off by default
+
+
+def test_aux_loss_trains_every_output_but_out():
+    """CCNet's recipe: OHEM on ``out``, plain cross-entropy on ``aux``."""
+    from attnseg.losses import OHEMCrossEntropy
+
+    ohem = OHEMCrossEntropy(thresh=0.3, min_kept=10)  # an untrained model: keeps the pixels below 0.3 only
+    task = SegmentationTask(encoder=ENC, num_classes=3, loss=ohem, aux_loss=CrossEntropy())
+    images, masks = torch.randn(2, 3, 45, 61), torch.randint(0, 3, (2, 45, 61))
+    outputs = task(images)
+    terms = task.compute_losses(outputs, masks)
+    assert terms["out"].item() == pytest.approx(ohem(outputs["out"], masks).item(), rel=1e-6)
+    assert terms["aux"].item() == pytest.approx(0.4 * CrossEntropy()(outputs["aux"], masks).item(), rel=1e-6)
+    assert ohem(outputs["aux"], masks).item() != pytest.approx(CrossEntropy()(outputs["aux"], masks).item(), rel=1e-3)
+    with pytest.raises(ValueError, match="model.aux_loss ignores label 0"):
+        SegmentationTask(encoder=ENC, num_classes=3, aux_loss=CrossEntropy(ignore_index=0))

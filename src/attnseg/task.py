@@ -33,6 +33,16 @@ def _images_channels_last(module: nn.Module, args: tuple) -> tuple:
     return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
 
 
+def _decay_split(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``module``'s parameters with weight decay, and those without: every parameter of a normalisation layer
+    (batch, group, layer, instance norm) and every bias."""
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    no_decay = {id(p) for m in module.modules() if isinstance(m, norms) for p in m.parameters(recurse=False)}
+    no_decay |= {id(p) for name, p in module.named_parameters() if name.rsplit(".", 1)[-1] == "bias"}
+    params = list(module.parameters())
+    return [p for p in params if id(p) not in no_decay], [p for p in params if id(p) in no_decay]
+
+
 class SegmentationTask(LightningModule):
     """Train and evaluate ``SegmentationModel(Encoder, head)``.
 
@@ -45,12 +55,15 @@ class SegmentationTask(LightningModule):
         class_names: names for per-class metrics (linked from the datamodule).
         loss: segmentation loss applied to every output the head does not give its own loss, e.g.
             ``attnseg.losses.CrossEntropy`` or ``attnseg.losses.OHEMCrossEntropy``.
+        aux_loss: the loss of every such output other than ``out`` (``aux``, ``pam``, ``stage1``...), where it
+            differs from ``loss``; None: ``loss`` (CCNet's recipe: OHEM on ``out``, plain cross-entropy on ``aux``).
         loss_weights: override the head's default loss weight of a named output, e.g. ``{aux: 0.2}``;
             a weight of 0 skips that term.
         optimizer: ``sgd`` (momentum, nesterov off) or ``adamw``.
         lr: base learning rate of the encoder; the head gets ``lr * head_lr_mult``.
         momentum: SGD momentum (AdamW: beta1).
-        weight_decay: weight decay for every parameter.
+        weight_decay: weight decay of the parameters (all of them unless ``no_decay_norm_bias``).
+        no_decay_norm_bias: no weight decay on normalisation layers' parameters and on biases (DFN's recipe).
         head_lr_mult: learning-rate multiplier for the randomly initialised head.
         poly_power: poly schedule ``lr * (1 - iter / max_iter) ** power``, stepped every iteration.
         min_lr: the schedule's floor.
@@ -76,11 +89,13 @@ class SegmentationTask(LightningModule):
         ignore_index: int = IGNORE_INDEX,
         class_names: Optional[list[str]] = None,
         loss: nn.Module = lazy_instance(CrossEntropy),
+        aux_loss: Optional[nn.Module] = None,
         loss_weights: Optional[dict[str, float]] = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
+        no_decay_norm_bias: bool = False,
         head_lr_mult: float = 10.0,
         poly_power: float = 0.9,
         min_lr: float = 0.0,
@@ -92,7 +107,7 @@ class SegmentationTask(LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["loss", "inference"])
+        self.save_hyperparameters(ignore=["loss", "aux_loss", "inference"])
         if isinstance(encoder, dict):
             encoder = EncoderConfig(**encoder)
         if class_names is not None and len(class_names) != num_classes:
@@ -105,8 +120,10 @@ class SegmentationTask(LightningModule):
         self.model = SegmentationModel(enc, head(enc.channels, num_classes))
 
         self.loss = loss
+        self.aux_loss = aux_loss
         self.output_losses = self.model.head.output_losses
-        for name, criterion in [("model.loss", loss)] + [(f"the head's {k} loss", v) for k, v in self.output_losses.items()]:
+        criteria = [("model.loss", loss)] + ([("model.aux_loss", aux_loss)] if aux_loss is not None else [])
+        for name, criterion in criteria + [(f"the head's {k} loss", v) for k, v in self.output_losses.items()]:
             if getattr(criterion, "ignore_index", ignore_index) != ignore_index:
                 raise ValueError(
                     f"{name} ignores label {criterion.ignore_index} but the data's ignore_index is {ignore_index}; "
@@ -166,7 +183,10 @@ class SegmentationTask(LightningModule):
                 raise RuntimeError(f"{type(self.model.head).__name__} returned {name!r}, which has no loss weight")
             weight = self.loss_weights[name]
             if weight:
-                criterion = self.output_losses[name] if name in self.output_losses else self.loss
+                if name in self.output_losses:
+                    criterion = self.output_losses[name]
+                else:
+                    criterion = self.aux_loss if name != "out" and self.aux_loss is not None else self.loss
                 terms[name] = weight * criterion(logits, masks)
         return terms
 
@@ -248,12 +268,13 @@ class SegmentationTask(LightningModule):
     # --------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         hp = self.hparams
-        encoder_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
-        head_params = [p for p in self.model.head.parameters() if p.requires_grad]
-        groups = [
-            {"params": encoder_params, "lr": hp.lr, "name": "encoder"},
-            {"params": head_params, "lr": hp.lr * hp.head_lr_mult, "name": "head"},
-        ]
+        groups = []
+        for name, part, lr in (("encoder", self.model.encoder, hp.lr), ("head", self.model.head, hp.lr * hp.head_lr_mult)):
+            decay, no_decay = _decay_split(part) if hp.no_decay_norm_bias else ([p for p in part.parameters()], [])
+            groups.append({"params": [p for p in decay if p.requires_grad], "lr": lr, "name": name})
+            if no_decay:
+                groups.append({"params": [p for p in no_decay if p.requires_grad], "lr": lr, "weight_decay": 0.0,
+                               "name": f"{name}_no_decay"})  # fmt: skip
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         else:

@@ -307,3 +307,38 @@ def test_every_dataset_is_exported():
     for name in ("CamVid", "Cityscapes", "VOC", "ADE20K", "PascalContext", "COCOStuff"):
         assert getattr(data, name) is DATASETS[name] and name in data.__all__
     assert VOC.palette == voc_palette(21)
+
+
+def test_decoded_cache_reads_each_file_once_and_hands_out_copies(tmp_path, monkeypatch):
+    """``data.cache_decoded``: the second epoch decodes nothing, gives the same samples, and a transform that
+    writes into its input cannot change what the cache holds."""
+    from attnseg.data import CamVid, io
+    from tests.helpers.layouts import LAYOUTS
+
+    root = LAYOUTS["CamVid"](tmp_path)
+    reads = []
+    real = io.read_image
+    monkeypatch.setattr(io, "read_image", lambda path: reads.append(path) or real(path))
+    plain = CamVid(root, "train")
+    cached = CamVid(root, "train")
+    cached.keep_decoded()
+    first = [cached[i] for i in range(len(cached))]
+    assert len(reads) == len(cached)
+    for image, mask in first:
+        image.zero_(), mask.fill_(255)  # a careless transform writing into its input
+    second = [cached[i] for i in range(len(cached))]
+    assert len(reads) == len(cached)  # nothing decoded again
+    for (image, mask), (ref_image, ref_mask) in zip(second, (plain[i] for i in range(len(plain)))):
+        assert torch.equal(image, ref_image) and torch.equal(mask, ref_mask)
+
+
+def test_cache_decoded_option_reaches_the_datasets(tmp_path):
+    from attnseg.data import SegDataModule
+    from tests.helpers.layouts import LAYOUTS
+
+    root = LAYOUTS["CamVid"](tmp_path)
+    for flag in (False, True):
+        data = SegDataModule(dataset="CamVid", root=str(root), crop_size=(8, 8), batch_size=1, cache_decoded=flag)
+        data.setup("fit")
+        parts = getattr(data.train_dataset, "datasets", [data.train_dataset])
+        assert all((part.cache is not None) == flag for part in parts) and (data.val_dataset.cache is not None) == flag

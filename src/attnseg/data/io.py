@@ -183,6 +183,13 @@ class FolderDataset(Dataset):
                 f"{name}: no samples for split {split!r} under {self.root}; expected the layout {self.layout}"
             )
         self.lookup = label_lookup(self.label_map)
+        self.cache: Optional[dict[int, tuple[torch.Tensor, torch.Tensor]]] = None  # see ``keep_decoded``
+
+    def keep_decoded(self) -> None:
+        """Keep each decoded image and label in memory after its first read: later reads skip decoding and
+        label remapping (the transforms still run every time, on copies). Each loader worker keeps its own."""
+        if self.cache is None:
+            self.cache = {}
 
     def folder(self, path: Path) -> Path:
         """``path`` if it is a folder, else an error naming it and the expected layout."""
@@ -196,7 +203,11 @@ class FolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def decoded(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image uint8 (3, H, W) and class-index mask int64 (H, W) of sample ``index``, before any transform."""
+        if self.cache is not None and index in self.cache:
+            image, mask = self.cache[index]
+            return image.clone(), mask.clone()
         image_path, label_path = self.samples[index]
         image = read_image(image_path)
         raw = read_label(label_path)
@@ -204,6 +215,12 @@ class FolderDataset(Dataset):
             size = tuple(image.shape[-2:])
             raise ValueError(f"{label_path}: label map is {tuple(raw.shape)} (H, W), its image {image_path} is {size}")
         mask = remap_labels(raw, self.lookup, label_path)
+        if self.cache is not None:
+            self.cache[index] = (image.clone(), mask.clone())
+        return image, mask
+
+    def __getitem__(self, index: int):
+        image, mask = self.decoded(index)
         sample = tv_tensors.Image(image), tv_tensors.Mask(mask)
         return self.transforms(*sample) if self.transforms is not None else sample
 
