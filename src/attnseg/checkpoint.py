@@ -7,28 +7,50 @@
   save point (Lightning's ``ModelCheckpoint`` refreshes it only when the top-k changed, so a run whose
   metric stopped improving would resume from an old step).
 - ``run_dir`` is a run's own directory, ``<save_dir>/<name>/<version>``, which holds ``checkpoints/``.
-- ``find_last_checkpoint`` resolves ``--ckpt_path last`` to the newest ``last.ckpt`` of any run
-  under the logger's directory, so a new process (a requeued job) continues the run it belongs to.
+- ``Interruption`` turns a scheduler's SIGTERM, SLURM's SIGUSR1 (preemption warning) and an error in the middle
+  of ``fit`` into a ``last.ckpt`` of the current step in the run's own folder and a non-zero exit status.
+- ``experiment_fingerprint`` names what a run trains (head, encoder, losses, data and its augmentation, seed),
+  not how (optimiser settings, speed knobs, loader options, where the data lies), and ``last_checkpoints``
+  finds the runs under the logger's directory whose saved ``config.yaml`` has the same fingerprint, so that
+  ``--ckpt_path last`` continues the run of this experiment and no other.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import signal
+import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from attnseg.lightning_internals import last_step_saved, save_last, saves_on_train_epoch_end
 
 
+TMP_PATTERN = ".*.ckpt.*.tmp"  # AtomicCheckpointIO's temporary files
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose saves are atomic on local filesystems (temp file + fsync + rename)."""
+    """``TorchCheckpointIO`` whose saves are atomic on local filesystems (temp file + fsync + rename); the file gets
+    the user's usual mode (``0666`` less the umask), not the temporary file's ``0600``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         path = Path(path)
@@ -37,6 +59,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.chmod(tmp, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
@@ -57,7 +80,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class Checkpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every validation (or epoch end), whether or not
-    the monitored metric improved, so that a killed run resumes from its latest state."""
+    the monitored metric improved, so that a killed run resumes from its latest state. At the start of ``fit`` it
+    removes the temporary files that a kill in the middle of a save left in its folder."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if not trainer.is_global_zero or not self.dirpath or not Path(self.dirpath).is_dir():
+            return
+        stale = [p for p in Path(self.dirpath).glob(TMP_PATTERN) if p.is_file()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            rank_zero_info(f"removed {len(stale)} unfinished checkpoint file(s) left in {self.dirpath} by a kill")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -81,6 +115,81 @@ class Checkpoint(ModelCheckpoint):
         save_last(self, trainer)
 
 
+class Interruption(Callback):
+    """Stop ``fit`` honestly when the job is told to stop, and keep the work done.
+
+    On SIGTERM (a scheduler ending the job) or SIGUSR1 (SLURM's warning before preemption, with
+    ``--signal=USR1@<seconds>``), the step in progress finishes, ``last.ckpt`` of that step is written into the
+    run's own checkpoint folder (where ``--ckpt_path last`` finds it) and the process exits with status 128 +
+    the signal's number (143 for SIGTERM). Under SLURM with ``requeue``, SIGUSR1 first requeues the job
+    (``scontrol requeue $SLURM_JOB_ID``), so the next start continues the run. An error raised in the middle of
+    ``fit`` (a corrupt image found mid-epoch, an out-of-memory) also writes ``last.ckpt`` of the last completed
+    step before it propagates; a non-finite model is never written (``SegmentationTask.on_save_checkpoint``).
+
+    Args:
+        requeue: under SLURM, requeue the job on SIGUSR1.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self, requeue: bool = True) -> None:
+        self.requeue = requeue
+        self.received: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.received = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                self._previous[number] = signal.signal(number, self._receive)
+
+    def _receive(self, number: int, frame) -> None:
+        self.received = number
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.received is None:
+            return
+        number, self.received = self.received, None
+        name = signal.Signals(number).name
+        path = self._save(trainer)
+        requeued = ""
+        if number == getattr(signal, "SIGUSR1", None) and self.requeue and os.environ.get("SLURM_JOB_ID"):
+            job = os.environ["SLURM_JOB_ID"]
+            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+            requeued = f"; job {job} requeued" if done.returncode == 0 else f"; requeue failed: {done.stderr.strip()}"
+        print(f"{name} received: stopped at step {trainer.global_step}, saved {path}{requeued}", flush=True)
+        raise SystemExit(128 + number)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, (SystemExit, FloatingPointError)) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if trainer.sanity_checking or trainer.global_step == 0:
+            return
+        try:
+            path = self._save(trainer)
+        except Exception as error:  # noqa: BLE001 (the original error matters more)
+            rank_zero_warn(f"{type(exception).__name__} during fit; saving last.ckpt failed too: {error}")
+            return
+        rank_zero_warn(f"{type(exception).__name__} during fit: saved step {trainer.global_step} to {path}")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for number, handler in self._previous.items():
+            if signal.getsignal(number) == self._receive:  # still ours: put back what was there
+                signal.signal(number, handler)
+        self._previous = {}
+
+    @staticmethod
+    def _save(trainer) -> Path:
+        callback = trainer.checkpoint_callback
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else run_dir(trainer) / "checkpoints"
+        path = folder / "last.ckpt"
+        trainer.save_checkpoint(path)
+        return path
+
+
 def run_dir(trainer: Trainer) -> Path:
     """The run's own directory, ``<save_dir>/<name>/<version>``: where its checkpoints and config go."""
     logger = trainer.logger
@@ -90,10 +199,50 @@ def run_dir(trainer: Trainer) -> Path:
     return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
 
 
-def find_last_checkpoint(runs_root: Path) -> Optional[Path]:
-    """Newest ``<runs_root>/<run>/checkpoints/last*.ckpt`` (by modification time), or None."""
-    candidates = [p for p in runs_root.glob("*/checkpoints/last*.ckpt") if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+# Options that do not change what an experiment is: a run resumed with other values is the same experiment.
+NOT_IDENTITY = {
+    "model": {"optimizer", "lr", "momentum", "weight_decay", "no_decay_norm_bias", "head_lr_mult", "poly_power",
+              "min_lr", "warmup_iters", "warmup_ratio", "inference", "nonfinite_loss", "divergence_factor", "channels_last",
+              "compile"},
+    "data": {"root", "num_workers", "pin_memory", "persistent_workers", "cache_decoded", "val_batch_size",
+             "val_split", "test_split", "predict_dir"},
+}  # fmt: skip
+
+
+def experiment_fingerprint(config: dict) -> str:
+    """12 hex digits identifying the experiment of a resolved config (a subcommand's, as in a run's
+    ``config.yaml``): its model and data sections without ``NOT_IDENTITY`` and the encoder's weights file, and
+    the seed."""
+    model = {k: v for k, v in (config.get("model") or {}).items() if k not in NOT_IDENTITY["model"]}
+    if isinstance(model.get("encoder"), dict):
+        model["encoder"] = {k: v for k, v in model["encoder"].items() if k != "pretrained"}
+    data = {k: v for k, v in (config.get("data") or {}).items() if k not in NOT_IDENTITY["data"]}
+    identity = {"model": model, "data": data, "seed": config.get("seed_everything")}
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def run_fingerprint(run: Path) -> Optional[str]:
+    """The fingerprint of the run directory's ``config.yaml`` (None without a readable one)."""
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return experiment_fingerprint(config) if isinstance(config, dict) else None
+
+
+def last_checkpoints(runs_root: Path, fingerprint: str) -> tuple[list[Path], int]:
+    """The ``last.ckpt`` of every run under ``runs_root`` of the experiment ``fingerprint`` (newest first), and
+    how many other runs with a ``last.ckpt`` belong to other experiments."""
+    mine, others = [], 0
+    for last in runs_root.glob("*/checkpoints/last.ckpt"):
+        if not last.is_file():
+            continue
+        if run_fingerprint(last.parent.parent) == fingerprint:
+            mine.append(last)
+        else:
+            others += 1
+    return sorted(mine, key=lambda p: p.stat().st_mtime, reverse=True), others
 
 
 def run_of_checkpoint(path: Path) -> Optional[str]:

@@ -3,18 +3,21 @@
 The CLI links the dataset's class count, class names and ignore index into the model, adds a
 checkpoint callback that keeps the best ``val/mIoU`` and the last step, logs to Weights & Biases
 offline by default, and saves each run's resolved config in that run's own directory. Callback groups:
-``checkpoint``, ``lr_monitor`` (learning rate every step), ``overlays``, ``tables``, ``complexity`` and
+``checkpoint``, ``interruption`` (SIGTERM / SIGUSR1 / an error mid-fit: ``last.ckpt`` of the current step and a
+non-zero exit), ``lr_monitor`` (learning rate every step), ``overlays``, ``tables``, ``complexity`` and
 ``throughput`` (the dashboard, ``attnseg.callbacks``) and ``prediction`` (``attnseg predict`` writes masks and
 overlays to ``--prediction.output_dir``). The ``attnseg`` command itself is ``attnseg.__main__``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -22,7 +25,15 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from attnseg.callbacks import ClassTables, Complexity, LearningRateMonitor, PredictionOverlays, Throughput
-from attnseg.checkpoint import AtomicCheckpointIO, Checkpoint, find_last_checkpoint, run_dir, run_of_checkpoint
+from attnseg.checkpoint import (
+    AtomicCheckpointIO,
+    Checkpoint,
+    Interruption,
+    experiment_fingerprint,
+    last_checkpoints,
+    run_dir,
+    run_of_checkpoint,
+)
 from attnseg.data import SegDataModule
 from attnseg.distributed import SyncBatchNormPlugin
 from attnseg.hardware import cpu_bf16_flags
@@ -85,6 +96,7 @@ class AttnSegCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_lightning_class_args(Interruption, "interruption")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PredictionOverlays, "overlays")
         parser.add_lightning_class_args(ClassTables, "tables")
@@ -95,7 +107,14 @@ class AttnSegCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """Parse, then resolve ``--ckpt_path last`` and make a resumed fit continue its own run directory and
         W&B run (before Lightning reads the checkpoint's hyper-parameters into the model config)."""
+        self._kept_on_resume: dict[str, tuple] = {}
         super().parse_arguments(parser, args)
+        self._given = None  # the options set in config files or on the command line, without the defaults
+        if (self.config.get(self.config.get("subcommand") or "") or {}).get("ckpt_path"):
+            try:
+                self._given = parser.parse_args(args, defaults=False)
+            except (SystemExit, Exception):  # noqa: BLE001 (the full parse above succeeded: fall back to defaults)
+                self._given = None
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None
         if not config or not config.get("ckpt_path"):
@@ -107,45 +126,70 @@ class AttnSegCLI(LightningCLI):
                 raise ValueError("--ckpt_path last needs a logger: it searches <save_dir>/<name>/*/checkpoints")
             name = logger_args.get("project") or logger_args.get("name") or ""
             root = Path(logger_args.get("save_dir") or ".") / name
-            found = find_last_checkpoint(root)
-            if found is None:
-                rank_zero_warn(f"--ckpt_path last: no last.ckpt under {root}/*/checkpoints; starting from scratch")
+            fingerprint = experiment_fingerprint(yaml.safe_load(parser.dump(self.config, skip_none=False))[subcommand])
+            found, others = last_checkpoints(root, fingerprint)
+            if not found:
+                elsewhere = f" ({others} run(s) there belong to other experiments)" if others else ""
+                rank_zero_warn(
+                    f"--ckpt_path last: no last.ckpt of this experiment (fingerprint {fingerprint}) under "
+                    f"{root}/*/checkpoints{elsewhere}; starting from scratch"
+                )
                 config.ckpt_path = None
                 return
-            rank_zero_info(f"--ckpt_path last: resuming from {found}")
-            config.ckpt_path = str(found)
+            if len(found) > 1:
+                raise ValueError(
+                    f"--ckpt_path last: {len(found)} runs of this experiment (fingerprint {fingerprint}) under "
+                    f"{root}: " + ", ".join(str(p) for p in found) + ". Pass the checkpoint to resume as --ckpt_path"
+                )
+            rank_zero_info(f"--ckpt_path last: resuming this experiment (fingerprint {fingerprint}) from {found[0]}")
+            config.ckpt_path = str(found[0])
         if not Path(config.ckpt_path).is_file():
             raise FileNotFoundError(f"--ckpt_path {config.ckpt_path}: no such checkpoint file")
         self._check_checkpoint_matches_config(subcommand, config)
         run = run_of_checkpoint(Path(config.ckpt_path))
         if subcommand == "fit" and run and logger.class_path.endswith("WandbLogger") and not logger_args.get("id"):
             logger_args.id, logger_args.resume = run, "allow"  # same run directory, same W&B run
+        if subcommand == "fit" and run and logger.class_path.endswith("CSVLogger") and logger_args.get("version") is None:
+            logger_args.version = run  # same run directory
 
     def _check_checkpoint_matches_config(self, subcommand: str, config) -> None:
-        """Lightning rebuilds the model from the checkpoint's hyper-parameters. A head or encoder option that
-        the user set explicitly (differs from the default) and that the checkpoint contradicts is an error,
-        not a silent override."""
+        """Lightning rebuilds the model from the checkpoint's hyper-parameters, over the user's options. Each model
+        option the user set explicitly (differs from the default) that the checkpoint contradicts is either kept
+        (the optimiser, schedule, evaluation and speed options in ``RESUMABLE``: re-applied in
+        ``before_instantiate_classes`` and reported in one line) or an error naming it; never dropped."""
         saved = torch.load(config.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
         if not saved:
             return
         defaults = subcommand_parser(self, subcommand).get_defaults()
+        ours = _flatten(_plain(config.model), "model")
+        default = _flatten(_plain(defaults.model), "model")
+        theirs = _flatten(_plain(saved), "model")
         conflicts = []
-        for group in ("head", "encoder"):
-            ours = _flatten(_plain(config.model.get(group)), group)
-            default = _flatten(_plain(defaults.model.get(group)), group)
-            theirs = _flatten(_plain(saved.get(group)), group)
-            for key, value in ours.items():
-                if key in theirs and value != default.get(key) and value != theirs[key]:
-                    conflicts.append(f"model.{key}={value} (checkpoint: {theirs[key]})")
+        for key, value in ours.items():
+            given = self._given is not None and self._given.get(f"{subcommand}.{key}") is not None
+            if key not in theirs or not (given or value != default.get(key)) or _same(value, theirs[key]):
+                continue
+            if key.split(".")[1] in RESUMABLE:
+                self._kept_on_resume[key] = (value, theirs[key])
+            else:
+                conflicts.append(f"{key}={value} (checkpoint: {theirs[key]})")
         if conflicts:
             raise ValueError(
                 f"--ckpt_path {config.ckpt_path}: the checkpoint was trained with a different model: "
                 + ", ".join(conflicts)
-                + ". Drop these options to evaluate the checkpoint as trained, or pass a matching checkpoint."
+                + ". Drop these options to use the checkpoint as trained, or pass a matching checkpoint."
             )
 
     def before_instantiate_classes(self) -> None:
-        _choose_cpu_fast_path(self.config[self.subcommand] if self.subcommand else self.config)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if self._kept_on_resume:  # Lightning put the checkpoint's values over them: the user's win
+            for key, (value, _) in self._kept_on_resume.items():
+                _assign(config, key, value)
+            rank_zero_info(
+                "--ckpt_path: options that differ from the checkpoint's, used as given: "
+                + ", ".join(f"{key}={value} (checkpoint: {old})" for key, (value, old) in self._kept_on_resume.items())
+            )
+        _choose_cpu_fast_path(config)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer") or {}
@@ -204,6 +248,21 @@ def _choose_cpu_fast_path(config) -> None:
         f"CPU precision: {trainer.precision or '32-true'}, channels_last={model.channels_last} ({reason}); "
         "set trainer.precision / model.channels_last to choose"
     )
+
+
+# Model options that may change when a run resumes (the rest define the model the checkpoint holds).
+RESUMABLE = {"lr", "momentum", "weight_decay", "head_lr_mult", "poly_power", "min_lr", "warmup_iters", "warmup_ratio",
+             "nonfinite_loss", "divergence_factor", "channels_last", "compile", "inference"}  # fmt: skip
+
+
+def _same(a, b) -> bool:
+    """Equal as configuration values (tuples and lists alike)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _assign(config, dotted: str, value) -> None:
+    """``config.<dotted> = value`` on a jsonargparse Namespace."""
+    config[dotted] = value
 
 
 def _plain(value):

@@ -33,16 +33,21 @@ class PredictionWriter(BasePredictionWriter):
     resized back (nearest neighbour). Batches must carry ``(images, infos)`` as ``ImageFolder`` gives them.
 
     Args:
-        output_dir: folder for the PNG files (created); required by ``attnseg predict``.
+        output_dir: folder for the PNG files (created); required by ``attnseg predict``. A folder that already
+            holds files is refused unless ``overwrite``.
         overlay: also write the overlays.
         alpha: opacity of the prediction over the image.
+        overwrite: write into a folder that already holds files (files of the same names are replaced).
     """
 
-    def __init__(self, output_dir: Optional[str] = None, overlay: bool = True, alpha: float = 0.5) -> None:
+    def __init__(
+        self, output_dir: Optional[str] = None, overlay: bool = True, alpha: float = 0.5, overwrite: bool = False
+    ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.overlay = overlay
         self.alpha = alpha
+        self.overwrite = overwrite
         self.written: list[Path] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -50,7 +55,14 @@ class PredictionWriter(BasePredictionWriter):
             return
         if not self.output_dir:
             raise ValueError("prediction.output_dir is not set: name the folder for the masks and overlays")
-        Path(self.output_dir).mkdir(parents=True, exist_ok=True)
+        out = Path(self.output_dir)
+        present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if present and not self.overwrite:
+            raise FileExistsError(
+                f"prediction.output_dir {out} already holds {len(present)} file(s) (e.g. {', '.join(present[:3])}): "
+                "choose an empty or new folder, or set --prediction.overwrite=true to write over them"
+            )
+        out.mkdir(parents=True, exist_ok=True)
         self.written = []
 
     def write_on_batch_end(

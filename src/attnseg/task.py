@@ -7,6 +7,7 @@ their default loss weights; the CLI links the dataset's class count and names in
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Callable, Literal, Optional, Sequence, Union
 
 import torch
@@ -73,6 +74,10 @@ class SegmentationTask(LightningModule):
         nonfinite_loss: what a NaN or infinite training loss does: ``raise`` stops training with a message naming
             the step and the loss terms (checkpoints already written are kept); ``skip`` skips that step's update
             (single process only).
+        divergence_factor: a training loss above this many times the median of the first 20 steps' losses stops
+            training as diverged (None: no check). Whatever this is, training stops when a parameter or buffer
+            becomes non-finite (checked before each validation) and no checkpoint with a non-finite tensor is
+            written.
         channels_last: speed knob: keep the model's 4-D weights and every batch's images in the channels-last
             memory format (faster convolutions with bf16/fp16 on recent GPUs and with oneDNN on CPUs). Same results.
             None (the default): the ``attnseg`` command turns it on for CPU runs on CPUs with AMX or AVX512-BF16,
@@ -103,11 +108,13 @@ class SegmentationTask(LightningModule):
         warmup_ratio: float = 1e-6,
         inference: Union[Whole, SlidingWindow, MultiScaleFlip] = lazy_instance(Whole),
         nonfinite_loss: Literal["raise", "skip"] = "raise",
+        divergence_factor: Optional[float] = 1000.0,
         channels_last: Optional[bool] = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "aux_loss", "inference"])
+        self._first_losses: list[float] = []  # the reference of divergence_factor
         if isinstance(encoder, dict):
             encoder = EncoderConfig(**encoder)
         if class_names is not None and len(class_names) != num_classes:
@@ -190,11 +197,53 @@ class SegmentationTask(LightningModule):
                 terms[name] = weight * criterion(logits, masks)
         return terms
 
+    def _check_divergence(self, value: float) -> None:
+        """Stop when the loss exceeds ``divergence_factor`` times the median of the first 20 steps' losses."""
+        factor = self.hparams.divergence_factor
+        if factor is None:
+            return
+        if len(self._first_losses) < 20:
+            self._first_losses.append(value)
+            return
+        reference = statistics.median(self._first_losses)
+        if value > factor * reference:
+            raise FloatingPointError(
+                f"training loss {value:.4g} at step {self.global_step} (epoch {self.current_epoch}) is over "
+                f"{factor:g} times the median of the first 20 steps ({reference:.4g}): the run diverged. Training "
+                "stopped; the checkpoints written so far are kept. Lower model.lr or set trainer.gradient_clip_val "
+                "(model.divergence_factor: null turns this check off)."
+            )
+
+    def _nonfinite_tensors(self, tensors: dict[str, torch.Tensor]) -> list[str]:
+        return [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+    def on_validation_epoch_start(self) -> None:
+        """Before validating (and so before any checkpoint of this step): every parameter and buffer is finite."""
+        if self.trainer.state.fn != "fit" or self.trainer.sanity_checking:
+            return
+        bad = self._nonfinite_tensors(dict(self.model.state_dict()))
+        if bad:
+            raise FloatingPointError(
+                f"{len(bad)} parameter or buffer tensor(s) hold NaN or inf at step {self.global_step} (e.g. "
+                f"{', '.join(bad[:3])}): the run diverged although its loss stayed finite. Training stopped; the "
+                "checkpoints written so far are kept. Lower model.lr or set trainer.gradient_clip_val."
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Never write a model with NaN or inf in it (a diverged run's checkpoint, which would load as best)."""
+        bad = self._nonfinite_tensors(checkpoint.get("state_dict", {}))
+        if bad:
+            raise FloatingPointError(
+                f"not writing a checkpoint at step {self.global_step}: {len(bad)} tensor(s) hold NaN or inf (e.g. "
+                f"{', '.join(bad[:3])}); the run diverged. The checkpoints written before are kept."
+            )
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         terms = self.compute_losses(self.model(images), masks)
         loss = sum(terms.values())
-        if not torch.isfinite(loss):
+        value = float(loss.detach())
+        if not math.isfinite(value):
             detail = ", ".join(f"{name}={float(t.detach()):.4g}" for name, t in terms.items())
             if self.hparams.nonfinite_loss == "skip" and self.trainer.world_size == 1:
                 rank_zero_warn(f"non-finite loss at step {self.global_step} ({detail}): step skipped")
@@ -205,6 +254,7 @@ class SegmentationTask(LightningModule):
                 "Training stopped; the checkpoints written so far are kept. Lower model.lr, set "
                 "trainer.gradient_clip_val, or set model.nonfinite_loss: skip (single process)."
             )
+        self._check_divergence(value)
         bs = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/loss_{name}": t.detach() for name, t in terms.items()}, batch_size=bs)
@@ -266,15 +316,22 @@ class SegmentationTask(LightningModule):
             )
 
     # --------------------------------------------------------------------------- optimisation
-    def configure_optimizers(self):
+    def _param_groups(self) -> list[dict]:
+        """Encoder and head parameter groups (and their no-decay halves) with their learning rates."""
         hp = self.hparams
         groups = []
         for name, part, lr in (("encoder", self.model.encoder, hp.lr), ("head", self.model.head, hp.lr * hp.head_lr_mult)):
             decay, no_decay = _decay_split(part) if hp.no_decay_norm_bias else ([p for p in part.parameters()], [])
-            groups.append({"params": [p for p in decay if p.requires_grad], "lr": lr, "name": name})
+            groups.append({"params": [p for p in decay if p.requires_grad], "lr": lr, "name": name,
+                           "weight_decay": hp.weight_decay})  # fmt: skip
             if no_decay:
                 groups.append({"params": [p for p in no_decay if p.requires_grad], "lr": lr, "weight_decay": 0.0,
                                "name": f"{name}_no_decay"})  # fmt: skip
+        return groups
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = self._param_groups()
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         else:
@@ -283,6 +340,26 @@ class SegmentationTask(LightningModule):
         factors = [self._poly(max_iters, hp.min_lr / g["lr"] if g["lr"] > 0 else 0.0) for g in groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factors)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """A resumed run restores the optimiser and schedule saved in its checkpoint, whose learning rates, weight
+        decay and momentum are the old run's: set them from this run's options (which the CLI reports when they
+        differ), keeping the optimiser's moments and the schedule's position."""
+        optimizers, schedulers = self.trainer.optimizers, self.trainer.lr_scheduler_configs
+        if not optimizers or not schedulers:
+            return
+        opt, scheduler, hp = optimizers[0], schedulers[0].scheduler, self.hparams
+        for i, (group, wanted) in enumerate(zip(opt.param_groups, self._param_groups())):
+            group["initial_lr"] = scheduler.base_lrs[i] = wanted["lr"]
+            group["weight_decay"] = wanted["weight_decay"]
+            if "momentum" in group:
+                group["momentum"] = hp.momentum
+            if "betas" in group:
+                group["betas"] = (hp.momentum, group["betas"][1])
+        max_iters = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler.lr_lambdas = [self._poly(max_iters, hp.min_lr / lr if lr > 0 else 0.0) for lr in scheduler.base_lrs]
+        for group, lr, factor in zip(opt.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = lr * factor(scheduler.last_epoch)
 
     def _poly(self, max_iters: int, floor: float) -> Callable[[int], float]:
         hp = self.hparams

@@ -63,3 +63,41 @@ class Probe(Callback):
 
 def finite(state_dict) -> bool:
     return all(torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point())
+
+
+class FailingShapes(SyntheticShapes):
+    """SyntheticShapes whose sample ``bad_index`` raises (a corrupt file found mid-epoch) from its ``after``-th read
+    of that sample on (0-based), like a file that goes bad while the run is going."""
+
+    def __init__(self, *args, bad_index: int = 5, after: int = 1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bad_index, self.after, self.reads = bad_index, after, 0
+
+    def __getitem__(self, index: int):
+        if index == self.bad_index:
+            self.reads += 1
+            if self.reads > self.after:
+                raise ValueError(f"broken/sample_{index}.png: truncated image (expected a readable PNG)")
+        return super().__getitem__(index)
+
+
+class OptimizerProbe(Callback):
+    """Writes, at the first training batch of a fit, each parameter group's learning rate, weight decay and the
+    sum of the optimiser's state tensors (moments) to a JSON file, and the global step."""
+
+    def __init__(self, path: str = "optimizer.json") -> None:
+        self.path = Path(path)
+        self.done = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.done:
+            return
+        self.done = True
+        opt = trainer.optimizers[0]
+        moments = sum(float(t.double().sum()) for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+        self.path.write_text(json.dumps({
+            "step": trainer.global_step,
+            "lr": [g["lr"] for g in opt.param_groups],
+            "weight_decay": [g["weight_decay"] for g in opt.param_groups],
+            "moments": moments,
+        }))  # fmt: skip

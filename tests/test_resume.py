@@ -1,0 +1,102 @@
+"""``--ckpt_path last`` resumes the run of this experiment only, options set on resume are kept (and said), and
+the optimiser state and schedule position come back as saved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnseg.checkpoint import experiment_fingerprint
+from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
+
+CSV = ["--config", CONFIGS / "logger/csv.yaml"]
+BASE = ["--config", QUICKSTART, *FAST, *CSV, "--trainer.max_epochs=1"]  # 2 steps per epoch
+DANET = ["--config", CONFIGS / "model/danet.yaml"]
+
+
+def runs() -> list[Path]:
+    return sorted(p for p in Path("runs/attnseg").iterdir() if p.is_dir())
+
+
+def step(ckpt: Path) -> int:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+
+
+def test_last_resumes_this_experiment_not_the_newest_run(caplog):
+    fcn = run_cli("fit", *BASE)
+    run_cli("fit", *BASE, *DANET)  # newer, another experiment
+    fcn_run = Path(fcn.trainer.checkpoint_callback.dirpath).parent
+    resumed = run_cli("fit", *BASE, "--trainer.max_epochs=2", "--ckpt_path", "last")
+    assert Path(resumed.trainer.checkpoint_callback.dirpath).parent == fcn_run  # continued in its own folder
+    assert type(resumed.model.model.head).__name__ == "FCNHead" and resumed.trainer.global_step == 4
+    assert f"resuming this experiment (fingerprint " in caplog.text and str(fcn_run / "checkpoints/last.ckpt") in caplog.text
+    assert len(runs()) == 2 and step(fcn_run / "checkpoints/last.ckpt") == 4
+
+
+def test_last_with_nothing_of_this_experiment_starts_fresh_and_says_why():
+    run_cli("fit", *BASE, *DANET)
+    with pytest.warns(UserWarning, match=r"no last.ckpt of this experiment .*1 run\(s\) there belong to other"):
+        cli = run_cli("fit", *BASE, "--ckpt_path", "last")
+    assert cli.trainer.global_step == 2 and type(cli.model.model.head).__name__ == "FCNHead"
+
+
+def test_last_with_no_runs_at_all_starts_fresh():
+    """A requeued job's first start: nothing to resume yet."""
+    with pytest.warns(UserWarning, match="starting from scratch"):
+        cli = run_cli("fit", *BASE, "--ckpt_path", "last")
+    assert cli.trainer.state.finished and cli.trainer.global_step == 2
+
+
+def test_last_refuses_to_choose_between_two_runs_of_one_experiment():
+    first, second = run_cli("fit", *BASE), run_cli("fit", *BASE)
+    lasts = [Path(c.trainer.checkpoint_callback.dirpath) / "last.ckpt" for c in (first, second)]
+    with pytest.raises(ValueError, match=r"2 runs of this experiment .*Pass the checkpoint to resume") as error:
+        run_cli("fit", *BASE, "--trainer.max_epochs=2", "--ckpt_path", "last")
+    assert all(str(p) in str(error.value) for p in lasts)
+
+
+def test_fingerprint_ignores_how_a_run_trains_but_not_what():
+    config = {"model": {"head": {"class_path": "FCNHead"}, "lr": 0.01, "encoder": {"name": "r18", "pretrained": "a"}},
+              "data": {"dataset": "CamVid", "root": "/a", "num_workers": 2}, "seed_everything": 0}  # fmt: skip
+    same = {"model": {"head": {"class_path": "FCNHead"}, "lr": 0.1, "encoder": {"name": "r18", "pretrained": "b"}},
+            "data": {"dataset": "CamVid", "root": "/b", "num_workers": 0}, "seed_everything": 0}  # fmt: skip
+    assert experiment_fingerprint(config) == experiment_fingerprint(same)
+    for key, value in [("model.head", {"class_path": "DANetHead"}), ("data.dataset", "VOC"), ("seed_everything", 1)]:
+        other = json.loads(json.dumps(config))
+        node, *path = key.split(".")
+        if path:
+            other[node][path[0]] = value
+        else:
+            other[node] = value
+        assert experiment_fingerprint(other) != experiment_fingerprint(config), key
+
+
+def test_options_set_on_resume_win_and_are_reported_with_the_state_restored(caplog):
+    """``--model.lr`` and ``--model.nonfinite_loss`` given when resuming are used (and said), while the optimiser's
+    moments and the schedule's position are those saved."""
+    run_cli("fit", *BASE, "--trainer.max_epochs=2")  # lr 0.002 (the quickstart's), 4 steps
+    last = runs()[0] / "checkpoints/last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    saved_moments = sum(float(t.double().sum()) for s in saved["optimizer_states"][0]["state"].values()
+                        for t in s.values() if torch.is_tensor(t))  # fmt: skip
+    probe = ["--trainer.callbacks+=tests.helpers.faults.OptimizerProbe"]
+    cli = run_cli("fit", *BASE, "--trainer.max_epochs=4", "--model.lr=0.01", "--model.nonfinite_loss=skip",
+                  "--ckpt_path", last, *probe)  # fmt: skip
+    assert "model.lr=0.01 (checkpoint: 0.002)" in caplog.text and "model.nonfinite_loss=skip (checkpoint: raise)" in caplog.text
+    assert cli.model.hparams.lr == 0.01 and cli.model.hparams.nonfinite_loss == "skip"
+    state = json.loads(Path("optimizer.json").read_text())
+    assert state["step"] == 4 and state["moments"] == pytest.approx(saved_moments, rel=1e-12)  # moments as saved
+    # the schedule continues at step 4 of 8, from the new base rate (AdamW, warmup 20 steps in the quickstart)
+    factor = cli.model._poly(8, 0.0)(4)
+    assert state["lr"] == pytest.approx([0.01 * factor, 0.01 * factor])
+    assert saved["lr_schedulers"][0]["last_epoch"] == 4
+
+
+def test_options_that_define_the_model_are_refused_on_resume():
+    run_cli("fit", *BASE)
+    last = runs()[0] / "checkpoints/last.ckpt"
+    with pytest.raises(ValueError, match=r"model.head.init_args.num_convs=1 \(checkpoint: 2\)"):
+        run_cli("fit", *BASE, "--trainer.max_epochs=2", "--model.head.init_args.num_convs=1", "--ckpt_path", last)
