@@ -12,9 +12,9 @@ photometric transforms, its batch size) and measures, per batch:
     step           the training step itself (forward, the task's losses, backward, SGD step), as in ``fit``
 
 ``--cache on`` sets ``data.cache_decoded`` and reads every sample once before timing (as the first epoch does), so
-the rows show the later epochs. A pipeline keeps up when ``wait`` is small against ``step``. With workers, loading overlaps the step but shares
-the CPU's cores with it, so ``step`` may grow: the ``step + wait`` column is the time a training step really
-takes, the number to compare across worker counts.
+the rows show the later epochs. A pipeline keeps up when ``wait`` is small against ``step``. With workers,
+loading overlaps the step but shares the CPU's cores with it, so ``step`` may grow: the ``step + wait`` column is
+the time a training step really takes, the number to compare across worker counts.
 """
 
 from __future__ import annotations

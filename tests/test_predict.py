@@ -68,6 +68,17 @@ def test_predict_writes_masks_and_overlays(images, tmp_path, capsys):
     assert len(classes) > 1  # the comparison above is between non-trivial class maps
     assert cli.trainer.state.finished
 
+    # a second predict into the same folder: refused, and nothing there is touched (byte for byte)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(FileExistsError, match=rf"prediction.output_dir {out} already holds 4 file\(s\) .*--prediction.overwrite=true"):
+        run_cli("predict", "--config", run / "config.yaml", "--ckpt_path", ckpt, "--data.predict_dir", images,
+                "--prediction.output_dir", out)  # fmt: skip
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "street_mask.png").write_bytes(b"stale")
+    run_cli("predict", "--config", run / "config.yaml", "--ckpt_path", ckpt, "--data.predict_dir", images,
+            "--prediction.output_dir", out, "--prediction.overwrite=true")  # fmt: skip
+    assert (out / "street_mask.png").read_bytes() == before["street_mask.png"]  # written again, the same
+
 
 def test_predict_errors(images, tmp_path):
     with pytest.raises(ValueError, match=r"data.predict_dir='.*nowhere': no such folder"):

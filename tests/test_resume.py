@@ -32,7 +32,8 @@ def test_last_resumes_this_experiment_not_the_newest_run(caplog):
     resumed = run_cli("fit", *BASE, "--trainer.max_epochs=2", "--ckpt_path", "last")
     assert Path(resumed.trainer.checkpoint_callback.dirpath).parent == fcn_run  # continued in its own folder
     assert type(resumed.model.model.head).__name__ == "FCNHead" and resumed.trainer.global_step == 4
-    assert f"resuming this experiment (fingerprint " in caplog.text and str(fcn_run / "checkpoints/last.ckpt") in caplog.text
+    assert "resuming this experiment (fingerprint " in caplog.text
+    assert str(fcn_run / "checkpoints/last.ckpt") in caplog.text
     assert len(runs()) == 2 and step(fcn_run / "checkpoints/last.ckpt") == 4
 
 
@@ -85,7 +86,8 @@ def test_options_set_on_resume_win_and_are_reported_with_the_state_restored(capl
     probe = ["--trainer.callbacks+=tests.helpers.faults.OptimizerProbe"]
     cli = run_cli("fit", *BASE, "--trainer.max_epochs=4", "--model.lr=0.01", "--model.nonfinite_loss=skip",
                   "--ckpt_path", last, *probe)  # fmt: skip
-    assert "model.lr=0.01 (checkpoint: 0.002)" in caplog.text and "model.nonfinite_loss=skip (checkpoint: raise)" in caplog.text
+    assert "model.lr=0.01 (checkpoint: 0.002)" in caplog.text
+    assert "model.nonfinite_loss=skip (checkpoint: raise)" in caplog.text
     assert cli.model.hparams.lr == 0.01 and cli.model.hparams.nonfinite_loss == "skip"
     state = json.loads(Path("optimizer.json").read_text())
     assert state["step"] == 4 and state["moments"] == pytest.approx(saved_moments, rel=1e-12)  # moments as saved

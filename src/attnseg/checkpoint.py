@@ -184,7 +184,8 @@ class Interruption(Callback):
     @staticmethod
     def _save(trainer) -> Path:
         callback = trainer.checkpoint_callback
-        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else run_dir(trainer) / "checkpoints"
+        has_folder = callback is not None and callback.dirpath
+        folder = Path(callback.dirpath) if has_folder else run_dir(trainer) / "checkpoints"
         path = folder / "last.ckpt"
         trainer.save_checkpoint(path)
         return path
@@ -202,8 +203,8 @@ def run_dir(trainer: Trainer) -> Path:
 # Options that do not change what an experiment is: a run resumed with other values is the same experiment.
 NOT_IDENTITY = {
     "model": {"optimizer", "lr", "momentum", "weight_decay", "no_decay_norm_bias", "head_lr_mult", "poly_power",
-              "min_lr", "warmup_iters", "warmup_ratio", "inference", "nonfinite_loss", "divergence_factor", "channels_last",
-              "compile"},
+              "min_lr", "warmup_iters", "warmup_ratio", "inference", "nonfinite_loss", "divergence_factor",
+              "channels_last", "compile"},
     "data": {"root", "num_workers", "pin_memory", "persistent_workers", "cache_decoded", "val_batch_size",
              "val_split", "test_split", "predict_dir"},
 }  # fmt: skip

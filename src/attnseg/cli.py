@@ -149,7 +149,8 @@ class AttnSegCLI(LightningCLI):
         run = run_of_checkpoint(Path(config.ckpt_path))
         if subcommand == "fit" and run and logger.class_path.endswith("WandbLogger") and not logger_args.get("id"):
             logger_args.id, logger_args.resume = run, "allow"  # same run directory, same W&B run
-        if subcommand == "fit" and run and logger.class_path.endswith("CSVLogger") and logger_args.get("version") is None:
+        csv = logger.class_path.endswith("CSVLogger")
+        if subcommand == "fit" and run and csv and logger_args.get("version") is None:
             logger_args.version = run  # same run directory
 
     def _check_checkpoint_matches_config(self, subcommand: str, config) -> None:

@@ -7,7 +7,6 @@ their default loss weights; the CLI links the dataset's class count and names in
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Callable, Literal, Optional, Sequence, Union
 
 import torch
@@ -74,7 +73,7 @@ class SegmentationTask(LightningModule):
         nonfinite_loss: what a NaN or infinite training loss does: ``raise`` stops training with a message naming
             the step and the loss terms (checkpoints already written are kept); ``skip`` skips that step's update
             (single process only).
-        divergence_factor: a training loss above this many times the median of the first 20 steps' losses stops
+        divergence_factor: a training loss above this many times the loss of the first step of the fit stops
             training as diverged (None: no check). Whatever this is, training stops when a parameter or buffer
             becomes non-finite (checked before each validation) and no checkpoint with a non-finite tensor is
             written.
@@ -114,7 +113,7 @@ class SegmentationTask(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "aux_loss", "inference"])
-        self._first_losses: list[float] = []  # the reference of divergence_factor
+        self._first_loss: Optional[float] = None  # the reference of divergence_factor
         if isinstance(encoder, dict):
             encoder = EncoderConfig(**encoder)
         if class_names is not None and len(class_names) != num_classes:
@@ -198,18 +197,18 @@ class SegmentationTask(LightningModule):
         return terms
 
     def _check_divergence(self, value: float) -> None:
-        """Stop when the loss exceeds ``divergence_factor`` times the median of the first 20 steps' losses."""
+        """Stop when the loss exceeds ``divergence_factor`` times the first step's loss of this fit (the model's
+        loss before any update, whatever the learning rate)."""
         factor = self.hparams.divergence_factor
         if factor is None:
             return
-        if len(self._first_losses) < 20:
-            self._first_losses.append(value)
+        if self._first_loss is None:
+            self._first_loss = value
             return
-        reference = statistics.median(self._first_losses)
-        if value > factor * reference:
+        if value > factor * self._first_loss:
             raise FloatingPointError(
                 f"training loss {value:.4g} at step {self.global_step} (epoch {self.current_epoch}) is over "
-                f"{factor:g} times the median of the first 20 steps ({reference:.4g}): the run diverged. Training "
+                f"{factor:g} times the loss of the first step ({self._first_loss:.4g}): the run diverged. Training "
                 "stopped; the checkpoints written so far are kept. Lower model.lr or set trainer.gradient_clip_val "
                 "(model.divergence_factor: null turns this check off)."
             )
@@ -320,7 +319,8 @@ class SegmentationTask(LightningModule):
         """Encoder and head parameter groups (and their no-decay halves) with their learning rates."""
         hp = self.hparams
         groups = []
-        for name, part, lr in (("encoder", self.model.encoder, hp.lr), ("head", self.model.head, hp.lr * hp.head_lr_mult)):
+        parts = (("encoder", self.model.encoder, hp.lr), ("head", self.model.head, hp.lr * hp.head_lr_mult))
+        for name, part, lr in parts:
             decay, no_decay = _decay_split(part) if hp.no_decay_norm_bias else ([p for p in part.parameters()], [])
             groups.append({"params": [p for p in decay if p.requires_grad], "lr": lr, "name": name,
                            "weight_decay": hp.weight_decay})  # fmt: skip

@@ -101,3 +101,14 @@ class OptimizerProbe(Callback):
             "weight_decay": [g["weight_decay"] for g in opt.param_groups],
             "moments": moments,
         }))  # fmt: skip
+
+
+class PoisonBatchNorm(Callback):
+    """Sets the first BatchNorm's running variance to inf after the first training step (parameters stay
+    finite, the loss too, for a while): a run that diverged without a NaN loss."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        for module in pl_module.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.fill_(float("inf"))
+                return

@@ -1,0 +1,123 @@
+"""Stopping honestly: SIGTERM and SLURM's SIGUSR1 write a checkpoint of the current step and exit non-zero, an
+error mid-fit saves the last completed step, a diverged run is never reported as a success nor checkpointed,
+and checkpoint files are left clean and readable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, REPO, run_cli
+
+ATTNSEG = str(Path(sys.executable).parent / "attnseg")
+CSV = ["--config", CONFIGS / "logger/csv.yaml"]
+LONG = ["--config", QUICKSTART, *FAST, *CSV, "--data.dataset_args.num_samples=16", "--trainer.max_epochs=50"]
+
+
+def child_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+
+
+def step(ckpt: Path) -> int:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+
+
+def run_until_trained(args, env, min_step: int = 6):
+    """Start ``attnseg fit`` and wait until its metrics file shows ``min_step`` steps."""
+    proc = subprocess.Popen([ATTNSEG, "fit", *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(step(p) >= min_step for p in Path("runs/attnseg").glob("*/checkpoints/last.ckpt")):
+            return proc
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"fit did not reach step {min_step}: {proc.communicate()[1][-2000:]}")
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_saves_the_current_step_exits_non_zero_and_last_continues_there(name, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"  # SLURM's requeue command, recorded
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'scontrol.txt'}\n")
+    scontrol.chmod(0o755)
+    env = child_env(PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242")
+    proc = run_until_trained(LONG, env)
+    proc.send_signal(getattr(signal, name))
+    out, err = proc.communicate(timeout=120)
+    number = getattr(signal, name)
+    assert proc.returncode == 128 + number, err[-2000:]
+    last = next(Path("runs/attnseg").glob("*/checkpoints/last.ckpt"))
+    saved = step(last)
+    assert f"{name} received: stopped at step {saved}, saved {last}" in out
+    if name == "SIGUSR1":
+        assert "job 4242 requeued" in out and (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "4242"]
+    assert not list(Path(".").glob("hpc_ckpt*"))  # nothing written outside the run's folder
+
+    more = [f"--trainer.max_steps={saved + 2}", "--ckpt_path", "last", "--trainer.callbacks+=tests.helpers.faults.Probe"]
+    resumed = subprocess.run([ATTNSEG, "fit", *map(str, LONG), *more], env=child_env(), capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert f"from {last}" in resumed.stderr + resumed.stdout
+    assert json.loads(Path("probe.json").read_text())["start_step"] == saved  # exactly where it stopped
+
+
+def test_an_error_mid_epoch_saves_the_last_completed_step_first():
+    """A sample that turns unreadable in the second epoch: the error names it, and the steps done are kept."""
+    args = ["--config", QUICKSTART, *FAST, *CSV, "--trainer.max_epochs=3",
+            "--data.dataset=tests.helpers.faults.FailingShapes", "--data.dataset_args.bad_index=5"]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"ValueError during fit: saved step (\d+) to ") as record:
+        with pytest.raises(ValueError, match=r"broken/sample_5.png: truncated image"):
+            run_cli("fit", *args)
+    message = next(str(w.message) for w in record if "during fit" in str(w.message))
+    saved = int(message.split("saved step ")[1].split()[0])
+    last = next(Path("runs/attnseg").glob("*/checkpoints/last.ckpt"))
+    assert saved >= 2 and step(last) == saved  # at least the first epoch, and the step the error found
+
+
+def test_a_run_whose_loss_explodes_stops_and_writes_no_inf_checkpoint():
+    """SGD at lr 1e3: the loss climbs without becoming NaN; the run must stop as diverged, not end as a success."""
+    args = ["--config", QUICKSTART, *FAST, *CSV, "--data.dataset_args.num_samples=16", "--trainer.max_epochs=40",
+            "--model.optimizer=sgd", "--model.lr=1000", "--model.warmup_iters=0"]  # fmt: skip
+    with pytest.raises(FloatingPointError, match=r"diverged"):
+        run_cli("fit", *args)
+    from tests.helpers.faults import finite
+
+    for ckpt in Path("runs/attnseg").glob("*/checkpoints/*.ckpt"):
+        assert finite(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]), ckpt
+
+
+def test_non_finite_buffers_stop_before_validation_and_are_never_saved(tmp_path):
+    cli = run_cli("fit", "--config", QUICKSTART, *FAST, *CSV, "--trainer.max_epochs=1")
+    task, trainer = cli.model, cli.trainer
+    task.model.encoder.model.bn1.running_var.fill_(float("inf"))  # what lr=1e3 did to BatchNorm statistics
+    with pytest.raises(FloatingPointError, match=r"not writing a checkpoint .*bn1.running_var"):
+        trainer.save_checkpoint(tmp_path / "bad.ckpt")
+    assert not (tmp_path / "bad.ckpt").exists()
+    with pytest.raises(FloatingPointError, match=r"hold NaN or inf .*bn1.running_var.*diverged although its loss"):
+        run_cli("fit", "--config", QUICKSTART, *FAST, *CSV, "--trainer.max_epochs=2",
+                "--trainer.callbacks+=tests.helpers.faults.PoisonBatchNorm")  # fmt: skip
+
+
+def test_checkpoints_get_the_users_file_mode_and_stale_temporaries_are_removed():
+    mask = os.umask(0o022)
+    try:
+        cli = run_cli("fit", "--config", QUICKSTART, *FAST, *CSV, "--trainer.max_epochs=1")
+        folder = Path(cli.trainer.checkpoint_callback.dirpath)
+        assert stat.S_IMODE((folder / "last.ckpt").stat().st_mode) == 0o644
+        stale = folder / ".last.ckpt.k1ll3d.tmp"
+        stale.write_bytes(b"half a checkpoint")
+        run_cli("fit", "--config", QUICKSTART, *FAST, *CSV, "--trainer.max_epochs=2", "--ckpt_path", "last")
+        assert not stale.exists() and (folder / "last.ckpt").exists()
+    finally:
+        os.umask(mask)
