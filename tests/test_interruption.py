@@ -65,7 +65,8 @@ def test_a_stop_signal_saves_the_current_step_exits_non_zero_and_last_continues_
         assert "job 4242 requeued" in out and (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "4242"]
     assert not list(Path(".").glob("hpc_ckpt*"))  # nothing written outside the run's folder
 
-    more = [f"--trainer.max_steps={saved + 2}", "--ckpt_path", "last", "--trainer.callbacks+=tests.helpers.faults.Probe"]
+    probe = "--trainer.callbacks+=tests.helpers.faults.Probe"
+    more = [f"--trainer.max_steps={saved + 2}", "--ckpt_path", "last", probe]
     resumed = subprocess.run([ATTNSEG, "fit", *map(str, LONG), *more], env=child_env(), capture_output=True, text=True,
                              timeout=300)  # fmt: skip
     assert f"from {last}" in resumed.stderr + resumed.stdout
