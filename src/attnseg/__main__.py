@@ -1,21 +1,57 @@
 """The ``attnseg`` command (console script and ``python -m attnseg``): ``fit``, ``validate``, ``test`` and ``predict``
-go to the Lightning CLI (``attnseg.cli``), ``sweep`` to ``attnseg.sweep``."""
+go to the Lightning CLI (``attnseg.cli``), ``sweep`` to ``attnseg.sweep``, ``check-data`` reads every sample of a
+config's datasets once (``attnseg.data.check``).
+
+An error ends the command with its message on one line (``attnseg: error: ...``) and exit status 1, not a
+traceback; ``ATTNSEG_TRACEBACK=1`` shows the traceback. Argument errors are jsonargparse's usage messages.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional, Sequence
 
 from attnseg.cli import AttnSegCLI
+from attnseg.data.check import check_samples, report
 from attnseg.sweep import main as sweep
+
+
+def check_data(argv: list[str]) -> int:
+    """``attnseg check-data <fit options>``: read every training, validation and test sample once."""
+    cli = AttnSegCLI(args=argv, run=False)
+    data = cli.datamodule
+    for stage in ("fit", "validate", "test"):
+        data.setup(stage)
+    problems, counts = check_samples({"train": data.train_dataset, "val": data.val_dataset, "test": data.test_dataset})
+    print(report(problems, counts))
+    return 1 if problems else 0
+
+
+def run(argv: list[str]) -> int:
+    if argv and argv[0] == "sweep":
+        return sweep(argv[1:])
+    if argv and argv[0] == "check-data":
+        return check_data(argv[1:])
+    AttnSegCLI(args=argv)
+    return 0
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``attnseg`` console script and ``python -m attnseg``."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] == "sweep":
-        sys.exit(sweep(argv[1:]))
-    AttnSegCLI(args=args)
+    if os.environ.get("ATTNSEG_TRACEBACK"):
+        sys.exit(run(argv))
+    try:
+        code = run(argv)
+    except KeyboardInterrupt:
+        print("attnseg: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as error:  # noqa: BLE001 (the message names the culprit; the traceback is on request)
+        print(f"attnseg: error: {type(error).__name__}: {error}", file=sys.stderr)
+        print("(set ATTNSEG_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":

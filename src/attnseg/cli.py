@@ -108,6 +108,7 @@ class AttnSegCLI(LightningCLI):
         """Parse, then resolve ``--ckpt_path last`` and make a resumed fit continue its own run directory and
         W&B run (before Lightning reads the checkpoint's hyper-parameters into the model config)."""
         self._kept_on_resume: dict[str, tuple] = {}
+        _check_config_files(sys.argv[1:] if args is None else list(args))
         super().parse_arguments(parser, args)
         self._given = None  # the options set in config files or on the command line, without the defaults
         if (self.config.get(self.config.get("subcommand") or "") or {}).get("ckpt_path"):
@@ -158,7 +159,7 @@ class AttnSegCLI(LightningCLI):
         option the user set explicitly (differs from the default) that the checkpoint contradicts is either kept
         (the optimiser, schedule, evaluation and speed options in ``RESUMABLE``: re-applied in
         ``before_instantiate_classes`` and reported in one line) or an error naming it; never dropped."""
-        saved = torch.load(config.ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters")
+        saved = _load_checkpoint(config.ckpt_path).get("hyper_parameters")
         if not saved:
             return
         defaults = subcommand_parser(self, subcommand).get_defaults()
@@ -249,6 +250,42 @@ def _choose_cpu_fast_path(config) -> None:
         f"CPU precision: {trainer.precision or '32-true'}, channels_last={model.channels_last} ({reason}); "
         "set trainer.precision / model.channels_last to choose"
     )
+
+
+def _load_checkpoint(path: str) -> dict:
+    """The checkpoint at ``path`` (tensors memory-mapped), or an error that names it and says what it is."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 (torch's messages do not name the file)
+        head = Path(path).read_bytes()[:512]
+        if head and all(32 <= b < 127 or b in b"\r\n\t" for b in head):
+            what = "a text file, not a checkpoint"
+        elif head[:2] == b"PK":
+            what = "a truncated or damaged checkpoint (an interrupted copy, a full disk?)"
+        else:
+            what = "not a checkpoint written by torch.save"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"--ckpt_path {path}: {what} ({reason}); expected a .ckpt file written by attnseg fit"
+        ) from error
+
+
+def _check_config_files(argv: list[str]) -> None:
+    """Every ``--config FILE`` exists and is valid YAML: an error names the file, line and column (jsonargparse's
+    own message names neither the file nor, among several, which one)."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            continue  # jsonargparse says so, and --config also takes inline YAML
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"--config {name}: not valid YAML{where}: {problem}") from error
 
 
 # Model options that may change when a run resumes (the rest define the model the checkpoint holds).

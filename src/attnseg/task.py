@@ -114,6 +114,7 @@ class SegmentationTask(LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "aux_loss", "inference"])
         self._first_loss: Optional[float] = None  # the reference of divergence_factor
+        self._labelled_pixels = torch.zeros((), dtype=torch.long)  # non-void training pixels of the epoch
         if isinstance(encoder, dict):
             encoder = EncoderConfig(**encoder)
         if class_names is not None and len(class_names) != num_classes:
@@ -213,6 +214,18 @@ class SegmentationTask(LightningModule):
                 "(model.divergence_factor: null turns this check off)."
             )
 
+    def on_train_epoch_start(self) -> None:
+        self._labelled_pixels = torch.zeros((), dtype=torch.long, device=self.device)
+
+    def on_train_epoch_end(self) -> None:
+        if int(self._labelled_pixels) == 0:
+            rank_zero_warn(
+                f"epoch {self.current_epoch}: every label pixel of the training batches was void "
+                f"({self.ignore_index}): the loss is 0 and nothing is learnt; check the label files and the dataset's "
+                "label_map "
+                "(attnseg check-data reads them all)"
+            )
+
     def _nonfinite_tensors(self, tensors: dict[str, torch.Tensor]) -> list[str]:
         return [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
 
@@ -254,6 +267,7 @@ class SegmentationTask(LightningModule):
                 "trainer.gradient_clip_val, or set model.nonfinite_loss: skip (single process)."
             )
         self._check_divergence(value)
+        self._labelled_pixels += (masks != self.ignore_index).sum()  # no synchronisation: read at the epoch's end
         bs = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/loss_{name}": t.detach() for name, t in terms.items()}, batch_size=bs)

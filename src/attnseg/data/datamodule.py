@@ -11,6 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from attnseg.data.image_folder import ImageFolder, collate_images
 from attnseg.data.registry import DATASETS
+from attnseg.data.check import check_samples, report
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 from attnseg.constants import IGNORE_INDEX
 
@@ -26,6 +27,25 @@ def resolve_dataset(name: str) -> type:
         return getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"data.dataset={name!r}: cannot import it ({err})") from err
+
+
+def _check_options(batch_size, val_batch_size, num_workers, crop_size, scale_range, base_size, cat_max_ratio) -> None:
+    """Out-of-range loader and augmentation options, named before anything is built."""
+    problems = []
+    for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+        if not isinstance(value, int) or value < 1:
+            problems.append(f"data.{name}={value}: expected a whole number of at least 1")
+    if num_workers < 0:
+        problems.append(f"data.num_workers={num_workers}: expected 0 (load in the main process) or more")
+    for name, value in (("crop_size", crop_size), ("base_size", base_size)):
+        if value is not None and (len(value) != 2 or min(value) < 1):
+            problems.append(f"data.{name}={list(value)}: expected two positive sizes [H, W] (or null)")
+    if scale_range is not None and (len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]):
+        problems.append(f"data.scale_range={list(scale_range)}: expected [low, high] with 0 < low <= high (or null)")
+    if not 0 < cat_max_ratio <= 1:
+        problems.append(f"data.cat_max_ratio={cat_max_ratio}: expected a share in (0, 1] (1 disables it)")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 class SegDataModule(LightningDataModule):
@@ -53,6 +73,8 @@ class SegDataModule(LightningDataModule):
         photometric: random brightness, contrast, saturation, hue.
         mean / std: normalisation (ImageNet by default).
         num_workers, pin_memory, persistent_workers: DataLoader options.
+        check_before_fit: read every training and validation sample once before ``fit`` starts (``attnseg
+            check-data`` does the same for every split), and stop naming every bad file found.
         cache_decoded: keep every decoded image and label of the on-disk datasets in memory after its first read
             (about 0.7 MB per CamVid frame, 2.7 MB per Cityscapes frame; each loader worker keeps its own copy):
             later epochs skip decoding, about half of CamVid's loading time (docs/benchmarks.md, bench/data.py).
@@ -82,9 +104,11 @@ class SegDataModule(LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         cache_decoded: bool = False,
+        check_before_fit: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["num_classes"])
+        _check_options(batch_size, val_batch_size, num_workers, crop_size, scale_range, base_size, cat_max_ratio)
         self.dataset_cls = resolve_dataset(dataset)
         self.class_names: list[str] = list(self.dataset_cls.classes)
         self.palette: list[tuple[int, int, int]] = [tuple(c) for c in self.dataset_cls.palette]
@@ -103,6 +127,7 @@ class SegDataModule(LightningDataModule):
         self.val_dataset: Optional[Dataset] = None
         self.test_dataset: Optional[Dataset] = None
         self.predict_dataset: Optional[Dataset] = None
+        self._checked = False
 
     @property
     def num_classes(self) -> int:
@@ -130,6 +155,12 @@ class SegDataModule(LightningDataModule):
             self.val_dataset = self.make_dataset(self.hparams.val_split)
         if stage == "test" and self.test_dataset is None:
             self.test_dataset = self.make_dataset(self.hparams.test_split)
+        if stage == "fit" and self.hparams.check_before_fit and not self._checked:
+            problems, counts = check_samples({"train": self.train_dataset, "val": self.val_dataset})
+            if problems:
+                raise ValueError(report(problems, counts) + "\n(data.check_before_fit: nothing was trained)")
+            self._checked = True
+            print(report(problems, counts))
         if stage == "predict" and self.predict_dataset is None:
             if self.hparams.predict_dir is None:
                 raise ValueError("data.predict_dir is not set: name the folder of images to predict")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
+
+from attnseg.data.io import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -43,10 +43,8 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         path = self.files[index]
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
-        image = tv_tensors.Image(torch.from_numpy(array.copy()).permute(2, 0, 1))
-        info = {"path": str(path), "name": path.stem, "size": tuple(array.shape[:2])}
+        image = tv_tensors.Image(read_image(path))
+        info = {"path": str(path), "name": path.stem, "size": tuple(image.shape[-2:])}
         if self.transforms is not None:
             image = self.transforms(image)
         return image.as_subclass(torch.Tensor), info

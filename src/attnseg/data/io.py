@@ -12,6 +12,7 @@ root and the listing at construction and every sample when it is read. Nothing i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -88,10 +89,11 @@ def list_pairs(
     """Pair ``image_dir/<key><image_suffix>`` with ``label_dir/<key><label_suffix>`` for every key (sorted).
 
     ``pattern`` is the glob of the key's folders and stem: ``*`` for flat folders, ``*/*`` for one sub-folder
-    level (Cityscapes' cities). An image without its label file, or a label file without its image, raises.
+    level (Cityscapes' cities). Suffixes match whatever their case (``.PNG`` is a ``.png``). An image without its
+    label file, a label file without its image, or a broken symbolic link raises.
     """
-    images = {_key(p, image_dir, image_suffix): p for p in image_dir.glob(pattern + image_suffix) if p.is_file()}
-    labels = {_key(p, label_dir, label_suffix): p for p in label_dir.glob(pattern + label_suffix) if p.is_file()}
+    images = _files(image_dir, pattern, image_suffix)
+    labels = _files(label_dir, pattern, label_suffix)
     unlabelled, orphans = sorted(images.keys() - labels.keys()), sorted(labels.keys() - images.keys())
     if unlabelled:
         key = unlabelled[0]
@@ -140,6 +142,25 @@ def voc_palette(num_colours: int) -> tuple[tuple[int, int, int], ...]:
 
 def _key(path: Path, folder: Path, suffix: str) -> str:
     return path.relative_to(folder).as_posix()[: -len(suffix)]
+
+
+def _files(folder: Path, pattern: str, suffix: str) -> dict[str, Path]:
+    """``{key: path}`` of the files under ``folder`` matching ``pattern`` and ending in ``suffix`` (any case); a
+    broken symbolic link among them raises, naming it and its target."""
+    found, broken = {}, []
+    for path in folder.glob(pattern):
+        if not path.name.lower().endswith(suffix.lower()):
+            continue
+        if path.is_symlink() and not path.exists():
+            broken.append(path)
+        elif path.is_file():
+            found[_key(path, folder, suffix)] = path
+    if broken:
+        raise ValueError(
+            f"{broken[0]}: broken symbolic link (to {os.readlink(broken[0])}); expected a readable file "
+            f"({len(broken)} broken link(s) in {folder})"
+        )
+    return found
 
 
 class FolderDataset(Dataset):
