@@ -36,8 +36,12 @@ def test_unknown_loss_weight_key_is_named():
 
 
 def test_loss_ignore_index_must_match_data():
-    with pytest.raises(ValueError, match="ignore_index"):
+    with pytest.raises(ValueError) as error:
         SegmentationTask(encoder=ENC, num_classes=3, loss=CrossEntropy(ignore_index=0))
+    assert str(error.value) == (
+        "model.loss ignores label 0 but the data's ignore_index is 255; make them agree "
+        "(model.loss.init_args.ignore_index, or the dataset's void label)"
+    )
 
 
 def test_cross_entropy_all_ignored_is_zero_not_nan():

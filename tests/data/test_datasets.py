@@ -205,8 +205,14 @@ def test_missing_listed_file_fails_at_construction(tmp_path):
     root = layouts.voc(tmp_path)
     missing = root / "VOC2012" / "JPEGImages" / "2007_000039.jpg"
     missing.unlink()
-    with pytest.raises(ValueError, match=f"{missing}: listed in .*train.txt"):
+    listed = root / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt"
+    with pytest.raises(ValueError) as error:
         VOC(root, "train")
+    assert str(error.value) == f"{missing}: listed in {listed} but not found (1 listed files are missing)"
+    (root / "VOC2012" / "JPEGImages" / "2008_000002.jpg").unlink()  # a second file of the training list
+    with pytest.raises(ValueError) as error:
+        VOC(root, "train")
+    assert str(error.value) == f"{missing}: listed in {listed} but not found (2 listed files are missing)"
     with pytest.raises(ValueError, match="2007_000039.jpg"):
         VOC(root, "train_aug")
     VOC(root, "val")  # the other splits are fine
