@@ -91,6 +91,7 @@ def test_options_set_on_resume_win_and_are_reported_with_the_state_restored(capl
     assert cli.model.hparams.lr == 0.01 and cli.model.hparams.nonfinite_loss == "skip"
     state = json.loads(Path("optimizer.json").read_text())
     assert state["step"] == 4 and state["moments"] == pytest.approx(saved_moments, rel=1e-12)  # moments as saved
+    assert state["epoch"] == saved["epoch"] + 1 == 2  # the saved epoch was complete: the next one starts
     # the schedule continues at step 4 of 8, from the new base rate (AdamW, warmup 20 steps in the quickstart)
     factor = cli.model._poly(8, 0.0)(4)
     assert state["lr"] == pytest.approx([0.01 * factor, 0.01 * factor])

@@ -97,6 +97,7 @@ class OptimizerProbe(Callback):
         moments = sum(float(t.double().sum()) for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
         self.path.write_text(json.dumps({
             "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
             "lr": [g["lr"] for g in opt.param_groups],
             "weight_decay": [g["weight_decay"] for g in opt.param_groups],
             "moments": moments,
