@@ -158,7 +158,8 @@ class AttnSegCLI(LightningCLI):
         """Lightning rebuilds the model from the checkpoint's hyper-parameters, over the user's options. Each model
         option the user set explicitly (differs from the default) that the checkpoint contradicts is either kept
         (the optimiser, schedule, evaluation and speed options in ``RESUMABLE``: re-applied in
-        ``before_instantiate_classes`` and reported in one line) or an error naming it; never dropped."""
+        ``before_instantiate_classes`` and reported in one line) or an error naming it; never dropped. Outside
+        ``fit`` only the options that define the network (``MODEL_DEFINING``) must match."""
         saved = _load_checkpoint(config.ckpt_path).get("hyper_parameters")
         if not saved:
             return
@@ -171,9 +172,10 @@ class AttnSegCLI(LightningCLI):
             given = self._given is not None and self._given.get(f"{subcommand}.{key}") is not None
             if key not in theirs or not (given or value != default.get(key)) or _same(value, theirs[key]):
                 continue
-            if key.split(".")[1] in RESUMABLE:
+            option = key.split(".")[1]
+            if option in RESUMABLE:
                 self._kept_on_resume[key] = (value, theirs[key])
-            else:
+            elif subcommand == "fit" or option in MODEL_DEFINING:  # evaluation ignores the training options
                 conflicts.append(f"{key}={value} (checkpoint: {theirs[key]})")
         if conflicts:
             raise ValueError(
@@ -288,6 +290,8 @@ def _check_config_files(argv: list[str]) -> None:
             raise ValueError(f"--config {name}: not valid YAML{where}: {problem}") from error
 
 
+# Model options that define the network a checkpoint holds (what validate / test / predict must match).
+MODEL_DEFINING = {"head", "encoder", "num_classes"}
 # Model options that may change when a run resumes (the rest define the model the checkpoint holds).
 RESUMABLE = {"lr", "momentum", "weight_decay", "head_lr_mult", "poly_power", "min_lr", "warmup_iters", "warmup_ratio",
              "nonfinite_loss", "divergence_factor", "channels_last", "compile", "inference"}  # fmt: skip
