@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnseg.checkpoint import experiment_fingerprint
+from attnseg.checkpoint import experiment_fingerprint, same_experiment
 from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
 
 CSV = ["--config", CONFIGS / "logger/csv.yaml"]
@@ -59,12 +59,12 @@ def test_last_refuses_to_choose_between_two_runs_of_one_experiment():
     assert all(str(p) in str(error.value) for p in lasts)
 
 
-def test_fingerprint_ignores_how_a_run_trains_but_not_what():
+def test_an_experiment_is_what_a_run_trains_not_how():
     config = {"model": {"head": {"class_path": "FCNHead"}, "lr": 0.01, "encoder": {"name": "r18", "pretrained": "a"}},
               "data": {"dataset": "CamVid", "root": "/a", "num_workers": 2}, "seed_everything": 0}  # fmt: skip
     same = {"model": {"head": {"class_path": "FCNHead"}, "lr": 0.1, "encoder": {"name": "r18", "pretrained": "b"}},
             "data": {"dataset": "CamVid", "root": "/b", "num_workers": 0}, "seed_everything": 0}  # fmt: skip
-    assert experiment_fingerprint(config) == experiment_fingerprint(same)
+    assert experiment_fingerprint(config) == experiment_fingerprint(same) and same_experiment(config, same)
     for key, value in [("model.head", {"class_path": "DANetHead"}), ("data.dataset", "VOC"), ("seed_everything", 1)]:
         other = json.loads(json.dumps(config))
         node, *path = key.split(".")
@@ -73,6 +73,12 @@ def test_fingerprint_ignores_how_a_run_trains_but_not_what():
         else:
             other[node] = value
         assert experiment_fingerprint(other) != experiment_fingerprint(config), key
+        assert not same_experiment(config, other), key
+    # a run saved before an option existed is the same experiment as one that leaves it unset or at its default
+    newer = json.loads(json.dumps(config))
+    newer["model"]["aux_loss"], newer["data"]["check_before_fit"] = None, False
+    newer["data"]["some_new_option"] = 3
+    assert same_experiment(config, newer)
 
 
 def test_options_set_on_resume_win_and_are_reported_with_the_state_restored(caplog):

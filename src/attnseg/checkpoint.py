@@ -9,10 +9,10 @@
 - ``run_dir`` is a run's own directory, ``<save_dir>/<name>/<version>``, which holds ``checkpoints/``.
 - ``Interruption`` turns a scheduler's SIGTERM, SLURM's SIGUSR1 (preemption warning) and an error in the middle
   of ``fit`` into a ``last.ckpt`` of the current step in the run's own folder and a non-zero exit status.
-- ``experiment_fingerprint`` names what a run trains (head, encoder, losses, data and its augmentation, seed),
-  not how (optimiser settings, speed knobs, loader options, where the data lies), and ``last_checkpoints``
-  finds the runs under the logger's directory whose saved ``config.yaml`` has the same fingerprint, so that
-  ``--ckpt_path last`` continues the run of this experiment and no other.
+- ``experiment_identity`` is what a run trains (head, encoder, losses, data and its augmentation, seed), not
+  how (optimiser settings, speed knobs, loader options, where the data lies); ``last_checkpoints`` finds the runs
+  under the logger's directory whose saved ``config.yaml`` is the same experiment, so that ``--ckpt_path last``
+  continues the run of this experiment and no other (``experiment_fingerprint`` names it in messages).
 """
 
 from __future__ import annotations
@@ -205,41 +205,64 @@ NOT_IDENTITY = {
     "model": {"optimizer", "lr", "momentum", "weight_decay", "no_decay_norm_bias", "head_lr_mult", "poly_power",
               "min_lr", "warmup_iters", "warmup_ratio", "inference", "nonfinite_loss", "divergence_factor",
               "channels_last", "compile"},
-    "data": {"root", "num_workers", "pin_memory", "persistent_workers", "cache_decoded", "val_batch_size",
-             "val_split", "test_split", "predict_dir"},
+    "data": {"root", "num_workers", "pin_memory", "persistent_workers", "cache_decoded", "check_before_fit",
+             "val_batch_size", "val_split", "test_split", "predict_dir"},
 }  # fmt: skip
 
 
+def _flat(value, prefix: str, out: dict) -> dict:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flat(item, f"{prefix}.{key}", out)
+    elif value is not None:  # an option left unset is the same as an option that did not exist yet
+        out[prefix] = json.dumps(value, sort_keys=True, default=str)
+    return out
+
+
+def experiment_identity(config: dict) -> dict[str, str]:
+    """What a resolved config (a subcommand's, as in a run's ``config.yaml``) trains, flattened: its model and data
+    options without ``NOT_IDENTITY``, the encoder's weights file and unset (None) values, and the seed."""
+    items: dict[str, str] = {}
+    for section in ("model", "data"):
+        for key, value in (config.get(section) or {}).items():
+            if key not in NOT_IDENTITY[section]:
+                _flat(value, f"{section}.{key}", items)
+    items.pop("model.encoder.pretrained", None)
+    return _flat(config.get("seed_everything"), "seed", items)
+
+
 def experiment_fingerprint(config: dict) -> str:
-    """12 hex digits identifying the experiment of a resolved config (a subcommand's, as in a run's
-    ``config.yaml``): its model and data sections without ``NOT_IDENTITY`` and the encoder's weights file, and
-    the seed."""
-    model = {k: v for k, v in (config.get("model") or {}).items() if k not in NOT_IDENTITY["model"]}
-    if isinstance(model.get("encoder"), dict):
-        model["encoder"] = {k: v for k, v in model["encoder"].items() if k != "pretrained"}
-    data = {k: v for k, v in (config.get("data") or {}).items() if k not in NOT_IDENTITY["data"]}
-    identity = {"model": model, "data": data, "seed": config.get("seed_everything")}
-    text = json.dumps(identity, sort_keys=True, default=str)
+    """12 hex digits naming the experiment of a resolved config (``experiment_identity``), for messages."""
+    text = json.dumps(experiment_identity(config), sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def run_fingerprint(run: Path) -> Optional[str]:
-    """The fingerprint of the run directory's ``config.yaml`` (None without a readable one)."""
+def same_experiment(saved: dict, config: dict) -> bool:
+    """Whether a run's saved config and ``config`` describe the same experiment: every identity option present
+    in both has the same value (an option only one of them has, added or removed by another version of
+    attnseg, does not count)."""
+    a, b = experiment_identity(saved), experiment_identity(config)
+    return all(a[key] == b[key] for key in a.keys() & b.keys())
+
+
+def _run_config(run: Path) -> Optional[dict]:
+    """The run directory's ``config.yaml`` (None without a readable one)."""
     try:
         config = yaml.safe_load((run / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return experiment_fingerprint(config) if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else None
 
 
-def last_checkpoints(runs_root: Path, fingerprint: str) -> tuple[list[Path], int]:
-    """The ``last.ckpt`` of every run under ``runs_root`` of the experiment ``fingerprint`` (newest first), and
+def last_checkpoints(runs_root: Path, config: dict) -> tuple[list[Path], int]:
+    """The ``last.ckpt`` of every run under ``runs_root`` of the same experiment as ``config`` (newest first), and
     how many other runs with a ``last.ckpt`` belong to other experiments."""
     mine, others = [], 0
     for last in runs_root.glob("*/checkpoints/last.ckpt"):
         if not last.is_file():
             continue
-        if run_fingerprint(last.parent.parent) == fingerprint:
+        saved = _run_config(last.parent.parent)
+        if saved is not None and same_experiment(saved, config):
             mine.append(last)
         else:
             others += 1

@@ -127,8 +127,9 @@ class AttnSegCLI(LightningCLI):
                 raise ValueError("--ckpt_path last needs a logger: it searches <save_dir>/<name>/*/checkpoints")
             name = logger_args.get("project") or logger_args.get("name") or ""
             root = Path(logger_args.get("save_dir") or ".") / name
-            fingerprint = experiment_fingerprint(yaml.safe_load(parser.dump(self.config, skip_none=False))[subcommand])
-            found, others = last_checkpoints(root, fingerprint)
+            resolved = yaml.safe_load(parser.dump(self.config, skip_none=False))[subcommand]
+            fingerprint = experiment_fingerprint(resolved)
+            found, others = last_checkpoints(root, resolved)
             if not found:
                 elsewhere = f" ({others} run(s) there belong to other experiments)" if others else ""
                 rank_zero_warn(
@@ -148,9 +149,10 @@ class AttnSegCLI(LightningCLI):
             raise FileNotFoundError(f"--ckpt_path {config.ckpt_path}: no such checkpoint file")
         self._check_checkpoint_matches_config(subcommand, config)
         run = run_of_checkpoint(Path(config.ckpt_path))
-        if subcommand == "fit" and run and logger.class_path.endswith("WandbLogger") and not logger_args.get("id"):
+        wandb = logger_args is not None and logger.class_path.endswith("WandbLogger")
+        if subcommand == "fit" and run and wandb and not logger_args.get("id"):
             logger_args.id, logger_args.resume = run, "allow"  # same run directory, same W&B run
-        csv = logger.class_path.endswith("CSVLogger")
+        csv = logger_args is not None and logger.class_path.endswith("CSVLogger")
         if subcommand == "fit" and run and csv and logger_args.get("version") is None:
             logger_args.version = run  # same run directory
 
