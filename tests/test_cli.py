@@ -157,3 +157,16 @@ def test_paper_recipes_resolve_to_their_sources(tmp_path, capsys):
                 node = node[part]
             assert node == value, f"{head}: {key} = {node}, expected {value}"
         assert printed["data"]["dataset"] == "Cityscapes" and printed["model"]["encoder"]["name"] == "resnet101"
+
+
+def test_help_lists_every_command_with_a_line_each():
+    attnseg = Path(sys.executable).parent / "attnseg"
+    proc = subprocess.run([attnseg, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: attnseg <command> [options]")
+    assert "attention heads for semantic segmentation" in proc.stdout
+    for command in ("fit", "validate", "test", "predict", "sweep", "check-data"):
+        assert f"\n  {command} " in proc.stdout, command
+    bare = subprocess.run([attnseg], capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 2 and bare.stdout == proc.stdout  # says what to pass instead of failing obscurely
+    sweep = subprocess.run([attnseg, "sweep", "--help"], capture_output=True, text=True, timeout=120)
+    assert sweep.returncode == 0 and "usage:" in sweep.stdout

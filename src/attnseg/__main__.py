@@ -17,6 +17,24 @@ from attnseg.data.check import check_samples, report
 from attnseg.sweep import main as sweep
 
 
+USAGE = """usage: attnseg <command> [options]
+
+attnseg: attention heads for semantic segmentation (DANet, CCNet, FLANet, DFN) on a dilated timm encoder,
+trained and evaluated with Lightning.
+
+commands:
+  fit          train a model (then: attnseg fit --help for every option)
+  validate     evaluate a checkpoint on the validation split
+  test         evaluate a checkpoint on the test split
+  predict      write class masks and overlays for a folder of images
+  sweep        run a grid of fits over seeds and options from a sweep file, and summarise it
+  check-data   read every sample of a config's datasets once and list every problem
+
+example:
+  attnseg fit --config configs/quickstart.yaml
+"""
+
+
 def check_data(argv: list[str]) -> int:
     """``attnseg check-data <fit options>``: read every training, validation and test sample once."""
     cli = AttnSegCLI(args=argv, run=False)
@@ -29,6 +47,9 @@ def check_data(argv: list[str]) -> int:
 
 
 def run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
     if argv and argv[0] == "sweep":
         return sweep(argv[1:])
     if argv and argv[0] == "check-data":
