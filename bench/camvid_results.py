@@ -1,13 +1,15 @@
 """Train every head on CamVid with one shared recipe, test each on the 233 test images, print a Markdown table.
 
     python bench/camvid_results.py --root ../shared/data/camvid --out runs/camvid_results \
-        [--heads fcn danet ccnet flanet dfn] [--steps 500] [-- EXTRA CLI ARGS]
+        [--heads fcn danet ccnet flanet dfn] [--steps N] [-- EXTRA CLI ARGS]
 
 Each head is ``attnseg fit --config configs/experiment/camvid_r18_cpu.yaml --config configs/model/<head>.yaml``
-with the CSV logger under ``OUT/<head>``, then ``attnseg test`` on that run's ``last.ckpt`` (the recipe trains on
-train + val, so no checkpoint is selected on held-out data). Finished heads (``OUT/<head>/test.json``) are
-skipped, so the script can be stopped and started again; a killed fit resumes from its last checkpoint.
-The table (test mIoU and per-class IoU) goes to stdout and ``OUT/results.md``.
+(the recipe's iterations unless ``--steps``; DFN at output stride 32, its paper's) with the CSV logger under
+``OUT/<head>``, then ``attnseg test`` on that run's ``last.ckpt`` (the recipe trains on train + val, so no
+checkpoint is selected on held-out data). Finished heads (``OUT/<head>/test.json``) are skipped, so the script
+can be stopped and started again; a killed fit resumes from its last checkpoint (``--ckpt_path last``), and the
+fit's wall time adds up over the runs that made it (``OUT/<head>/fit_seconds.json``). The table (test mIoU,
+per-class IoU, iterations, fit minutes) goes to stdout and ``OUT/results.md``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "experiment" / "camvid_r18_cpu.yaml"
 HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn"]
-# DFN's Smooth Network runs 512-wide RRBs at stride 4; on ResNet-18 that made one step ~6x slower than FCN's.
-# Its width follows the encoder like DANet's does (C_in / 4 = 128); every other head keeps its defaults.
-HEAD_ARGS = {"dfn": ["--model.head.channels=128"], "flanet": ["--model.head.channels=512"]}  # as measured
+# DFN at output stride 32, as its paper and TorchSeg train it; every other head at the recipe's 8, with its defaults.
+HEAD_ARGS = {"dfn": ["--model.encoder.output_stride=32"]}
 CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
            "Bicyclist"]  # fmt: skip
 
@@ -55,15 +56,27 @@ def run_head(head: str, args: argparse.Namespace, out: Path) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     common = [
         "--config", str(RECIPE), "--config", str(REPO / "configs" / "model" / f"{head}.yaml"),
-        "--data.root", str(args.root), "--trainer.max_steps", str(args.steps),
+        "--data.root", str(args.root), *(["--trainer.max_steps", str(args.steps)] if args.steps else []),
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={directory}",
         "--trainer.logger.name=fit", "--trainer.enable_progress_bar=false", *HEAD_ARGS.get(head, []), *args.extra,
     ]  # fmt: skip
     log = directory / "log.txt"
+    seconds = directory / "fit_seconds.json"  # wall time of the fit, over every run that continued it
+    running = directory / "fit_running.json"  # the start of a run in progress (left behind if it was killed)
+    segments = json.loads(seconds.read_text()) if seconds.is_file() else []
+    if running.is_file():  # a killed run counts until its last checkpoint: what came after is trained again
+        lasts = list((directory / "fit").glob("*/checkpoints/last.ckpt"))
+        began = json.loads(running.read_text())["start"]
+        if lasts:
+            segments.append(round(max(p.stat().st_mtime for p in lasts) - began, 1))
     start = time.time()
-    resume = sorted((directory / "fit").glob("*/checkpoints/last.ckpt"))
-    attnseg("fit", *common, *(["--ckpt_path", "last"] if resume else []), log=log)
-    fit_s = time.time() - start
+    running.write_text(json.dumps({"start": start}))
+    seconds.write_text(json.dumps(segments))
+    attnseg("fit", *common, "--ckpt_path", "last", log=log)
+    segments.append(round(time.time() - start, 1))
+    seconds.write_text(json.dumps(segments))
+    running.unlink()
+    fit_s = sum(segments)
     ckpt = max((directory / "fit").glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     test_args = [a if a != "--trainer.logger.name=fit" else "--trainer.logger.name=test" for a in common]
     attnseg("test", *test_args, "--ckpt_path", str(ckpt), log=log)
@@ -100,7 +113,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True, help="the CamVid folder (SegNet layout)")
     parser.add_argument("--out", type=Path, default=Path("runs/camvid_results"))
     parser.add_argument("--heads", nargs="+", default=HEADS, choices=HEADS)
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=None, help="training iterations (default: the recipe's)")
     args = parser.parse_args(argv)
     args.extra = extra
     if not (args.root / "testannot").is_dir():
