@@ -11,7 +11,7 @@ from attnseg.heads import CCNetHead, CrissCrossAttention
 from attnseg.losses import CategoryConsistencyLoss
 from attnseg.task import SegmentationTask
 from tests.helpers.head_checks import CHANNELS, fake_features, random_gamma
-from tests.helpers.reference import criss_cross_mask, criss_cross_weights, masked_cca
+from tests.helpers.reference import criss_cross_weights, masked_cca
 
 
 
@@ -151,3 +151,60 @@ def test_widths_follow_the_official_code(encoder):
     assert head.reduce.conv.out_channels == channels[-1] // 4 and head.fuse.conv.out_channels == 32
     assert head.fuse.conv.in_channels == channels[-1] + channels[-1] // 4  # the input feature concatenated
 
+
+
+# ------------------------------------------------------------------------------------------------ 3D (video)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 3, 5, 7), (2, 8, 4, 3, 5), (1, 8, 1, 4, 6), (1, 8, 5, 1, 1), (2, 8, 2, 1, 3)])
+def test_3d_criss_cross_equals_masked_full_attention_outputs_and_gradients(shape):
+    """Against the brute-force masked formula over the whole clip (T + H + W - 2 positions each, the centre
+    once): outputs, and gradients of the input and of every parameter."""
+    from attnseg.heads import CrissCrossAttention3D
+    from tests.helpers.reference import masked_cca_3d
+
+    torch.manual_seed(0)
+    m = CrissCrossAttention3D(shape[1], 4)
+    random_gamma(m)
+    x = 2 * torch.randn(shape)
+    grad = torch.randn(shape)
+    results = []
+    for f in (lambda inp: m(inp), lambda inp: masked_cca_3d(m, inp)):
+        m.zero_grad()
+        xr = x.clone().requires_grad_(True)
+        f(xr).backward(grad)
+        results.append((f(x).detach(), xr.grad, {n: p.grad.clone() for n, p in m.named_parameters()}))
+    (ours, dx, params), (ref, ref_dx, ref_params) = results
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx, ref_dx, rtol=1e-4, atol=1e-4)
+    for name in ref_params:
+        torch.testing.assert_close(params[name], ref_params[name], rtol=1e-4, atol=1e-4, msg=lambda e: f"{name}: {e}")
+
+
+def test_3d_criss_cross_of_one_frame_is_the_2d_module_and_its_pixel_map_covers_t_plus_h_plus_w_minus_2():
+    from attnseg.heads import CrissCrossAttention3D
+
+    torch.manual_seed(0)
+    m2, m3 = CrissCrossAttention(8, 4), CrissCrossAttention3D(8, 4)
+    m3.load_state_dict(m2.state_dict())  # the same parameters
+    random_gamma(m2)
+    m3.gamma.data.copy_(m2.gamma.data)
+    x = torch.randn(2, 8, 7, 9)
+    torch.testing.assert_close(m3(x[:, :, None])[:, :, 0], m2(x), rtol=1e-5, atol=1e-5)
+    clip = torch.randn(1, 8, 4, 5, 6)
+    weights = m3.pixel_attention(clip, frame=2, row=1, col=3)
+    assert int((weights > 0).sum()) == 4 + 5 + 6 - 2 and float(weights.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert weights[0, 0, 1, 3] > 0 and weights[0, 2, 4, 3] > 0 and weights[0, 2, 1, 0] > 0 and weights[0, 0, 0, 0] == 0
+
+
+def test_3d_criss_cross_memory_never_holds_the_clip_squared():
+    from attnseg.heads import CrissCrossAttention3D
+
+    m = CrissCrossAttention3D(16)
+    random_gamma(m)
+    x = torch.randn(1, 16, 6, 24, 24, requires_grad=True)
+    n = 6 * 24 * 24
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        m(x).sum().backward()
+    largest = max(e.cpu_memory_usage for e in prof.key_averages())
+    assert largest < 4 * n * n / 8, f"largest allocation {largest} bytes; the (N, N) map is {4 * n * n}"

@@ -127,3 +127,25 @@ def published_fla(m: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
         aug_w = torch.bmm(torch.softmax(torch.bmm(rows, prior_w.repeat(h, 1, 1)), -1), rows)
         aug = aug_h.view(b, w, c, h).permute(0, 2, 3, 1) + aug_w.view(b, h, c, w).permute(0, 2, 1, 3)
         return (m.gamma * aug + x).to(dtype)
+
+
+def criss_cross_mask_3d(t: int, h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, N) bool over a clip's N = T H W positions (frame-major): i sees j when they share frame and row, frame
+    and column, or row and column (the same pixel in another frame); itself once."""
+    frame = torch.arange(t, device=device).repeat_interleave(h * w)
+    row = torch.arange(h, device=device).repeat_interleave(w).repeat(t)
+    col = torch.arange(w, device=device).repeat(t * h)
+    same = lambda a: a[:, None] == a[None, :]  # noqa: E731
+    return (same(frame) & same(row)) | (same(frame) & same(col)) | (same(row) & same(col))
+
+
+def masked_cca_3d(m, x: torch.Tensor) -> torch.Tensor:
+    """3D criss-cross attention (CCNet, TPAMI section 3.5) as masked full attention over the clip's positions:
+    ``x + gamma * V softmax(Q^T K masked)^T``, with the (N, N) map (B, C, T, H, W)."""
+    b, c, t, h, w = x.shape
+    frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+    q, k, v = (p(frames).float().reshape(b, t, -1, h * w).transpose(1, 2).flatten(2) for p in (m.query, m.key, m.value))
+    with fp32(x):
+        energy = torch.bmm(q.transpose(1, 2), k).masked_fill(~criss_cross_mask_3d(t, h, w, x.device), float("-inf"))
+        out = torch.bmm(v, torch.softmax(energy, dim=-1).transpose(1, 2))  # (B, C, N), N frame-major
+        return (m.gamma * out.reshape(b, c, t, h, w) + x.float()).to(x.dtype)

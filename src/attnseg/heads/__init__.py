@@ -6,7 +6,7 @@ Select one with ``--model.head=attnseg.heads.<Name>`` (or ``class_path`` in YAML
 
 from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
 
-from attnseg.heads.ccnet import CCNetHead, CrissCrossAttention
+from attnseg.heads.ccnet import CCNetHead, CrissCrossAttention, CrissCrossAttention3D
 from attnseg.heads.danet import ChannelAttention, DANetHead, PositionAttention
 from attnseg.heads.dfn import ChannelAttentionBlock, DFNHead, RefinementResidualBlock
 from attnseg.heads.fcn import FCNHead
@@ -18,6 +18,7 @@ __all__ = [
     "ChannelAttention",
     "ChannelAttentionBlock",
     "CrissCrossAttention",
+    "CrissCrossAttention3D",
     "DANetHead",
     "DFNHead",
     "FCNHead",

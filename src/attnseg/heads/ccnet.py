@@ -177,6 +177,67 @@ class CrissCrossAttention(QKVAttention):
         return image
 
 
+class CrissCrossAttention3D(QKVAttention):
+    """3D criss-cross attention over a clip (CCNet, TPAMI 2020, section 3.5): every position attends to the
+    T + H + W - 2 positions that share its row and frame, its column and frame, or its (row, column) in the other
+    frames; applied R times with shared weights it reaches the whole clip.
+
+    Input and output (B, C, T, H, W). ``energy_u,i = Q_u . K_i`` over those positions (the centre once: it is
+    masked out of the column and the time line), one softmax over all of them, ``out = gamma * sum_i A_u,i V_i +
+    x``. Q, K, V are the 1x1 projections of every frame (the same ``query``, ``key``, ``value`` convs as the 2D
+    module, so their weights carry over). Energies are (B, T, H, W, W) along rows, (B, T, H, W, H) along columns
+    and (B, T, H, W, T) along time: memory is O(THW (T + H + W)), never (THW)^2. Computed in fp32 (autocast off);
+    the output has the input's dtype.
+
+    Args:
+        in_channels: channels C of the input (and of the value projection).
+        key_channels: channels of the query and key projections; default ``in_channels // 8``.
+    """
+
+    def _lines(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K, V as (B, T, H, W, C'): each frame through the 1x1 projections."""
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        projections = (self.query, self.key, self.value)
+        return tuple(p(frames).float().reshape(b, t, -1, h, w).permute(0, 1, 3, 4, 2) for p in projections)
+
+    def _weights(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attention along rows (B, T, H, W, W), columns (B, T, H, W, H) and time (B, T, H, W, T), one softmax."""
+        t, h = q.shape[1], q.shape[2]
+        row = torch.einsum("bthwc,bthvc->bthwv", q, k)
+        column = torch.einsum("bthwc,btgwc->bthwg", q, k)
+        column = column.masked_fill(torch.eye(h, dtype=torch.bool, device=q.device)[None, None, :, None], float("-inf"))
+        time = torch.einsum("bthwc,bshwc->bthws", q, k)
+        time = time.masked_fill(torch.eye(t, dtype=torch.bool, device=q.device)[None, :, None, None], float("-inf"))
+        weights = torch.softmax(torch.cat([row, column, time], dim=-1), dim=-1)
+        return weights.split([row.shape[-1], h, t], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._lines(x)
+        with _full_precision(x):
+            row, column, time = self._weights(q, k)
+            out = (
+                torch.einsum("bthwv,bthvc->bthwc", row, v)
+                + torch.einsum("bthwg,btgwc->bthwc", column, v)
+                + torch.einsum("bthws,bshwc->bthwc", time, v)
+            )
+            return (x.float() + self.gamma * out.permute(0, 4, 1, 2, 3)).to(x.dtype)
+
+    @torch.no_grad()
+    def pixel_attention(self, x: torch.Tensor, frame: int, row: int, col: int) -> torch.Tensor:
+        """The weights of position (frame, row, col) as a clip (B, T, H, W): non-zero on its row and column in its
+        frame and on its (row, col) in the other frames; they sum to 1."""
+        q, k, _ = self._lines(x)
+        with _full_precision(x):
+            w_row, w_col, w_time = (a[:, frame, row, col] for a in self._weights(q, k))
+        b, _, t, h, w = x.shape
+        clip = x.new_zeros(b, t, h, w, dtype=torch.float32)
+        clip[:, frame, row, :] += w_row
+        clip[:, frame, :, col] += w_col
+        clip[:, :, row, col] += w_time
+        return clip
+
+
 class CCNetHead(SegHead):
     """CCNet head on the deepest feature, plus the auxiliary FCN head on the stage before last.
 
