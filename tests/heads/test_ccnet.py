@@ -208,3 +208,27 @@ def test_3d_criss_cross_memory_never_holds_the_clip_squared():
         m(x).sum().backward()
     largest = max(e.cpu_memory_usage for e in prof.key_averages())
     assert largest < 4 * n * n / 8, f"largest allocation {largest} bytes; the (N, N) map is {4 * n * n}"
+
+
+def test_head_with_frames_attends_across_each_clip_and_scores_every_frame():
+    """``frames=3``: a batch of two 3-frame clips folded into 6 frames. Changing frame 0 of clip 0 changes the
+    output of its frame 2 (attention across frames) but neither clip 1 nor, with ``frames=1``, any other frame."""
+    torch.manual_seed(0)
+    channels = CHANNELS["resnet50/16"]
+    video = CCNetHead(channels, 5, recurrence=1, frames=3).eval()
+    image = CCNetHead(channels, 5, recurrence=1).eval()
+    image.load_state_dict(video.state_dict())  # the same weights, 2D attention
+    random_gamma(video.cca, image.cca)
+    image.cca.gamma.data.copy_(video.cca.gamma.data)
+    features = fake_features(channels, batch=6)
+    changed = [f.clone() for f in features]
+    changed[-1][0] += 1.0  # frame 0 of clip 0
+    with torch.no_grad():
+        for head, crosses in ((video, True), (image, False)):
+            before, after = head(features)["out"], head(changed)["out"]
+            assert before.shape[0] == 6  # one output per frame
+            assert not torch.allclose(before[0], after[0])
+            assert (not torch.allclose(before[2], after[2])) == crosses, type(head.cca).__name__
+            assert torch.allclose(before[3:], after[3:])  # the other clip is untouched
+    with pytest.raises(ValueError, match="a batch of 5 frames is not a whole number of 3-frame clips"):
+        video(fake_features(channels, batch=5))

@@ -264,6 +264,9 @@ class CCNetHead(SegHead):
         ccl_delta_d: the loss's distance margin delta_d.
         dropout: Dropout2d probability before each classifier.
         aux: add the auxiliary head (output ``aux``, loss weight 0.4) on ``in_channels[-2]``.
+        frames: 1 for images; the clip length T for video, whose batches hold clips of T consecutive frames
+            (frames folded into the batch: the encoder and every other layer run per frame, the loss and metrics
+            score frames): the attention is then ``CrissCrossAttention3D`` across each clip.
     """
 
     def __init__(
@@ -280,17 +283,21 @@ class CCNetHead(SegHead):
         ccl_delta_d: float = 1.5,
         dropout: float = 0.1,
         aux: bool = True,
+        frames: int = 1,
     ) -> None:
         super().__init__()
         if recurrence < 0:
             raise ValueError(f"CCNetHead: recurrence={recurrence}, expected 0 (no attention) or more")
+        if frames < 1:
+            raise ValueError(f"CCNetHead: frames={frames}, expected 1 (images) or the clip length (video)")
         if ccl and ccl_dim < 1:
             raise ValueError(f"CCNetHead: ccl_dim={ccl_dim}, expected 1 or more")
         c_in = in_channels[-1]
         channels = channels or max(1, c_in // 4)
-        self.recurrence = recurrence
+        self.recurrence, self.frames = recurrence, frames
         self.reduce = ConvNormAct(c_in, channels, kernel_size=3)
-        self.cca = CrissCrossAttention(channels, key_channels) if recurrence else None
+        attention = CrissCrossAttention if frames == 1 else CrissCrossAttention3D
+        self.cca = attention(channels, key_channels) if recurrence else None
         self.project = ConvNormAct(channels, channels, kernel_size=3)
         self.fuse = ConvNormAct(c_in + channels, fuse_channels, kernel_size=3)
         self.cls = SegClassifier(fuse_channels, num_classes, dropout)
@@ -301,11 +308,24 @@ class CCNetHead(SegHead):
             self.output_losses["ccl"] = CategoryConsistencyLoss(delta_v=ccl_delta_v, delta_d=ccl_delta_d)
             self.embeddings = ("ccl",)
 
+    def _attend(self, y: torch.Tensor) -> torch.Tensor:
+        """``recurrence`` steps of criss-cross attention; with ``frames`` > 1 the batch holds clips of that many
+        consecutive frames, which attend across each other (3D criss-cross) and come back frame by frame."""
+        if self.frames == 1:
+            for _ in range(self.recurrence):
+                y = self.cca(y)
+            return y
+        n, c, h, w = y.shape
+        if n % self.frames:
+            raise ValueError(f"CCNetHead: a batch of {n} frames is not a whole number of {self.frames}-frame clips")
+        clip = y.reshape(n // self.frames, self.frames, c, h, w).transpose(1, 2)  # (B, C, T, h, w)
+        for _ in range(self.recurrence):
+            clip = self.cca(clip)
+        return clip.transpose(1, 2).reshape(n, c, h, w)
+
     def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         x = features[-1]
-        y = self.reduce(x)
-        for _ in range(self.recurrence):
-            y = self.cca(y)
+        y = self._attend(self.reduce(x))
         y = self.project(y)
         outputs = {"out": self.cls(self.fuse(torch.cat([x, y], dim=1)))}
         if self.ccl is not None:
@@ -317,7 +337,10 @@ class CCNetHead(SegHead):
     @torch.no_grad()
     def attention_maps(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Criss-cross weights (B, h, w, h + w) of each recurrence step for ``features``: ``step1``, ``step2``...
-        (empty without attention); see ``CrissCrossAttention.attention_map``."""
+        (empty without attention, and for clips: see ``CrissCrossAttention3D.pixel_attention``); see
+        ``CrissCrossAttention.attention_map``."""
+        if self.frames > 1:
+            return {}
         y, maps = self.reduce(features[-1]), {}
         for step in range(1, self.recurrence + 1):
             maps[f"step{step}"] = self.cca.attention_map(y)
