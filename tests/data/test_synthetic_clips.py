@@ -19,7 +19,8 @@ def test_clips_are_deterministic_videos_with_frame_masks():
     assert isinstance(mask, tv_tensors.Mask) and mask.shape == (4, 40, 48) and mask.dtype == torch.int64
     again = SyntheticClips(split="train", num_samples=4, image_size=(40, 48), frames=4, seed=3)[2]
     assert torch.equal(video, again[0]) and torch.equal(mask, again[1])
-    assert not torch.equal(video, SyntheticClips(split="val", num_samples=4, image_size=(40, 48), frames=4, seed=3)[2][0])
+    other_split = SyntheticClips(split="val", num_samples=4, image_size=(40, 48), frames=4, seed=3)
+    assert not torch.equal(video, other_split[2][0])
     assert not torch.equal(video, SyntheticClips(num_samples=4, image_size=(40, 48), frames=4, seed=4)[2][0])
 
 
