@@ -62,3 +62,21 @@ def test_bad_arguments_are_named():
         SyntheticClips(image_size=16)
     with pytest.raises(ValueError, match="split='nope'"):
         SyntheticClips(split="nope")
+
+
+def test_the_training_transforms_treat_every_frame_of_a_clip_alike():
+    """Scale, crop, flip and photometric distortion with one set of parameters per clip: a clip of identical
+    frames stays a clip of identical frames, and its masks follow."""
+    from attnseg.data.transforms import eval_transforms, train_transforms
+
+    torch.manual_seed(0)
+    video, mask = SyntheticClips(num_samples=2, image_size=64, frames=3)[0]
+    same = tv_tensors.Video(video[:1].repeat(3, 1, 1, 1)), tv_tensors.Mask(mask[1:2].repeat(3, 1, 1))
+    transforms = train_transforms((40, 48), (0.5, 2.0), None, 0.75, True, True)
+    for _ in range(5):
+        out_video, out_mask = transforms(*same)
+        assert out_video.shape == (3, 3, 40, 48) and out_video.dtype == torch.float32
+        assert out_mask.shape == (3, 40, 48) and out_mask.dtype == torch.int64
+        assert torch.equal(out_video[0], out_video[2]) and torch.equal(out_mask[0], out_mask[2])
+    plain_video, plain_mask = eval_transforms()(video, mask)
+    assert plain_video.shape == (3, 3, 64, 64) and torch.equal(plain_mask, mask)

@@ -127,8 +127,8 @@ class PhotoMetricDistortion(v2.Transform):
         )
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if not isinstance(inpt, tv_tensors.Image):
-            return inpt  # masks (and anything else) are left untouched
+        if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Video)):
+            return inpt  # masks (and anything else) are left untouched; a clip's frames share the parameters
         top = 255.0 if inpt.dtype == torch.uint8 else 1.0  # value range of the image: uint8 or float in [0, 1]
         image = inpt.as_subclass(torch.Tensor).float() / top
         image = (image + params["brightness"] / 255.0).clamp(0, 1)
@@ -147,10 +147,13 @@ class PhotoMetricDistortion(v2.Transform):
 
 
 def normalize(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """uint8 image -> float in [0, 1] -> (x - mean) / std; the mask becomes int64 and is otherwise untouched."""
+    """uint8 image (or clip) -> float in [0, 1] -> (x - mean) / std; the mask becomes int64, otherwise untouched."""
     return v2.Compose(
         [
-            v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
+            v2.ToDtype(
+                {tv_tensors.Image: torch.float32, tv_tensors.Video: torch.float32, tv_tensors.Mask: torch.int64,
+                 "others": None}, scale=True,
+            ),  # fmt: skip
             v2.Normalize(mean=list(mean), std=list(std)),
         ]
     )
