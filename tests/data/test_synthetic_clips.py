@@ -80,3 +80,12 @@ def test_the_training_transforms_treat_every_frame_of_a_clip_alike():
         assert torch.equal(out_video[0], out_video[2]) and torch.equal(out_mask[0], out_mask[2])
     plain_video, plain_mask = eval_transforms()(video, mask)
     assert plain_video.shape == (3, 3, 64, 64) and torch.equal(plain_mask, mask)
+
+
+def test_a_batch_of_clips_is_a_batch_of_their_frames_in_clip_order():
+    from attnseg.data.datamodule import SameSizeCollate
+
+    ds = SyntheticClips(num_samples=3, image_size=32, frames=4)
+    images, masks = SameSizeCollate("data.crop_size")([ds[0], ds[1]])
+    assert images.shape == (8, 3, 32, 32) and masks.shape == (8, 32, 32)
+    assert torch.equal(images[4:8], ds[1][0].as_subclass(torch.Tensor)) and torch.equal(masks[:4], ds[0][1])

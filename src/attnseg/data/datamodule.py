@@ -226,7 +226,11 @@ class PadForRanks(Dataset):
 
 
 class SameSizeCollate:
-    """Stack ``(image, mask)`` samples; images of different sizes get an error naming the option to change."""
+    """Stack ``(image, mask)`` samples; images of different sizes get an error naming the option to change.
+
+    Clips (``(T, 3, H, W)`` videos with ``(T, H, W)`` masks) are stacked frame after frame: a batch of B clips is
+    ``(B * T, 3, H, W)`` images and ``(B * T, H, W)`` masks, each clip's frames consecutive (what a head with
+    ``frames=T`` folds back into clips); the loss and the metrics score frames."""
 
     def __init__(self, option: str) -> None:
         self.option = option
@@ -238,6 +242,7 @@ class SameSizeCollate:
         if len(sizes) > 1:
             hint = "set data.val_batch_size: 1" if "val" in self.option else "set data.crop_size"
             raise ValueError(f"a batch holds images of sizes {sorted(sizes)}; they must match: {hint}")
-        images = torch.stack([image.as_subclass(torch.Tensor) for image, _ in samples])
-        masks = torch.stack([mask.as_subclass(torch.Tensor) for _, mask in samples])
+        join = torch.cat if samples[0][0].dim() == 4 else torch.stack  # clips: frames into the batch
+        images = join([image.as_subclass(torch.Tensor) for image, _ in samples])
+        masks = join([mask.as_subclass(torch.Tensor) for _, mask in samples])
         return images, masks
