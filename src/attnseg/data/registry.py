@@ -6,10 +6,12 @@ from attnseg.data.cityscapes import Cityscapes
 from attnseg.data.coco_stuff import COCOStuff
 from attnseg.data.pascal_context import PascalContext
 from attnseg.data.synthetic import SyntheticShapes
+from attnseg.data.synthetic_clips import SyntheticClips
 from attnseg.data.voc import VOC
 
 DATASETS = {
     "SyntheticShapes": SyntheticShapes,
+    "SyntheticClips": SyntheticClips,
     "CamVid": CamVid,
     "Cityscapes": Cityscapes,
     "VOC": VOC,

@@ -5,6 +5,7 @@
     head.loss_weights   {name: default loss weight}, one per output; ``model.loss_weights`` overrides them
     head.output_losses  {name: loss} for outputs not trained by ``model.loss`` (DFN's border, CCNet's ccl)
     head.embeddings     names of outputs that are not class logits: left at feature resolution, never scored
+    head.frames         consecutive images of a batch that form one sample (a clip); 1 for images
     head.attention_maps(features) -> {name: tensor}, empty for a head without attention
 
 ``out`` is the prediction: (B, K, h, w) logits that the model upsamples to the image and the metrics score. Every
@@ -53,6 +54,7 @@ class SegHead(nn.Module):
     implements ``attention_maps``."""
 
     embeddings: tuple[str, ...] = ()
+    frames: int = 1
 
     def __init__(self) -> None:
         super().__init__()
