@@ -61,6 +61,11 @@ CASES = {
     "experiment/ade20k.yaml": experiment_case("experiment/ade20k.yaml", "ADE20K"),
     "experiment/pascal_context.yaml": experiment_case("experiment/pascal_context.yaml", "PascalContext", *SMALL_WINDOWS),
     "experiment/coco_stuff.yaml": experiment_case("experiment/coco_stuff.yaml", "COCOStuff"),
+    "experiment/clips_cpu.yaml": lambda tmp_path: [
+        "--config", CONFIGS / "experiment/clips_cpu.yaml", "--data.dataset_args.image_size=32",
+        "--data.dataset_args.num_samples=4", "--data.batch_size=2", "--data.val_batch_size=2", "--data.num_workers=0",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    ],  # fmt: skip
     "experiment/cityscapes_danet.yaml": paper_recipe_case("danet"),
     "experiment/cityscapes_ccnet.yaml": paper_recipe_case("ccnet"),
     "experiment/cityscapes_dfn.yaml": paper_recipe_case("dfn"),

@@ -232,3 +232,30 @@ def test_unknown_context_class_fails_the_run_before_it_trains(tmp_path, capsys):
         (row,) = list(csv.DictReader(f))
     assert row["status"] == "failed" and f"{sweep}: context_classes ['nope'] are not classes" in row["error"]
     assert not row["val_mIoU"]  # stopped before fitting
+
+
+def test_video_ablation_compares_2d_and_3d_attention_on_the_same_batches(capsys):
+    """configs/ablation/ccnet_video.yaml: frames 1 and 3 x R 1-3 x 3 seeds; every point has the same parameters,
+    outputs and loss terms, and a clip batch goes through both (frame by frame, or across the clip)."""
+    path = CONFIGS / "ablation" / "ccnet_video.yaml"
+    sweep = Sweep.from_file(path)
+    points = sweep.points()
+    assert [(p["model.head.init_args.frames"], p["model.head.init_args.recurrence"]) for p in points] == [
+        (f, r) for f in (1, 3) for r in (1, 2, 3)
+    ]
+    assert sweep.seeds == [0, 1, 2] and sweep.context_classes == ["warm_blob", "cold_blob"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(path), "--dry-run"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.count("attnseg fit --config=") == 18
+    built = []
+    for point in points:
+        args = sweep.arguments(point, ["--data.dataset_args.image_size=32", "--data.num_workers=0"])
+        task = AttnSegCLI(args=args[1:], run=False).model
+        head = task.model.head
+        assert head.frames == point["model.head.init_args.frames"] and type(head.cca).__name__ == (
+            "CrissCrossAttention3D" if head.frames == 3 else "CrissCrossAttention"
+        )
+        outputs = head([torch.randn(6, c, 4, 4) for c in task.model.encoder.channels])  # two 3-frame clips
+        built.append((task.loss_weights, {k: v.shape for k, v in outputs.items()},
+                      {k: v.shape for k, v in head.state_dict().items()}))  # fmt: skip
+    assert all(b == built[0] for b in built)
