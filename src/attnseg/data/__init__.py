@@ -14,6 +14,7 @@ from attnseg.data.image_folder import ImageFolder
 from attnseg.data.pascal_context import PascalContext
 from attnseg.data.registry import DATASETS
 from attnseg.data.synthetic import SyntheticShapes
+from attnseg.data.frame_folders import FrameFolders
 from attnseg.data.synthetic_clips import SyntheticClips
 from attnseg.data.voc import VOC
 
@@ -26,6 +27,7 @@ __all__ = [
     "ImageFolder",
     "PascalContext",
     "SegDataModule",
+    "FrameFolders",
     "SyntheticClips",
     "SyntheticShapes",
     "VOC",

@@ -12,6 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from attnseg.data.image_folder import ImageFolder, collate_images
 from attnseg.data.registry import DATASETS
 from attnseg.data.check import check_samples, report
+from attnseg.data.io import voc_palette
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 from attnseg.constants import IGNORE_INDEX
 
@@ -110,8 +111,14 @@ class SegDataModule(LightningDataModule):
         self.save_hyperparameters(ignore=["num_classes"])
         _check_options(batch_size, val_batch_size, num_workers, crop_size, scale_range, base_size, cat_max_ratio)
         self.dataset_cls = resolve_dataset(dataset)
-        self.class_names: list[str] = list(self.dataset_cls.classes)
-        self.palette: list[tuple[int, int, int]] = [tuple(c) for c in self.dataset_cls.palette]
+        # the class names of the dataset, or of this data (a generic loader such as FrameFolders takes them as an
+        # argument); colours from the dataset, else the VOC colour map
+        names = (dataset_args or {}).get("classes") or getattr(self.dataset_cls, "classes", ())
+        if not names:
+            raise ValueError(f"data.dataset={dataset}: no class names; set data.dataset_args.classes")
+        self.class_names: list[str] = list(names)
+        palette = getattr(self.dataset_cls, "palette", ()) or voc_palette(len(self.class_names))
+        self.palette: list[tuple[int, int, int]] = [tuple(c) for c in palette]
         self.ignore_index = IGNORE_INDEX
         if num_classes is not None and num_classes != len(self.class_names):
             raise ValueError(

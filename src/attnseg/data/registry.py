@@ -4,6 +4,7 @@ from attnseg.data.ade20k import ADE20K
 from attnseg.data.camvid import CamVid
 from attnseg.data.cityscapes import Cityscapes
 from attnseg.data.coco_stuff import COCOStuff
+from attnseg.data.frame_folders import FrameFolders
 from attnseg.data.pascal_context import PascalContext
 from attnseg.data.synthetic import SyntheticShapes
 from attnseg.data.synthetic_clips import SyntheticClips
@@ -18,4 +19,5 @@ DATASETS = {
     "ADE20K": ADE20K,
     "PascalContext": PascalContext,
     "COCOStuff": COCOStuff,
+    "FrameFolders": FrameFolders,
 }
