@@ -190,7 +190,7 @@ class AttnSegCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self._kept_on_resume:  # Lightning put the checkpoint's values over them: the user's win
             for key, (value, _) in self._kept_on_resume.items():
-                _assign(config, key, value)
+                config[key] = value  # dotted key on the jsonargparse Namespace
             rank_zero_info(
                 "--ckpt_path: options that differ from the checkpoint's, used as given: "
                 + ", ".join(f"{key}={value} (checkpoint: {old})" for key, (value, old) in self._kept_on_resume.items())
@@ -302,11 +302,6 @@ RESUMABLE = {"lr", "momentum", "weight_decay", "head_lr_mult", "poly_power", "mi
 def _same(a, b) -> bool:
     """Equal as configuration values (tuples and lists alike)."""
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-
-
-def _assign(config, dotted: str, value) -> None:
-    """``config.<dotted> = value`` on a jsonargparse Namespace."""
-    config[dotted] = value
 
 
 def _plain(value):
