@@ -1,6 +1,6 @@
 """Parameters and FLOPs of each head, and of the whole model, at one input size.
 
-    python bench/complexity.py [--heads fcn danet ccnet flanet dfn] [--encoder resnet50] [--size 512]
+    python bench/complexity.py [--heads fcn danet ccnet flanet dfn deeplabv3 pspnet] [--encoder resnet50] [--size 512]
         [--num-classes 19] [--out docs/benchmarks.md]
 
 Each head is built from its ``configs/model/<head>.yaml`` on the dilated (output stride 8) encoder, with every

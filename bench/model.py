@@ -1,8 +1,8 @@
 """Whole models: training-step and inference throughput, peak memory and model FLOP utilisation, per head.
 
-    python bench/model.py [--heads fcn danet ccnet flanet dfn] [--encoders resnet50 resnet101] [--sizes 512 769]
-        [--batch 8] [--precision bf16-mixed fp32] [--layouts contiguous channels-last] [--compile] [--steps 10]
-        [--warmup 3] [--device cuda] [--peak-tflops 989] [--out docs/benchmarks.md]
+    python bench/model.py [--heads fcn danet ccnet flanet dfn deeplabv3 pspnet] [--encoders resnet50 resnet101]
+        [--sizes 512 769] [--batch 8] [--precision bf16-mixed fp32] [--layouts contiguous channels-last] [--compile]
+        [--steps 10] [--warmup 3] [--device cuda] [--peak-tflops 989] [--out docs/benchmarks.md]
 
 Each head is built from its ``configs/model/<head>.yaml`` on a dilated (output stride 8) timm encoder with random
 weights, inside ``SegmentationTask`` (its losses, 19 classes). A training step is forward, the task's weighted losses
@@ -46,7 +46,7 @@ from attnseg.inference import SlidingWindow  # noqa: E402
 from attnseg.profiling import count_parameters, extra_flop_formulas  # noqa: E402
 from attnseg.task import SegmentationTask  # noqa: E402
 
-HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn"]
+HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn", "deeplabv3", "pspnet"]
 # Dense bf16 tensor-core peaks (TFLOP/s), matched against the device name.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 NUM_CLASSES = 19

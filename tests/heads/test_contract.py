@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnseg.encoder import Encoder
-from attnseg.heads import CCNetHead, DANetHead, DFNHead, FCNHead, FLANetHead, SegHead
+from attnseg.heads import ASPPHead, CCNetHead, DANetHead, DFNHead, FCNHead, FLANetHead, PSPHead, SegHead
 from attnseg.model import SegmentationModel
 from tests.helpers.head_checks import CHANNELS, IMAGE, assert_trains_and_evaluates, fake_features
 
@@ -19,9 +19,11 @@ HEADS = {
     "ccnet": lambda c, k: CCNetHead(c, k, fuse_channels=32, ccl=True, ccl_dim=6),
     "flanet": lambda c, k: FLANetHead(c, k, channels=32),
     "dfn": lambda c, k: DFNHead(c, k, channels=16, border_channels=5, dropout=0.1, aux=True),
+    "deeplabv3": lambda c, k: ASPPHead(c, k, channels=16),
+    "pspnet": lambda c, k: PSPHead(c, k, channels=16),
 }
 ATTENTION = {"fcn": set(), "danet": {"pam", "cam"}, "ccnet": {"step1", "step2"}, "flanet": {"column", "row"},
-             "dfn": {"stage1", "stage2", "stage3", "out"}}  # fmt: skip
+             "dfn": {"stage1", "stage2", "stage3", "out"}, "deeplabv3": set(), "pspnet": set()}  # fmt: skip
 
 
 def nonzero_gamma(head: torch.nn.Module) -> None:

@@ -6,13 +6,16 @@ Select one with ``--model.head=attnseg.heads.<Name>`` (or ``class_path`` in YAML
 
 from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
 
+from attnseg.heads.aspp import ASPPHead
 from attnseg.heads.ccnet import CCNetHead, CrissCrossAttention, CrissCrossAttention3D
 from attnseg.heads.danet import ChannelAttention, DANetHead, PositionAttention
 from attnseg.heads.dfn import ChannelAttentionBlock, DFNHead, RefinementResidualBlock
 from attnseg.heads.fcn import FCNHead
 from attnseg.heads.flanet import FLANetHead, FullyAttentionalBlock
+from attnseg.heads.psp import PSPHead
 
 __all__ = [
+    "ASPPHead",
     "AuxHead",
     "CCNetHead",
     "ChannelAttention",
@@ -24,6 +27,7 @@ __all__ = [
     "FCNHead",
     "FLANetHead",
     "FullyAttentionalBlock",
+    "PSPHead",
     "PositionAttention",
     "QKVAttention",
     "RefinementResidualBlock",
