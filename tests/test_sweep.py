@@ -171,7 +171,7 @@ def test_ablation_grids_differ_only_in_the_module_under_test(name, expected, mod
 
 def test_heads_grid_gives_every_head_the_same_supervision():
     sweep = Sweep.from_file(CONFIGS / "ablation" / "heads.yaml")
-    assert sweep.points() == [{"head": h} for h in ("fcn", "danet", "ccnet", "flanet", "dfn")]
+    assert sweep.points() == [{"head": h} for h in ("fcn", "danet", "ccnet", "flanet", "dfn", "deeplabv3", "pspnet")]
     assert sweep.seeds == [0, 1, 2] and sweep.context_classes == ["warm_blob", "cold_blob"]
     heads = {}
     for point in sweep.points():
@@ -181,7 +181,7 @@ def test_heads_grid_gives_every_head_the_same_supervision():
         assert {k: v for k, v in task.loss_weights.items() if v} == {"out": 1.0, "aux": 0.4}, point
         assert not getattr(task.model.head, "output_losses", {}), point  # no loss of its own (DFN's border is off)
     assert heads == {"fcn": "FCNHead", "danet": "DANetHead", "ccnet": "CCNetHead", "flanet": "FLANetHead",
-                     "dfn": "DFNHead"}  # fmt: skip
+                     "dfn": "DFNHead", "deeplabv3": "ASPPHead", "pspnet": "PSPHead"}  # fmt: skip
 
 
 def test_sweep_file_errors(tmp_path, capsys):
@@ -259,3 +259,50 @@ def test_video_ablation_compares_2d_and_3d_attention_on_the_same_batches(capsys)
         built.append((task.loss_weights, {k: v.shape for k, v in outputs.items()},
                       {k: v.shape for k, v in head.state_dict().items()}))  # fmt: skip
     assert all(b == built[0] for b in built)
+
+
+@pytest.mark.parametrize("name", ["heads", "danet", "ccnet_video"])
+def test_wandb_sweep_file_runs_the_same_grid(name, tmp_path):
+    """The W&B sweep file of a sweep: expanded the way ``wandb agent`` expands it (wandb's own functions), each of
+    its runs parses to the same config as the corresponding run of ``attnseg sweep``."""
+    import yaml
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    target = tmp_path / "sweep.yaml"
+    assert main_code("sweep", str(CONFIGS / "ablation" / f"{name}.yaml"), "--wandb-sweep", str(target)) == 0
+    spec = yaml.safe_load(target.read_text())
+    assert spec["method"] == "grid" and spec["metric"] == {"name": "val/mIoU", "goal": "maximize"}
+    sweep = Sweep.from_file(CONFIGS / "ablation" / f"{name}.yaml")
+    parameters = spec["parameters"]
+    combos = 1
+    for values in parameters.values():
+        combos *= len(values["values"])
+    assert combos == len(sweep.runs())
+    assert main_code("sweep", str(CONFIGS / "ablation" / f"{name}.yaml"), "--wandb-sweep", str(target)) == 2  # kept
+
+    parser = AttnSegCLI(args=["--config", str(CONFIGS / "quickstart.yaml")], run=False).parser
+    expand = __import__("attnseg.configs", fromlist=["expand_config_args"]).expand_config_args
+    keys = list(parameters)
+    for index, (point, seed) in enumerate(sweep.runs()[:: len(sweep.seeds)]):  # one seed per point, then vary seeds
+        seed = sweep.seeds[index % len(sweep.seeds)]
+        choice = {}
+        for key in keys:
+            if key == "config":
+                (axis,) = sweep.bundles
+                choice[key] = parameters[key]["values"][list(sweep.grid[axis]).index(point[axis])]
+            elif key == "seed_everything":
+                choice[key] = seed
+            else:
+                choice[key] = point[key]
+        args = create_sweep_command_args({"args": {k: {"value": v} for k, v in choice.items()}})["args"]
+        command = [part for c in create_sweep_command(spec["command"]) for part in (args if c == "${args}" else [c])]
+        assert command[:2] == ["attnseg", "fit"]
+        ours = parser.parse_args(expand(sweep.arguments(point, seed=seed)[1:]))
+        theirs = parser.parse_args(expand(command[2:]))
+        assert yaml.safe_load(parser.dump(theirs)) == yaml.safe_load(parser.dump(ours)), f"{name}: {point}, seed {seed}"
+
+
+def main_code(*argv: str) -> int:
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    return exit_.value.code

@@ -11,10 +11,11 @@ overlays to ``--prediction.output_dir``). The ``attnseg`` command itself is ``at
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import yaml
@@ -34,6 +35,7 @@ from attnseg.checkpoint import (
     run_dir,
     run_of_checkpoint,
 )
+from attnseg.configs import expand_config_args
 from attnseg.data import SegDataModule
 from attnseg.distributed import SyncBatchNormPlugin
 from attnseg.hardware import cpu_bf16_flags
@@ -103,20 +105,27 @@ class AttnSegCLI(LightningCLI):
         parser.add_lightning_class_args(Complexity, "complexity")  # before throughput: its measurement is not a step
         parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+        parser.add_argument(
+            "--base", type=Optional[Union[str, list[str]]], default=None,
+            help="In a config file: the configs it builds on, read before it (attnseg.configs); cleared once read.",
+        )  # fmt: skip
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """Parse, then resolve ``--ckpt_path last`` and make a resumed fit continue its own run directory and
         W&B run (before Lightning reads the checkpoint's hyper-parameters into the model config)."""
         self._kept_on_resume: dict[str, tuple] = {}
-        _check_config_files(sys.argv[1:] if args is None else list(args))
+        args = expand_config_args(sys.argv[1:] if args is None else list(args))  # short names and base: lists
+        _check_config_files(args)
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand and "base" in self.config[subcommand]:
+            self.config[subcommand].base = None  # read already: the saved config is complete without it
         self._given = None  # the options set in config files or on the command line, without the defaults
-        if (self.config.get(self.config.get("subcommand") or "") or {}).get("ckpt_path"):
+        if (self.config.get(subcommand or "") or {}).get("ckpt_path"):
             try:
                 self._given = parser.parse_args(args, defaults=False)
             except (SystemExit, Exception):  # noqa: BLE001 (the full parse above succeeded: fall back to defaults)
                 self._given = None
-        subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None
         if not config or not config.get("ckpt_path"):
             return
@@ -196,6 +205,7 @@ class AttnSegCLI(LightningCLI):
                 + ", ".join(f"{key}={value} (checkpoint: {old})" for key, (value, old) in self._kept_on_resume.items())
             )
         _choose_cpu_fast_path(config)
+        _name_wandb_runs(config, self.subcommand)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer") or {}
@@ -254,6 +264,54 @@ def _choose_cpu_fast_path(config) -> None:
         f"CPU precision: {trainer.precision or '32-true'}, channels_last={model.channels_last} ({reason}); "
         "set trainer.precision / model.channels_last to choose"
     )
+
+
+ENCODER_SHORT = {"resnet18": "r18", "resnet34": "r34", "resnet50": "r50", "resnet101": "r101", "resnet152": "r152"}
+
+
+def run_identity(config) -> tuple[str, str, list[str]]:
+    """A run's W&B name, group and tags from its config: head, the head's switches (``SegHead.switches``), encoder
+    (and output stride where not 8), seed; e.g. ``danet-pam-cam-r18-s0`` in group ``danet-pam-cam-r18`` (the seeds of
+    one variant together) with tags ``[danet, pam, cam, resnet18, SyntheticShapes, seed0]``."""
+    head = config.model.head
+    class_path = head.class_path if hasattr(head, "class_path") else f"{head.__module__}.{head.__qualname__}"
+    options = _plain(head.init_args) if hasattr(head, "init_args") and head.init_args is not None else {}
+    try:
+        module, _, attribute = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), attribute)
+        switches = cls.switches(options or {}) if hasattr(cls, "switches") else []
+    except (ImportError, AttributeError, ValueError):  # jsonargparse reports a bad class path itself
+        cls, switches = None, []
+    short = getattr(cls, "short_name", None) or class_path.rpartition(".")[2].removesuffix("Head").lower()
+    encoder = config.model.encoder
+    name = encoder.name if hasattr(encoder, "name") else encoder["name"]
+    stride = encoder.output_stride if hasattr(encoder, "output_stride") else encoder.get("output_stride", 8)
+    parts = [short, *switches, ENCODER_SHORT.get(name, name), *([f"os{stride}"] if stride != 8 else [])]
+    seed = config.get("seed_everything")
+    seed_part = [f"s{seed}"] if isinstance(seed, int) and not isinstance(seed, bool) else []
+    dataset = (config.get("data") or {}).get("dataset") or "data"
+    tags = [short, *switches, name, str(dataset), *([f"seed{seed}"] if seed_part else [])]
+    return "-".join(parts + seed_part), "-".join(parts), tags
+
+
+def _name_wandb_runs(config, subcommand: Optional[str]) -> None:
+    """Name, group and tag a W&B logger left unnamed (``run_identity``); its job type is the subcommand. An
+    evaluation of a checkpoint joins the group of the run that trained it and records that run's id in its config
+    (``fit_run``, ``fit_checkpoint``). Values set in a config file or on the command line are kept."""
+    loggers = config.trainer.logger
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if not getattr(logger, "class_path", "").endswith("WandbLogger") or logger.init_args is None:
+            continue
+        args = logger.init_args
+        name, group, tags = run_identity(config)
+        args.name = args.get("name") or name
+        args.group = args.get("group") or group
+        args.tags = args.get("tags") or tags
+        args.job_type = args.get("job_type") or subcommand or "fit"
+        ckpt = config.get("ckpt_path")
+        if subcommand != "fit" and ckpt:
+            linked = {"fit_run": run_of_checkpoint(Path(ckpt)), "fit_checkpoint": str(ckpt)}
+            args.config = {**(_plain(args.get("config")) or {}), **linked}
 
 
 def _load_checkpoint(path: str) -> dict:

@@ -35,6 +35,11 @@ group (``<name>-<date>-<time>``) and are named after their grid point and seed. 
 - ``results.png``: mean test mIoU (and context-class IoU) per grid point with standard-deviation error bars.
 
 The exit status is 1 when a run failed.
+
+``--wandb-sweep FILE`` writes the same grid as a W&B sweep file instead (``method: grid``, ``val/mIoU`` maximised,
+each grid key and ``seed_everything`` a parameter, a bundled axis a ``config`` parameter of inline YAML) and runs
+nothing: ``wandb sweep FILE`` registers it, ``wandb agent <id>`` runs ``attnseg fit`` for each combination. Shipped
+base configs are named by their short names, so the file works wherever attnseg is installed.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from attnseg.callbacks import Complexity, Throughput
 from attnseg.checkpoint import run_dir
 from attnseg.cli import AttnSegCLI
+from attnseg.configs import config_root, resolve as resolve_config
 from attnseg.profiling import count_parameters
 
 SWEEP_KEYS = ("base", "fixed", "grid", "seeds", "context_classes", "name", "test")
@@ -98,10 +104,18 @@ class Sweep:
         base = [base] if isinstance(base, str) else list(base)
         if not base:
             raise ValueError(f"{path}: 'base' names no config; expected e.g. base: [../quickstart.yaml]")
-        base = [(path.parent / b).resolve() for b in base]
-        missing = [str(b) for b in base if not b.is_file()]
+        resolved, missing = [], []
+        for b in base:  # a path relative to the sweep file, or a shipped config's short name (attnseg.configs)
+            try:
+                resolved.append(resolve_config(b, relative_to=path.parent))
+            except FileNotFoundError:
+                missing.append(b)
         if missing:
-            raise ValueError(f"{path}: base configs not found: {missing} (paths are relative to the sweep file)")
+            raise ValueError(
+                f"{path}: base configs not found: {missing} (paths relative to the sweep file, or shipped configs' "
+                "short names such as model/danet)"
+            )
+        base = resolved
         grid = spec.get("grid") or {}
         if not isinstance(grid, dict) or not grid:
             raise ValueError(f"{path}: 'grid' must map dotted options to lists of values, e.g. model.lr: [0.01, 0.02]")
@@ -156,6 +170,57 @@ class Sweep:
         return ["fit", *configs, *override_args(self.fixed), *extra, *override_args(overrides), *seeded]
 
 
+def nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``{"model.head": "X", "model.head.init_args.aux": True}`` -> ``{"model": {"head": {"class_path": "X",
+    "init_args": {"aux": True}}}}``: dotted overrides as one config (a class path gains init args beside it)."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {"class_path": child} if isinstance(child, str) else {}
+            node = child
+        if isinstance(node.get(last), dict) and isinstance(value, str):
+            node[last]["class_path"] = value
+        else:
+            node[last] = value
+    return out
+
+
+def wandb_sweep(sweep: Sweep, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """The sweep as a W&B sweep configuration (see the module's docstring)."""
+    if len(sweep.bundles) > 1:
+        raise ValueError(
+            f"{sweep.path}: a W&B sweep file holds one bundled grid axis (as its 'config' parameter); this sweep has "
+            f"{len(sweep.bundles)}: {', '.join(sweep.bundles)}"
+        )
+    root = config_root()
+    configs = []
+    for base in sweep.base:
+        shipped = root in base.parents
+        configs += ["--config", base.relative_to(root).with_suffix("").as_posix() if shipped else str(base)]
+    parameters: dict[str, Any] = {}
+    for key, values in sweep.grid.items():
+        if key in sweep.bundles:
+            inline = [nested(sweep.bundles[key][name]) for name in values]
+            parameters["config"] = {
+                "values": [yaml.safe_dump(c, default_flow_style=True, sort_keys=False, width=10**6).strip() for c in inline]
+            }
+        else:
+            parameters[key] = {"values": list(values)}
+    parameters["seed_everything"] = {"values": list(sweep.seeds)}
+    return {
+        "name": sweep.name,
+        "program": "attnseg",
+        "method": "grid",
+        "metric": {"name": "val/mIoU", "goal": "maximize"},
+        "parameters": parameters,
+        "command": ["attnseg", "fit", *configs, *override_args(sweep.fixed), *extra, "${args}"],
+    }
+
+
 def override_args(overrides: dict[str, Any]) -> list[str]:
     """``{"model.lr": 0.02, "model.head.init_args.pam": False}`` -> ``["--model.lr=0.02", "--...pam=false"]``."""
     return [f"--{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in overrides.items()]
@@ -205,12 +270,12 @@ class SweepRunCLI(AttnSegCLI):
         super().__init__(args=args, parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}})
 
     def before_instantiate_classes(self) -> None:
-        super().before_instantiate_classes()
         loggers = self.config[self.subcommand].trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if getattr(logger, "class_path", "").rpartition(".")[2] == WandbLogger.__name__:
                 logger.init_args.group = logger.init_args.get("group") or self.group
                 logger.init_args.name = logger.init_args.get("name") or self.label
+        super().before_instantiate_classes()  # then the tags (and any name still unset) from the config
 
     def before_fit(self) -> None:
         missing = [c for c in self.context_classes if c not in self.model.class_names]
@@ -451,6 +516,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="run every grid point once per seed (overrides the file's seeds), e.g. --seeds 0 1 2")  # fmt: skip
+    parser.add_argument("--wandb-sweep", default=None, metavar="FILE",
+                        help="write the grid as a W&B sweep file (wandb sweep FILE; wandb agent ID) and run nothing")  # fmt: skip
     return parser.parse_args(argv), extra
 
 
@@ -467,6 +534,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"attnseg sweep: --seeds {args.seeds} repeat a seed; each seed once", file=sys.stderr)
             return 2
         sweep.seeds = list(args.seeds)
+    if args.wandb_sweep:
+        try:
+            spec = wandb_sweep(sweep, extra)
+        except ValueError as err:
+            print(f"attnseg sweep: {err}", file=sys.stderr)
+            return 2
+        target = Path(args.wandb_sweep)
+        if target.exists():
+            print(f"attnseg sweep: --wandb-sweep {target}: the file exists; choose another name", file=sys.stderr)
+            return 2
+        header = f"# W&B sweep of {sweep.path} ({len(sweep.runs())} runs): wandb sweep {target}; wandb agent <id>\n"
+        target.write_text(header + yaml.safe_dump(spec, sort_keys=False, width=1000))
+        print(f"wrote {target}: {len(sweep.runs())} runs; register it with: wandb sweep {target}")
+        return 0
     runs = sweep.runs()
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
     if args.dry_run:

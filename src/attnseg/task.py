@@ -11,12 +11,14 @@ from typing import Callable, Literal, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from jsonargparse import lazy_instance
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
+from attnseg.callbacks.tables import class_series
 from attnseg.encoder import Encoder, EncoderConfig
 from attnseg.heads import FCNHead
 from attnseg.inference import MultiScaleFlip, SlidingWindow, Whole
@@ -59,12 +61,21 @@ class SegmentationTask(LightningModule):
             differs from ``loss``; None: ``loss`` (CCNet's recipe: OHEM on ``out``, plain cross-entropy on ``aux``).
         loss_weights: override the head's default loss weight of a named output, e.g. ``{aux: 0.2}``;
             a weight of 0 skips that term.
-        optimizer: ``sgd`` (momentum, nesterov off) or ``adamw``.
+        optimizer: ``sgd`` (momentum, nesterov off) or ``adamw``, built from ``lr``, ``momentum`` and
+            ``weight_decay``; or any optimiser class with its init args, as LightningCLI takes them
+            (``--model.optimizer=torch.optim.RMSprop --model.optimizer.lr=1e-3``): it gets the same encoder / head
+            parameter groups, its own ``lr`` for the encoder and ``lr * head_lr_mult`` for the head, its own weight
+            decay except where ``no_decay_norm_bias`` sets 0 (``model.lr/momentum/weight_decay`` are then unused).
         lr: base learning rate of the encoder; the head gets ``lr * head_lr_mult``.
         momentum: SGD momentum (AdamW: beta1).
         weight_decay: weight decay of the parameters (all of them unless ``no_decay_norm_bias``).
         no_decay_norm_bias: no weight decay on normalisation layers' parameters and on biases (DFN's recipe).
         head_lr_mult: learning-rate multiplier for the randomly initialised head.
+        lr_scheduler: None (the default): the poly schedule below with its warmup, stepped every iteration. Or any
+            scheduler class with its init args (``--model.lr_scheduler=torch.optim.lr_scheduler.CosineAnnealingLR
+            --model.lr_scheduler.T_max=4000``), stepped every ``lr_scheduler_interval``; ``ReduceLROnPlateau``
+            watches ``val/mIoU`` (give it ``mode: max``). ``poly_power``, ``min_lr`` and ``warmup_*`` are then unused.
+        lr_scheduler_interval: ``step`` or ``epoch``: when an injected ``lr_scheduler`` steps.
         poly_power: poly schedule ``lr * (1 - iter / max_iter) ** power``, stepped every iteration.
         min_lr: the schedule's floor.
         warmup_iters: linear warmup from ``lr * warmup_ratio`` over this many iterations.
@@ -95,12 +106,14 @@ class SegmentationTask(LightningModule):
         loss: nn.Module = lazy_instance(CrossEntropy),
         aux_loss: Optional[nn.Module] = None,
         loss_weights: Optional[dict[str, float]] = None,
-        optimizer: Literal["sgd", "adamw"] = "sgd",
+        optimizer: Union[Literal["sgd", "adamw"], OptimizerCallable] = "sgd",
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         no_decay_norm_bias: bool = False,
         head_lr_mult: float = 10.0,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler_interval: Literal["step", "epoch"] = "step",
         poly_power: float = 0.9,
         min_lr: float = 0.0,
         warmup_iters: int = 0,
@@ -113,6 +126,9 @@ class SegmentationTask(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "aux_loss", "inference"])
+        # an optimiser / scheduler class with its arguments (the CLI keeps them in the checkpoint's config)
+        self.optimizer_factory = None if isinstance(optimizer, str) else optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self._first_loss: Optional[float] = None  # the reference of divergence_factor
         self._labelled_pixels = torch.zeros((), dtype=torch.long)  # non-void training pixels of the epoch
         if isinstance(encoder, dict):
@@ -303,8 +319,9 @@ class SegmentationTask(LightningModule):
         collection.reset()
         self.log(f"{prefix}mIoU", values[f"{prefix}mIoU"], prog_bar=True)
         self.log(f"{prefix}aAcc", values[f"{prefix}aAcc"])
+        series = class_series(len(self.class_names))  # many classes: the per-class IoU goes to the IoU table only
         for name, iou in zip(self.class_names, values[f"{prefix}IoU"]):
-            self.log(f"{prefix}IoU/{name}", iou)
+            self.log(f"{prefix}IoU/{name}", iou, logger=None if series else False)
         return values
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -330,28 +347,42 @@ class SegmentationTask(LightningModule):
 
     # --------------------------------------------------------------------------- optimisation
     def _param_groups(self) -> list[dict]:
-        """Encoder and head parameter groups (and their no-decay halves) with their learning rates."""
+        """Encoder and head parameter groups (and their no-decay halves) with their learning rates (``lr_mult``:
+        1 for the encoder, ``head_lr_mult`` for the head)."""
         hp = self.hparams
         groups = []
-        parts = (("encoder", self.model.encoder, hp.lr), ("head", self.model.head, hp.lr * hp.head_lr_mult))
-        for name, part, lr in parts:
+        for name, part, mult in (("encoder", self.model.encoder, 1.0), ("head", self.model.head, hp.head_lr_mult)):
             decay, no_decay = _decay_split(part) if hp.no_decay_norm_bias else ([p for p in part.parameters()], [])
-            groups.append({"params": [p for p in decay if p.requires_grad], "lr": lr, "name": name,
-                           "weight_decay": hp.weight_decay})  # fmt: skip
+            groups.append({"params": [p for p in decay if p.requires_grad], "lr": hp.lr * mult, "lr_mult": mult,
+                           "name": name, "weight_decay": hp.weight_decay})  # fmt: skip
             if no_decay:
-                groups.append({"params": [p for p in no_decay if p.requires_grad], "lr": lr, "weight_decay": 0.0,
-                               "name": f"{name}_no_decay"})  # fmt: skip
+                groups.append({"params": [p for p in no_decay if p.requires_grad], "lr": hp.lr * mult,
+                               "lr_mult": mult, "weight_decay": 0.0, "name": f"{name}_no_decay"})  # fmt: skip
         return groups
 
     def configure_optimizers(self):
         hp = self.hparams
         groups = self._param_groups()
-        if hp.optimizer == "sgd":
+        if self.optimizer_factory is None and hp.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        else:
+        elif self.optimizer_factory is None:
             opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(hp.momentum, 0.999), weight_decay=hp.weight_decay)
+        else:  # the injected optimiser's own lr and weight decay, on the same groups
+            for group in groups:
+                del group["lr"]
+                if not group["name"].endswith("_no_decay"):  # no-decay groups keep their 0
+                    del group["weight_decay"]
+            opt = self.optimizer_factory(groups)
+            for group in opt.param_groups:
+                group["lr"] = opt.defaults["lr"] * group["lr_mult"]
+        if self.lr_scheduler_factory is not None:
+            scheduler = self.lr_scheduler_factory(opt)
+            config = {"scheduler": scheduler, "interval": hp.lr_scheduler_interval}
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                config["monitor"] = "val/mIoU"
+            return {"optimizer": opt, "lr_scheduler": config}
         max_iters = max(1, int(self.trainer.estimated_stepping_batches))
-        factors = [self._poly(max_iters, hp.min_lr / g["lr"] if g["lr"] > 0 else 0.0) for g in groups]
+        factors = [self._poly(max_iters, hp.min_lr / g["lr"] if g["lr"] > 0 else 0.0) for g in opt.param_groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factors)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -360,8 +391,8 @@ class SegmentationTask(LightningModule):
         decay and momentum are the old run's: set them from this run's options (which the CLI reports when they
         differ), keeping the optimiser's moments and the schedule's position."""
         optimizers, schedulers = self.trainer.optimizers, self.trainer.lr_scheduler_configs
-        if not optimizers or not schedulers:
-            return
+        if not optimizers or not schedulers or self.optimizer_factory is not None or self.lr_scheduler_factory:
+            return  # an injected optimiser or scheduler resumes exactly as saved
         opt, scheduler, hp = optimizers[0], schedulers[0].scheduler, self.hparams
         for i, (group, wanted) in enumerate(zip(opt.param_groups, self._param_groups())):
             group["initial_lr"] = scheduler.base_lrs[i] = wanted["lr"]

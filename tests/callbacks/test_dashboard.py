@@ -1,5 +1,6 @@
-"""The dashboard: what a short fit leaves in an offline W&B run (media, tables, summary numbers, config) and, with
-the CSV logger, in metrics.csv and <run dir>/media/; the drawing and measuring helpers behind it."""
+"""The dashboard: what a short fit leaves in an offline W&B run (media, tables, summary numbers, config, the best
+validation), in TensorBoard's event files and, with the CSV logger, in metrics.csv and <run dir>/media/; the drawing
+and measuring helpers behind it."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from PIL import Image
 from torch import nn
 
 from attnseg.callbacks import (
+    MAX_CLASS_SERIES,
     TABLE_COLUMNS,
     ClassTables,
     Complexity,
     LearningRateMonitor,
     PredictionOverlays,
     Throughput,
+    class_series,
     class_table,
 )
 from attnseg.profiling import count_flops, count_parameters
@@ -28,6 +31,7 @@ from attnseg.visualize import colorize, confusion_figure, default_palette, denor
 from attnseg.data.synthetic import SyntheticShapes
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
+from tests.helpers.tensorboard_events import read_events
 from tests.helpers.wandb_offline import read_run, wandb_in
 
 CLASSES = list(SyntheticShapes.classes)
@@ -61,7 +65,8 @@ def test_wandb_offline_run_holds_media_tables_and_summary(tmp_path):
     assert table["columns"] == TABLE_COLUMNS
     assert [row[0] for row in table["data"]] == CLASSES
     summary = offline["summary"]
-    for name, iou, _, gt_pixels, _ in table["data"]:
+    for name, iou, _, gt_pixels, _, epoch, step in table["data"]:
+        assert (epoch, step) == (1, 3)
         assert iou == pytest.approx(summary[f"val/IoU/{name}"]) or (math.isnan(iou) and gt_pixels == 0)
     assert sum(row[3] for row in table["data"]) == VAL_PIXELS
 
@@ -83,6 +88,87 @@ def test_wandb_offline_run_holds_media_tables_and_summary(tmp_path):
     # the resolved config, dashboard options included
     assert offline["config"]["overlays"]["num_images"] == 3
     assert offline["config"]["model"]["head"]["class_path"] == "attnseg.heads.FCNHead"
+
+
+def script_val_miou(monkeypatch, values: list[float]) -> None:
+    """The fit's validations report these val/mIoU values in turn, whatever the model scores (the sanity check, the
+    per-class IoU and the confusion matrix are the model's own)."""
+    from attnseg.task import SegmentationTask
+
+    original, left = SegmentationTask._log_metrics, list(values)
+
+    def scripted(task, collection, prefix):
+        if prefix != "val/" or task.trainer.sanity_checking:
+            return original(task, collection, prefix)
+        compute, value = collection.compute, torch.tensor(left.pop(0))
+        collection.compute = lambda: {**compute(), "val/mIoU": value}
+        try:
+            return original(task, collection, prefix)
+        finally:
+            del collection.compute
+
+    monkeypatch.setattr(SegmentationTask, "_log_metrics", scripted)
+
+
+def test_wandb_summary_keeps_the_best_validation_and_a_table_replaces_many_series(tmp_path, monkeypatch):
+    """val/mIoU falls after the first validation: the run summary holds its maximum and when it was reached, not the
+    last value. More classes than MAX_CLASS_SERIES (lowered to 3 for the 7 synthetic classes): the per-class IoU is a
+    table per validation (with its epoch and step), not one series per class."""
+    assert class_series(MAX_CLASS_SERIES) and not class_series(MAX_CLASS_SERIES + 1)
+    monkeypatch.setattr("attnseg.callbacks.tables.MAX_CLASS_SERIES", 3)
+    script_val_miou(monkeypatch, [0.6, 0.4])
+    cli = run_cli("fit", *SHORT, *wandb_in(tmp_path / "runs"))
+    (run,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
+    offline = read_run(run)
+    summary, history = offline["summary"], offline["history"]
+
+    logged = [(row["trainer/global_step"], row["val/mIoU"]) for row in history if "val/mIoU" in row]
+    assert logged == [(1, pytest.approx(0.6)), (3, pytest.approx(0.4))]
+    assert summary["val/mIoU"] == {"max": pytest.approx(0.6)}
+    assert summary["best/val_mIoU"] == pytest.approx(0.6) and summary["best/epoch"] == 0 and summary["best/step"] == 1
+    assert float(cli.trainer.checkpoint_callback.best_model_score) == pytest.approx(0.6)  # the checkpoint agrees
+
+    assert not [key for key in offline["history_keys"] if key.startswith("val/IoU/")]
+    media = run / "files" / "media" / "table" / "val"
+    found = sorted(media.glob("IoU_table_*.table.json"), key=lambda p: int(p.name.split("_")[2]))
+    assert len(found) == 2
+    for path, (epoch, step) in zip(found, [(0, 1), (1, 3)]):
+        table = json.loads(path.read_text())
+        assert table["columns"] == TABLE_COLUMNS
+        assert [row[0] for row in table["data"]] == CLASSES
+        assert {tuple(row[-2:]) for row in table["data"]} == {(epoch, step)}
+    assert "val/IoU_table" in summary
+
+
+def test_tensorboard_gets_the_scalars_images_tables_and_config():
+    cli = run_cli("fit", *SHORT, "--config", CONFIGS / "logger/tensorboard.yaml")
+    directory = Path(cli.trainer.logger.log_dir)
+    assert directory == Path("runs", "attnseg", "version_0")
+    events = read_events(directory)
+    scalars, images, text = events["scalars"], events["images"], events["text"]
+
+    # scalars of each validation (step 1 and 3), per-class IoU, complexity, throughput, the best validation
+    assert [step for step, _ in scalars["val/mIoU"]] == [1, 3]
+    assert all(f"val/IoU/{name}" in scalars for name in CLASSES)
+    best = max(value for _, value in scalars["val/mIoU"])
+    assert scalars["best/val_mIoU"][-1][1] == pytest.approx(best)
+    params, _ = count_parameters(cli.model)
+    assert scalars["model/params"] == [(0, params)]
+    assert {"model/GFLOPs", "perf/train_images_per_s", "perf/val_images_per_s", "lr-SGD/encoder"} <= set(scalars)
+
+    # overlays and confusion matrix as images, the IoU table as Markdown, at the steps of the scalars
+    for tag in ("val/predictions", "val/confusion_matrix"):
+        assert [step for step, _ in images[tag]] == [1, 3]
+        assert all(min(size) > 100 for _, size in images[tag])
+    step, table = text["val/IoU_table"][-1]
+    assert step == 3 and table.splitlines()[0] == "| " + " | ".join(TABLE_COLUMNS) + " |"
+    assert len(table.splitlines()) == 2 + len(CLASSES) and "| cold_blob |" in table
+
+    # the resolved config the CLI saved in the run directory, as text at the start of the fit
+    ((step, config),) = text["config"]
+    assert step == 0 and config.endswith("\n```")
+    assert (directory / "config.yaml").read_text().rstrip() in config
+    assert "class_path: lightning.pytorch.loggers.TensorBoardLogger" in config and "attnseg.heads.FCNHead" in config
 
 
 def test_csv_logger_gets_the_numbers_and_media_files():

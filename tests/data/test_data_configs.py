@@ -1,11 +1,10 @@
 """configs/data/*.yaml and configs/experiment/*.yaml: what they resolve to when composed as the comments say
-(experiment + model file + --data.root). Each also runs fast_dev_run fit / validate / test on a tiny copy
+(experiment, whose base: reads its data file, + model file + --data.root). Each also runs fast_dev_run fit / validate / test on a tiny copy
 of its dataset's layout in test_cli.py (CASES)."""
 
 from __future__ import annotations
 
 import inspect
-import re
 
 import pytest
 import yaml
@@ -53,10 +52,13 @@ def test_every_file_has_a_recipe_and_a_data_file():
 
 @pytest.mark.parametrize("name", DATA_FILES)
 def test_data_files_are_group_files_of_known_datasets(name):
-    """Group files (no ``data:`` wrapper) naming a dataset of ``attnseg.data`` and only SegDataModule options;
-    every pipeline option is stated, so a file composed on top of another leaves nothing behind."""
+    """Group files (one ``data:`` section, composed with --config like every other group) naming a dataset of
+    ``attnseg.data`` and only SegDataModule options; every pipeline option is stated, so a file composed on top of
+    another leaves nothing behind."""
     text = (CONFIGS / "data" / name).read_text()
-    values = yaml.safe_load(text)
+    (section,) = yaml.safe_load(text)
+    assert section == "data"
+    values = yaml.safe_load(text)["data"]
     assert values["dataset"] in DATASETS
     options = set(inspect.signature(SegDataModule).parameters)
     assert set(values) <= options
@@ -66,7 +68,7 @@ def test_data_files_are_group_files_of_known_datasets(name):
     }  # fmt: skip
     assert stated <= set(values)
     assert values["root"] is None  # the download's location is given with --data.root
-    assert re.search(rf"--data configs/data/{name}", text), "the header shows how to use the file"
+    assert f"--config data/{name.removesuffix('.yaml')}" in text, "the header shows how to use the file"
     cls = DATASETS[values["dataset"]]
     assert {values["val_split"], values["test_split"], *values["train_splits"]} <= set(cls.splits)
     if values["dataset"] != "SyntheticShapes":
@@ -78,8 +80,8 @@ def test_data_files_are_group_files_of_known_datasets(name):
 def test_experiment_composes_with_a_model_file_and_a_root(name, capsys, tmp_path):
     data_file, crop, batch, steps, every, lr, decay, inference = RECIPES[name]
     text = (CONFIGS / "experiment" / name).read_text()
-    header = text.split("\ndata:")[0]
-    assert f"attnseg fit --config configs/experiment/{name} --config configs/model/danet.yaml" in header
+    header = text.split("\nbase:")[0]
+    assert f"attnseg fit --config experiment/{name.removesuffix('.yaml')} --config model/danet" in header
     assert "--data.root /path/to/" in header and "Sources" in header and "Differs" in header
     assert "mmsegmentation" in header
 
@@ -87,7 +89,8 @@ def test_experiment_composes_with_a_model_file_and_a_root(name, capsys, tmp_path
         capsys, "--config", CONFIGS / "experiment" / name, "--config", CONFIGS / "model" / "danet.yaml",
         "--data.root", tmp_path,
     )  # fmt: skip
-    data_values = yaml.safe_load((CONFIGS / "data" / data_file).read_text())
+    assert yaml.safe_load(text)["base"] == [f"../data/{data_file}"]
+    data_values = yaml.safe_load((CONFIGS / "data" / data_file).read_text())["data"]
     data = printed["data"]
     assert data["root"] == str(tmp_path)
     assert {k: data[k] for k in data_values if k != "root"} == {k: v for k, v in data_values.items() if k != "root"}
@@ -126,7 +129,7 @@ def test_cpu_camvid_recipe_trains_at_half_size_and_scores_full_size_labels(capsy
 
 def test_data_file_on_top_of_the_quickstart_replaces_its_data(capsys, tmp_path):
     printed = printed_config(
-        capsys, "--config", QUICKSTART, "--data", CONFIGS / "data" / "cityscapes.yaml", "--data.root", tmp_path
+        capsys, "--config", QUICKSTART, "--config", CONFIGS / "data" / "cityscapes.yaml", "--data.root", tmp_path
     )
     data = printed["data"]
     assert data["dataset"] == "Cityscapes" and data["dataset_args"] is None  # the quickstart's image_size is gone

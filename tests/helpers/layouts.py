@@ -163,7 +163,7 @@ def data_config_case(config: str, dataset: str):
     from tests.helpers.cli import CONFIGS, QUICKSTART
 
     def args(tmp_path: Path) -> list:
-        return ["--config", QUICKSTART, "--data", CONFIGS / config, "--data.root", LAYOUTS[dataset](tmp_path), *SMALL]
+        return ["--config", QUICKSTART, "--config", CONFIGS / config, "--data.root", LAYOUTS[dataset](tmp_path), *SMALL]
 
     return args
 

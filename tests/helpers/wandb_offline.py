@@ -57,9 +57,10 @@ def _apply(target: dict, item) -> None:
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """``{"summary": {...}, "config": {...}, "group": str, "name": str, "history_keys": set}`` of one offline run."""
+    """``{"summary": {...}, "config": {...}, "group": str, "name": str, "history_keys": set, "history": [{...}]}`` of
+    one offline run; ``history`` has one dict (key: value) per ``log`` call, in order."""
     (path,) = Path(run_dir).glob("run-*.wandb")
-    out: dict[str, Any] = {"summary": {}, "config": {}, "group": "", "name": "", "history_keys": set()}
+    out: dict[str, Any] = {"summary": {}, "config": {}, "group": "", "name": "", "history_keys": set(), "history": []}
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -73,5 +74,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
             for item in record.summary.update:
                 _apply(out["summary"], item)
         elif kind == "history":
-            out["history_keys"].update(item.key or ".".join(item.nested_key) for item in record.history.item)
+            row = {item.key or ".".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            out["history_keys"].update(row)
+            out["history"].append(row)
     return out

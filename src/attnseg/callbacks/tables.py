@@ -1,15 +1,27 @@
-"""The per-class IoU table and the confusion matrix, at every validation and test."""
+"""The per-class IoU table and the confusion matrix at every validation and test; the best validation in the run
+summary."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from attnseg.callbacks.sink import MediaSink, data_style
+from attnseg.checkpoint import run_dir
 
-TABLE_COLUMNS = ["class", "IoU", "accuracy", "gt_pixels", "pred_pixels"]
+TABLE_COLUMNS = ["class", "IoU", "accuracy", "gt_pixels", "pred_pixels", "epoch", "step"]
+# Up to this many classes, the per-class IoU is also one series (chart) per class; beyond (ADE20K's 150, COCO-Stuff's
+# 171), only the IoU table holds it: a chart per class would bury the others.
+MAX_CLASS_SERIES = 20
+BEST = "val/mIoU"  # the metric whose best validation the run summary keeps (the checkpoint's monitor)
+
+
+def class_series(num_classes: int) -> bool:
+    """Whether the per-class IoU of ``num_classes`` classes goes to the loggers as one series per class."""
+    return num_classes <= MAX_CLASS_SERIES
 
 
 def class_table(confmat: torch.Tensor, iou: torch.Tensor, names: Sequence[str]) -> list[list[Any]]:
@@ -21,22 +33,63 @@ def class_table(confmat: torch.Tensor, iou: torch.Tensor, names: Sequence[str]) 
     return [[str(name), float(iou[k]), float(acc[k]), int(gt[k]), int(pred[k])] for k, name in enumerate(names)]
 
 
+def run_config_file(trainer: Trainer) -> Optional[Path]:
+    """The newest resolved config the CLI wrote into the run directory (``config.yaml``, or ``config.fit.N.yaml``
+    of a later fit in the same directory), if any."""
+    files = [p for p in run_dir(trainer).glob("config*.yaml") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
+
+
 class ClassTables(Callback):
-    """``<stage>/IoU_table`` (class, IoU, accuracy, pixel counts) and ``<stage>/confusion_matrix`` after every
-    validation (not the sanity check) and test, from the metrics the task computed (``task.last_metrics``).
+    """``<stage>/IoU_table`` (class, IoU, accuracy, pixel counts, epoch and step: tables of several validations can
+    be concatenated) and ``<stage>/confusion_matrix`` after every validation (not the sanity check) and test, from
+    the metrics the task computed (``task.last_metrics``).
+
+    The run summary keeps the best validation of a fit: on W&B ``val/mIoU`` is summarised as its maximum, and
+    ``best/val_mIoU``, ``best/epoch`` and ``best/step`` say when it was reached (other loggers get these as metrics
+    at that step). At the start of a fit, TensorBoard gets the run's resolved config as text.
 
     Args:
-        enabled: log them (false: nothing).
+        enabled: log the table and the confusion matrix (false: neither; the best validation is kept either way).
     """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
+        self.best: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = dict(state_dict.get("best", {}))
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not MediaSink.active(trainer):
+            return
+        sink = MediaSink(trainer)
+        sink.summarise_max(BEST)
+        config = None if trainer.fast_dev_run else run_config_file(trainer)
+        if config is not None:
+            sink.run_config(config)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(trainer, pl_module, "val")
+        if trainer.state.fn == "fit":
+            self._keep_best(trainer, pl_module)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(trainer, pl_module, "test")
+
+    def _keep_best(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        value = pl_module.last_metrics.get("val", {}).get(BEST)
+        if value is None or not MediaSink.active(trainer):
+            return
+        value = float(value)
+        if value != value or (self.best and value <= self.best["best/val_mIoU"]):  # NaN, or not better
+            return
+        sink = MediaSink(trainer)
+        self.best = {"best/val_mIoU": value, "best/epoch": trainer.current_epoch, "best/step": sink.step}
+        sink.summary(self.best)
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         values = pl_module.last_metrics.get(stage, {})
@@ -45,5 +98,6 @@ class ClassTables(Callback):
             return
         _, names, _, _ = data_style(trainer, pl_module)
         sink = MediaSink(trainer)
-        sink.table(stage, "IoU_table", TABLE_COLUMNS, class_table(confmat, iou, names))
+        when = [trainer.current_epoch, sink.step]
+        sink.table(stage, "IoU_table", TABLE_COLUMNS, [row + when for row in class_table(confmat, iou, names)])
         sink.confusion(stage, confmat, names)

@@ -69,6 +69,12 @@ class SegHead(nn.Module):
         """The head's attention weights for ``features``, by name (see each head); a head without attention: {}."""
         return {}
 
+    @classmethod
+    def switches(cls, options: dict) -> list[str]:
+        """The ablation switches of this head built with ``options`` (its init args), as short words for run names
+        and tags, e.g. DANet's ``["pam", "cam"]``; a head without switches: []."""
+        return []
+
 
 class SegClassifier(nn.Sequential):
     """Dropout2d + 1x1 conv to class logits."""

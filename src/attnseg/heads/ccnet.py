@@ -269,6 +269,11 @@ class CCNetHead(SegHead):
             score frames): the attention is then ``CrissCrossAttention3D`` across each clip.
     """
 
+    @classmethod
+    def switches(cls, options: dict) -> list[str]:
+        frames = int(options.get("frames", 1))
+        return [f"r{options.get('recurrence', 2)}", *([f"t{frames}"] if frames > 1 else [])]
+
     def __init__(
         self,
         in_channels: Sequence[int],

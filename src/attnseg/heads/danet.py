@@ -278,6 +278,10 @@ class DANetHead(SegHead):
         aux: add the auxiliary head (output ``aux``, loss weight 0.4) on ``in_channels[-2]``.
     """
 
+    @classmethod
+    def switches(cls, options: dict) -> list[str]:
+        return [branch for branch in ("pam", "cam") if options.get(branch, True)] or ["off"]
+
     def __init__(
         self,
         in_channels: Sequence[int],

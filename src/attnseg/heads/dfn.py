@@ -117,6 +117,10 @@ class DFNHead(SegHead):
             the same supervision (``out`` and ``aux`` alone).
     """
 
+    @classmethod
+    def switches(cls, options: dict) -> list[str]:
+        return ["border" if options.get("border", True) else "noborder"]
+
     def __init__(
         self,
         in_channels: Sequence[int],

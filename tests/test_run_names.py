@@ -1,0 +1,85 @@
+"""W&B runs named, grouped and tagged from their config; an evaluation joins the group of the run it evaluates.
+Read back from offline runs with wandb's own record format (tests.helpers.wandb_offline)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from attnseg.cli import AttnSegCLI, run_identity
+from tests.helpers.cli import FAST, QUICKSTART, run_cli
+from tests.helpers.wandb_offline import read_run, records, wandb_in
+
+
+def identity(*args: str):
+    cli = AttnSegCLI(args=["--config", str(QUICKSTART), *args], run=False)
+    return run_identity(cli.config)
+
+
+@pytest.mark.parametrize(
+    "args, name, tags",
+    [
+        ([], "fcn-r18-s0", ["fcn", "resnet18", "SyntheticShapes", "seed0"]),
+        (["--config", "model/danet"], "danet-pam-cam-r18-s0", ["danet", "pam", "cam", "resnet18"]),
+        (["--config", "model/danet", "--model.head.init_args.cam=false", "--seed_everything=2"], "danet-pam-r18-s2",
+         ["danet", "pam", "seed2"]),
+        (["--config", "model/danet", "--model.head.init_args.pam=false", "--model.head.init_args.cam=false"],
+         "danet-off-r18-s0", ["off"]),
+        (["--config", "model/ccnet", "--model.head.init_args.recurrence=3"], "ccnet-r3-r18-s0", ["ccnet", "r3"]),
+        (["--config", "model/dfn", "--model.encoder.output_stride=32"], "dfn-border-r18-os32-s0", ["border"]),
+        (["--config", "model/flanet", "--model.encoder.name=resnet50"], "flanet-r50-s0", ["flanet", "resnet50"]),
+    ],
+)  # fmt: skip
+def test_names_say_head_switches_encoder_and_seed(args, name, tags):
+    got_name, group, got_tags = identity(*args)
+    assert got_name == name
+    assert group == name.rpartition("-s")[0]  # the seeds of one variant share a group
+    assert set(tags) <= set(got_tags)
+
+
+def run_record(run_dir):
+    """The ``run`` record of an offline run: its name, group, job type and tags as W&B stores them (the W&B service
+    process writes the file on its own time: wait for it, up to 30 s)."""
+    (path,) = run_dir.glob("run-*.wandb")
+    for _ in range(300):
+        found = [r.run for r in records(path) if r.WhichOneof("record_type") == "run"]
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"{path}: no run record")
+
+
+def test_fit_run_is_named_and_test_joins_its_group(tmp_path):
+    common = [
+        "--config", QUICKSTART, "--config", "model/danet", "--model.head.init_args.cam=false", *FAST,
+        "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--overlays.num_images=0",
+        *wandb_in(tmp_path / "runs"),
+    ]  # fmt: skip
+    fit = run_cli("fit", *common)
+    (fit_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
+    record = run_record(fit_dir)
+    assert record.display_name == "danet-pam-r18-s0" and record.run_group == "danet-pam-r18"
+    assert record.job_type == "fit"
+    assert {"danet", "pam", "resnet18", "SyntheticShapes", "seed0"} <= set(record.tags)
+    fit_id = record.run_id
+
+    ckpt = fit.trainer.checkpoint_callback.last_model_path
+    run_cli("test", *common, "--ckpt_path", ckpt)
+    (test_dir,) = [d for d in (tmp_path / "runs" / "wandb").glob("offline-run-*") if d != fit_dir]
+    record = run_record(test_dir)
+    assert record.run_group == "danet-pam-r18" and record.job_type == "test" and record.run_id != fit_id
+    offline = read_run(test_dir)
+    assert offline["config"]["fit_run"] == fit_id and offline["config"]["fit_checkpoint"] == ckpt
+    assert "test/mIoU" in offline["summary"]
+
+
+def test_names_given_by_the_user_are_kept(tmp_path):
+    run_cli(
+        "fit", "--config", QUICKSTART, *FAST, "--trainer.max_steps=1", "--trainer.limit_val_batches=1",
+        "--overlays.num_images=0", *wandb_in(tmp_path / "runs"), "--trainer.logger.init_args.name=mine",
+        "--trainer.logger.init_args.group=study", "--trainer.logger.init_args.tags=[a,b]",
+    )  # fmt: skip
+    (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
+    record = run_record(run_dir)
+    assert (record.display_name, record.run_group, list(record.tags)) == ("mine", "study", ["a", "b"])
