@@ -1,7 +1,7 @@
 """The attention modules against naive references of the same formula: forward+backward time and peak memory.
 
     python bench/attention.py [--sizes 32x32 64x64 97x97 64x128 128x256] [--channels 512] [--batch 1]
-        [--dtypes fp32 bf16] [--modules pam cam cc1 cc2 fla] [--device cpu] [--repeat 3] [--threads N]
+        [--dtypes fp32 bf16] [--modules pam cam cc1 cc2 fla cc3d] [--frames 3] [--device cpu] [--repeat 3] [--threads N]
         [--flush-denormal] [--channels-last] [--out docs/benchmarks.md]
 
 Every case builds one module, one input x (B, C, H, W) and one output gradient, then runs ``y = f(x);
@@ -12,6 +12,10 @@ y.backward(grad)`` for the module and for each reference computed from the same 
     cc1/2  CrissCrossAttention     masked: full (B, N, N) energies masked to the row and column of each position;
            (R = 1 or 2 steps)      einsum: column and row energies by einsum, -inf on the column's centre, one
                                    softmax over their concatenation, einsum aggregation
+    cc3d   CrissCrossAttention3D   on a clip (B, C, T, H, W) of ``--frames`` frames (H x W each), R = 1.
+                                   masked: full (B, THW, THW) energies masked to each position's row, column and
+                                   time line; einsum: row, column and time energies by einsum on the (B, C, T, H, W)
+                                   layout, one softmax, einsum aggregation (fp32: the module has no bf16 path)
     fla    FullyAttentionalBlock   published: the repeat-based block (``bmm`` with the priors tiled ``repeat(W)``:
            (attention only)        (B W, C, C) and (B H, C, C) maps); both without the block's final 3x3 conv
 
@@ -56,7 +60,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:  # runs from a checkout without installing the package too
     sys.path.insert(0, str(REPO / "src"))
 
-from attnseg.heads import ChannelAttention, CrissCrossAttention, FullyAttentionalBlock, PositionAttention  # noqa: E402
+from attnseg.heads import (  # noqa: E402
+    ChannelAttention, CrissCrossAttention, CrissCrossAttention3D, FullyAttentionalBlock, PositionAttention,
+)  # fmt: skip
 
 NOT_MEASURED = "not measured"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -66,7 +72,9 @@ SIZES = ["32x32", "64x64", "97x97", "64x128", "128x256"]
 # ------------------------------------------------------------------------------------------------ references
 # The naive formulas live once, in tests/helpers/reference.py (what the tests check the modules against).
 sys.path.insert(0, str(REPO))
-from tests.helpers.reference import clear_masks, einsum_cca, fp32, masked_cca, naive_cam, naive_pam, published_fla  # noqa: E402
+from tests.helpers.reference import (  # noqa: E402
+    clear_masks, einsum_cca, einsum_cca_3d, fp32, masked_cca, masked_cca_3d, naive_cam, naive_pam, published_fla,
+)  # fmt: skip
 
 
 def fla_attention(m: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
@@ -86,11 +94,11 @@ def repeat(step: Callable, times: int) -> Callable:
 
 
 # (label, module factory, ours, [(reference label, reference, bytes of its largest map or None)])
-def _n2(b, c, h, w):
-    return 4 * b * (h * w) ** 2
+def _n2(b, c, h, w, t=1):
+    return 4 * b * (t * h * w) ** 2
 
 
-def _fla_maps(b, c, h, w):
+def _fla_maps(b, c, h, w, t=1):
     return 4 * b * max(h, w) * c * c
 
 
@@ -108,7 +116,12 @@ MODULES = {
     "fla": (
         "FLA", lambda c: FullyAttentionalBlock(c), fla_attention, [("published (repeat)", published_fla, _fla_maps)],
     ),
+    "cc3d": (
+        "3D criss-cross R=1", lambda c: CrissCrossAttention3D(c), lambda m, x: m(x),
+        [("einsum rows + columns + time", einsum_cca_3d, None), ("masked THW x THW", masked_cca_3d, _n2)],
+    ),
 }  # fmt: skip
+VIDEO = {"cc3d"}  # modules that take a clip (B, C, T, H, W)
 
 # ------------------------------------------------------------------------------------------------ measurement
 
@@ -163,11 +176,15 @@ def measure_case(
     """Rows ``[module, reference, input, dtype, <device> time, <device> memory, ...]`` of one module at one size."""
     label, build, ours, references = MODULES[key]
     b, c, (h, w) = args.batch, args.channels, size
+    t = args.frames if key in VIDEO else 1
     torch.manual_seed(0)
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     module = build(c).to(device, memory_format=layout)
+    if key in VIDEO:  # a clip (B, C, T, H, W): its frames go through the projections as 4-D images
+        x = torch.randn(b, c, t, h, w, device=device).to(DTYPES[dtype]).requires_grad_(True)
+    else:
+        x = torch.randn(b, c, h, w, device=device).to(DTYPES[dtype], memory_format=layout).requires_grad_(True)
     torch.nn.init.ones_(module.gamma)
-    x = torch.randn(b, c, h, w, device=device).to(DTYPES[dtype], memory_format=layout).requires_grad_(True)
     grad = torch.randn_like(x)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
@@ -185,7 +202,7 @@ def measure_case(
 
     impls = {"ours": (step(ours), None)}
     for ref_label, ref, map_bytes in references:
-        need = map_bytes(b, c, h, w) if map_bytes else 0
+        need = map_bytes(b, c, h, w, t) if map_bytes else 0
         if need > args.max_map_gib * 2**30:
             what = "N x N map" if map_bytes is _n2 else "per-line C x C maps"
             impls[ref_label] = (None, f"skipped ({what} would need {need / 2**30:.1f} GiB)")
@@ -213,7 +230,8 @@ def measure_case(
     ours_ms, ours_mib = cells("ours")
     for ref_label, _, _ in references:
         ref_ms, ref_mib = cells(ref_label)
-        row = [label + (" (subnormals flushed)" if args.flush_denormal else ""), ref_label, f"{b}x{c}x{h}x{w}",
+        shape = f"{b}x{c}x{h}x{w}" + (f", T={t}" if key in VIDEO else "")
+        row = [label + (" (subnormals flushed)" if args.flush_denormal else ""), ref_label, shape,
                dtype_cell(dtype, args)]  # fmt: skip
         for dev in DEVICES:
             if dev == device.type:
@@ -367,6 +385,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="feature maps HxW")
     parser.add_argument("--channels", type=int, default=512, help="channels C of the input")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=3, help="frames T of the clips of the video modules (cc3d)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--modules", nargs="+", choices=list(MODULES), default=list(MODULES))
     parser.add_argument("--device", nargs="+", choices=list(DEVICES), default=None,

@@ -74,12 +74,17 @@ def test_ablation_notebook_reads_a_sweep(tmp_path):
     out = tmp_path / "sweeps" / "danet"
     write_results(sweep, rows, out, "danet-test", [])
 
-    nb = execute("ablation_results.ipynb", tmp_path, results_csv=str(out / "results.csv"))
+    (tmp_path / "danet.yaml").write_text(
+        f"base: [{REPO / 'configs' / 'quickstart.yaml'}]\n"
+        "grid:\n  model.head.init_args.pam: [true, false]\n  model.head.init_args.cam: [true, false]\n"
+    )
+    nb = execute("ablation_results.ipynb", tmp_path, results_csv=str(out / "results.csv"),
+                 sweep_file=str(tmp_path / "danet.yaml"))  # fmt: skip
     text, images = outputs(nb)
     assert "4 runs, 3 succeeded" in text
     assert "Best test_mIoU: 61.00 (pam=True, cam=True)" in text
     assert "pam=False, cam=True: 55.00 (-6.00)" in text
-    assert images == 2
+    assert images == 3  # the notebook's two charts and results.png's, drawn by attnseg.sweep.results_figure
     html = json.dumps([o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])])
     assert "FloatingPointError" in html  # the failed run is listed with its error
 
@@ -103,4 +108,4 @@ def test_attention_notebook_trains_small_models_and_draws_the_maps(tmp_path):
     assert "draws" in text and "of its CAM input from channels" in text
     assert images == 3  # predictions, spatial attention (PAM, R = 1, R = 2), channel attention
     sources = "".join(cell.source for cell in nb.cells)
-    assert "CCNet criss-cross, R = {step}" in sources
+    assert "CCNet criss-cross, R = 2" in sources and "attention_figure(" in sources  # the README's figure function

@@ -306,3 +306,31 @@ def main_code(*argv: str) -> int:
     with pytest.raises(SystemExit) as exit_:
         main(list(argv))
     return exit_.value.code
+
+
+def test_only_runs_some_values_of_a_grid_key(capsys):
+    heads = str(CONFIGS / "ablation" / "heads.yaml")
+    assert main_code("sweep", heads, "--only", "head=deeplabv3,pspnet", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Sweep heads: 6 runs (2 grid points x seeds [0, 1, 2];")
+    assert "[0] head=deeplabv3,seed=0" in out and "head=fcn" not in out
+    assert main_code("sweep", heads, "--only", "head=resnet", "--dry-run") == 2
+    assert "--only head=resnet: ['resnet'] not among head's values" in capsys.readouterr().err
+
+
+def test_results_csv_reads_back_as_the_rows_written(tmp_path):
+    from attnseg.sweep import read_results
+
+    sweep = Sweep.from_file(CONFIGS / "ablation" / "danet.yaml")
+    rows = []
+    for index, (point, seed) in enumerate(sweep.runs()[:5]):
+        row = {"run": index, **point, "seed": seed, "status": "ok", "val_mIoU": 0.5 + index / 100,
+               "test_mIoU": 0.4 + index / 100, "test_context_IoU": 0.3, "params": 1234567, "GFLOPs": 7.07,
+               "train_images_per_s": 30.5, "time_s": 118.2, "run_dir": f"runs/attnseg/r{index}",
+               "best_checkpoint": "x.ckpt", "error": None}  # fmt: skip
+        rows.append(row)
+    rows[-1].update(status="failed", error="ValueError: boom", test_mIoU=None)
+    write_results(sweep, rows, tmp_path, "g", [])
+    back = read_results(tmp_path / "results.csv", sweep)
+    assert back == rows
+    assert summarise(sweep, back) == summarise(sweep, rows)

@@ -462,16 +462,12 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
                  context=bool(context))  # fmt: skip
 
 
-def plot_results(summary: list[dict[str, Any]], keys: Sequence[str], path: Path, title: str = "",
-                 context: bool = False) -> bool:  # fmt: skip
-    """Bars of the mean test mIoU (and context IoU) per grid point with standard-deviation error bars, failed
-    points marked; False (and a message) where matplotlib is missing."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        print(f"matplotlib is not installed: {path} not written (pip install matplotlib)")
-        return False
+def results_figure(summary: list[dict[str, Any]], keys: Sequence[str], title: str = "", context: bool = False):
+    """A matplotlib Figure: bars of the mean test mIoU (and context IoU) per grid point with standard-deviation error
+    bars, failed points marked (what ``results.png`` holds; the ablation notebook draws it too)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     series = [("test_mIoU", "test mIoU")] + ([("test_context_IoU", "context IoU")] if context else [])
     labels = [point_label({k: entry[k] for k in keys}).replace(",", "\n") for entry in summary]
     fig = Figure(figsize=(max(4.0, 1.2 * len(summary) + 1.5), 4.0), layout="constrained")
@@ -493,8 +489,41 @@ def plot_results(summary: list[dict[str, Any]], keys: Sequence[str], path: Path,
     ax.set_ylim(0, 105)
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right")
+    return fig
+
+
+def plot_results(summary: list[dict[str, Any]], keys: Sequence[str], path: Path, title: str = "",
+                 context: bool = False) -> bool:  # fmt: skip
+    """``results_figure`` saved to ``path``; False (and a message) where matplotlib is missing."""
+    try:
+        fig = results_figure(summary, keys, title, context)
+    except ImportError:
+        print(f"matplotlib is not installed: {path} not written (pip install matplotlib)")
+        return False
     fig.savefig(path, dpi=120)
     return True
+
+
+def read_results(path: Path, sweep: Sweep) -> list[dict[str, Any]]:
+    """The rows of a ``results.csv`` that ``write_results`` wrote for ``sweep``, with their types back (grid values,
+    seeds, scores), so that ``summarise`` and ``write_results`` can take them again."""
+    rows = []
+    for raw in csv.DictReader(open(path, newline="")):
+        row: dict[str, Any] = {}
+        for key, value in raw.items():
+            if value in ("", None):
+                row[key] = None
+            elif key in sweep.grid and key not in sweep.bundles:
+                row[key] = json.loads(value) if value[:1] in "[{" or value in ("true", "false", "null") else \
+                    next((v for v in sweep.grid[key] if str(v) == value or json.dumps(v) == value), value)  # fmt: skip
+            elif key in ("run", "seed", "params"):
+                row[key] = int(float(value))
+            elif key in ("val_mIoU", "test_mIoU", "test_context_IoU", "GFLOPs", "train_images_per_s", "time_s"):
+                row[key] = float(value)
+            else:
+                row[key] = value
+        rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -516,9 +545,24 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="run every grid point once per seed (overrides the file's seeds), e.g. --seeds 0 1 2")  # fmt: skip
+    parser.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
+                        help="run only these values of a grid key (repeatable), e.g. --only head=pspnet,fcn")
     parser.add_argument("--wandb-sweep", default=None, metavar="FILE",
-                        help="write the grid as a W&B sweep file (wandb sweep FILE; wandb agent ID) and run nothing")  # fmt: skip
+                        help="write the grid as a W&B sweep file (wandb sweep FILE; wandb agent ID), run nothing")
     return parser.parse_args(argv), extra
+
+
+def restrict(sweep: Sweep, only: str) -> None:
+    """Keep only some values of one grid key (``--only KEY=V1,V2``); values are matched as they print."""
+    key, _, values = only.partition("=")
+    if key not in sweep.grid or not values:
+        raise ValueError(f"--only {only}: expected KEY=V1,V2 with KEY one of the grid's keys {list(sweep.grid)}")
+    wanted = values.split(",")
+    printed = {(v if isinstance(v, str) else json.dumps(v)): v for v in sweep.grid[key]}
+    unknown = [v for v in wanted if v not in printed]
+    if unknown:
+        raise ValueError(f"--only {only}: {unknown} not among {key}'s values {list(printed)}")
+    sweep.grid[key] = [printed[v] for v in wanted]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -534,6 +578,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"attnseg sweep: --seeds {args.seeds} repeat a seed; each seed once", file=sys.stderr)
             return 2
         sweep.seeds = list(args.seeds)
+    try:
+        for only in args.only:
+            restrict(sweep, only)
+    except ValueError as err:
+        print(f"attnseg sweep: {err}", file=sys.stderr)
+        return 2
     if args.wandb_sweep:
         try:
             spec = wandb_sweep(sweep, extra)

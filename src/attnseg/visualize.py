@@ -112,3 +112,121 @@ def figure_to_array(fig) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def comparison_figure(
+    images: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    predictions: dict[str, Sequence[np.ndarray]],
+    palette: Sequence[Sequence[int]],
+    names: Sequence[str],
+    scores: dict[str, float] | None = None,
+    alpha: float = 0.6,
+):
+    """One row per image: the image, its ground truth, then each model's prediction over the image (one column per
+    model, titled with its score if given); a legend names the classes present."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    columns = ["image", "ground truth", *predictions]
+    n, h, w = len(images), *np.asarray(images[0]).shape[:2]
+    fig = Figure(figsize=(1.9 * len(columns) * w / h, 1.9 * n + 0.9), layout="constrained")
+    axes = fig.subplots(n, len(columns), squeeze=False)
+    for row, (image, target) in enumerate(zip(images, targets)):
+        panels = [image, colorize(target, palette)]
+        panels += [blend(image, colorize(predictions[m][row], palette), alpha) for m in predictions]
+        for col, panel in enumerate(panels):
+            axes[row, col].imshow(panel, interpolation="nearest")
+            axes[row, col].set_axis_off()
+    for col, label in enumerate(columns):
+        score = (scores or {}).get(label)
+        axes[0, col].set_title(label if score is None else f"{label}\n{score:.1f} mIoU", fontsize=9)
+    present = sorted(set().union(*(np.unique(t).tolist() for t in targets)))
+    handles = [Patch(color=np.asarray(palette[k]) / 255, label=names[k]) for k in present if k < len(names)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6) or 1, fontsize=8)
+    return fig
+
+
+def deepest_pixel(mask: torch.Tensor, classes: Sequence[int]) -> tuple[int, int]:
+    """The (row, col) deepest inside the region of ``classes`` in ``mask`` (H, W): its border peeled off until one
+    more peel would leave nothing; the middle of what remains. The whole image if no pixel has those classes."""
+    import torch.nn.functional as F
+
+    region = torch.isin(mask, torch.as_tensor(list(classes), dtype=mask.dtype))
+    region = (region if region.any() else torch.ones_like(region)).float()[None, None]
+    while (eroded := -F.max_pool2d(-region, 3, stride=1, padding=1)).any():
+        region = eroded
+    ys, xs = torch.nonzero(region[0, 0], as_tuple=True)
+    return int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+
+
+def criss_cross_dense(weights: torch.Tensor) -> torch.Tensor:
+    """One criss-cross step's weights (h, w, h + w) (``CrissCrossAttention.attention_map``: each position's column,
+    then its row) as the dense (N, N) map over the N = h * w positions."""
+    h, w = weights.shape[:2]
+    dense = torch.zeros(h, w, h, w, dtype=weights.dtype)
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    dense[rows, cols, :, cols] += weights[..., :h]  # the position's column
+    dense[rows, cols, rows, :] += weights[..., h:]  # the position's row
+    return dense.reshape(h * w, h * w)
+
+
+def feature_cell(pixel: tuple[int, int], image_size: tuple[int, int], grid: tuple[int, int]) -> int:
+    """Index, among the h * w positions of a feature grid, of the cell that holds image position ``pixel``."""
+    (row, col), (H, W), (h, w) = pixel, image_size, grid
+    return (row * h // H) * w + col * w // W
+
+
+def cell_centre(cell: int, image_size: tuple[int, int], grid: tuple[int, int]) -> tuple[float, float]:
+    """Image (row, col) of the centre of feature cell ``cell``."""
+    (H, W), (h, w) = image_size, grid
+    return ((cell // w + 0.5) * H / h, (cell % w + 0.5) * W / w)
+
+
+def two_hop_path(step1: torch.Tensor, step2: torch.Tensor, cell: int, target: torch.Tensor) -> list[int]:
+    """How two criss-cross steps (dense (N, N) maps) bring ``target`` (N weights, e.g. the share of each cell on the
+    cue) to ``cell``: ``[cell, relay, source]``, the relay carrying the most of it (its step-1 attention to the target
+    times ``cell``'s step-2 weight on it) and the target cell the relay attends to most."""
+    relay = int((step2[cell] * (step1 @ target)).argmax())
+    return [cell, relay, int((step1[relay] * target).argmax())]
+
+
+def attention_figure(
+    image: np.ndarray,
+    maps: Sequence[tuple[str, torch.Tensor]],
+    pixel: tuple[int, int],
+    target: torch.Tensor | None = None,
+    target_name: str = "the cue",
+    paths: dict[int, list[tuple[int, int]]] | None = None,
+):
+    """One panel per (title, (h, w) map): where the query ``pixel`` (row, col) of ``image`` looks, the map drawn
+    over the image cell by cell. With ``target`` (H, W, a 0/1 region of the image), each title gives the share of the
+    attention that lands on it; ``paths`` draws, on the panel of that index, a polyline through (row, col) image
+    positions (e.g. pixel -> relay cell -> cue for two criss-cross steps)."""
+    import torch.nn.functional as F
+    from matplotlib.colors import PowerNorm
+    from matplotlib.figure import Figure
+
+    H, W = image.shape[:2]
+    fig = Figure(figsize=(3.3 * len(maps), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(maps), squeeze=False)[0]
+    for index, (ax, (title, grid)) in enumerate(zip(axes, maps)):
+        grid = grid.detach().float().cpu()
+        up = F.interpolate(grid[None, None], size=(H, W), mode="nearest")[0, 0]
+        ax.imshow(image)
+        ax.imshow(up.numpy(), cmap="inferno", alpha=0.6, interpolation="nearest", norm=PowerNorm(0.4, vmin=0))
+        if target is not None:
+            cells = F.adaptive_avg_pool2d(target.float()[None, None], grid.shape)[0, 0]
+            share = float((grid * cells).sum() / grid.sum())
+            whole = 100 * float(target.float().mean())
+            title = f"{title}\n{100 * share:.0f}% on {target_name} ({whole:.0f}% of the image)"
+            ax.contour(target.float().numpy(), levels=[0.5], colors="cyan", linewidths=0.8)
+        path = (paths or {}).get(index)
+        if path:
+            ys, xs = zip(*path)
+            ax.plot(xs, ys, "c--", linewidth=1.5, marker="o", markersize=4)
+        ax.plot(pixel[1], pixel[0], "w+", markersize=14, markeredgewidth=2)
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.supxlabel("colour: attention weight ** 0.4 (faint weights visible); +: the query pixel", fontsize=8)
+    return fig

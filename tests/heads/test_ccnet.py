@@ -161,13 +161,15 @@ def test_3d_criss_cross_equals_masked_full_attention_outputs_and_gradients(shape
     """Against the brute-force masked formula over the whole clip (T + H + W - 2 positions each, the centre
     once): outputs, and gradients of the input and of every parameter."""
     from attnseg.heads import CrissCrossAttention3D
-    from tests.helpers.reference import masked_cca_3d
+    from tests.helpers.reference import einsum_cca_3d, masked_cca_3d
 
     torch.manual_seed(0)
     m = CrissCrossAttention3D(shape[1], 4)
     random_gamma(m)
     x = 2 * torch.randn(shape)
     grad = torch.randn(shape)
+    # the einsum formulation of the benchmark is the same formula (checked here so its timings compare like for like)
+    torch.testing.assert_close(einsum_cca_3d(m, x), masked_cca_3d(m, x), rtol=1e-5, atol=1e-5)
     results = []
     for f in (lambda inp: m(inp), lambda inp: masked_cca_3d(m, inp)):
         m.zero_grad()

@@ -149,3 +149,25 @@ def masked_cca_3d(m, x: torch.Tensor) -> torch.Tensor:
         energy = torch.bmm(q.transpose(1, 2), k).masked_fill(~criss_cross_mask_3d(t, h, w, x.device), float("-inf"))
         out = torch.bmm(v, torch.softmax(energy, dim=-1).transpose(1, 2))  # (B, C, N), N frame-major
         return (m.gamma * out.reshape(b, c, t, h, w) + x.float()).to(x.dtype)
+
+
+def einsum_cca_3d(m, x: torch.Tensor) -> torch.Tensor:
+    """3D criss-cross attention written with einsums on the (B, C, T, H, W) layout: energies along the row, the
+    column and the time line of every position, -inf on the centre of the column and time lines (counted once,
+    in the row), one softmax over their concatenation, einsum aggregation of the values."""
+    b, c, t, h, w = x.shape
+    frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+    q, k, v = (p(frames).float().reshape(b, t, -1, h, w).transpose(1, 2) for p in (m.query, m.key, m.value))
+    with fp32(x):
+        row = torch.einsum("bcthw,bcthv->bthwv", q, k)
+        centre = lambda n: torch.diag(torch.full((n,), float("inf"), device=x.device))  # noqa: E731
+        col = torch.einsum("bcthw,bctgw->bthwg", q, k) - centre(h)[:, None, :]  # (H, G) on dims 2 and 4
+        time = torch.einsum("bcthw,bcshw->bthws", q, k) - centre(t)[:, None, None, :]  # (T, S) on dims 1 and 4
+        weights = torch.softmax(torch.cat([row, col, time], dim=-1), dim=-1)
+        a_row, a_col, a_time = weights.split([w, h, t], dim=-1)
+        out = (
+            torch.einsum("bthwv,bcthv->bcthw", a_row, v)
+            + torch.einsum("bthwg,bctgw->bcthw", a_col, v)
+            + torch.einsum("bthws,bcshw->bcthw", a_time, v)
+        )
+        return (m.gamma * out + x.float()).to(x.dtype)
