@@ -39,7 +39,7 @@ DEFAULT_ROOT = REPO.parent / "shared" / "data" / "camvid"
 
 
 def build_data(path: Path, root: Optional[Path], workers: int, cache: bool) -> SegDataModule:
-    options = yaml.safe_load(path.read_text())
+    options = yaml.safe_load(path.read_text())["data"]  # a data group file: one data: section
     options.update(num_workers=workers, persistent_workers=False, cache_decoded=cache)
     if root is not None:
         options["root"] = str(root)

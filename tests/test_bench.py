@@ -16,6 +16,8 @@ sys.path.insert(0, str(REPO / "bench"))
 import attention as bench_attention  # noqa: E402
 import complexity as bench_complexity  # noqa: E402
 import context as bench_context  # noqa: E402
+import data as bench_data  # noqa: E402
+import figures as bench_figures  # noqa: E402
 import model as bench_model  # noqa: E402
 
 
@@ -39,7 +41,8 @@ def test_references_compute_the_modules_formula(key, dtype):
     torch.manual_seed(0)
     module = build(16)
     torch.nn.init.uniform_(module.gamma, 0.5, 1.5)
-    x = torch.randn(1, 16, 7, 9).to(bench_attention.DTYPES[dtype])  # batch 1: the published FLA mixes images
+    shape = (1, 16, 3, 7, 9) if key in bench_attention.VIDEO else (1, 16, 7, 9)  # a clip of 3 frames for cc3d
+    x = torch.randn(shape).to(bench_attention.DTYPES[dtype])  # batch 1: the published FLA mixes images
     grad = torch.randn_like(x)
     results = []
     for fn in [ours] + [ref for _, ref, _ in references]:
@@ -179,3 +182,48 @@ def test_context_receptive_field_of_a_local_model_is_its_kernel():
     data.transforms = lambda image, mask: (image.float() / 255, mask)
     r95, r99 = bench_context.effective_receptive_field(task, data, images=4)
     assert 1 <= r95 <= r99 <= 2 * 2**0.5 + 1e-6
+
+
+def test_data_script_reads_a_data_group_file():
+    from tests.helpers.cli import CONFIGS, SHARED
+
+    root = SHARED / "data" / "camvid"
+    if not root.is_dir():
+        pytest.skip("../shared/data/camvid is absent")
+    data = bench_data.build_data(CONFIGS / "data" / "camvid_half.yaml", root, workers=0, cache=False)
+    assert len(data.train_dataset) == 367 + 101 and list(data.hparams.crop_size) == [180, 240]
+
+
+def test_figures_script_draws_the_attention_of_a_blob_pixel(tmp_path):
+    from tests.helpers.cli import FAST, QUICKSTART, run_cli
+
+    checkpoints = {}
+    for head, extra in (("danet", []), ("ccnet", ["--model.head.init_args.recurrence=2"])):
+        cli = run_cli(
+            "fit", "--config", QUICKSTART, "--config", f"model/{head}", *FAST, *extra, "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=1", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path / head}",
+        )  # fmt: skip
+        checkpoints[head] = cli.trainer.checkpoint_callback.last_model_path
+    bench_figures.main(["attention", "--danet", checkpoints["danet"], "--ccnet", checkpoints["ccnet"],
+                        "--out", str(tmp_path / "figures")])  # fmt: skip
+    for name in ("attention_pam.png", "attention_criss_cross.png"):
+        image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "figures" / name))
+        assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 10  # drawn, not blank
+
+
+def test_two_hop_path_goes_through_the_relay_that_carries_the_target():
+    from attnseg.visualize import criss_cross_dense, two_hop_path
+
+    h = w = 3  # cell 0 (0, 0) looks along its row to cell 2 (0, 2), which looks down its column to cell 8 (2, 2)
+    step1, step2 = torch.zeros(h, w, h + w), torch.zeros(h, w, h + w)
+    step1[..., h + 1] = 1.0  # everything on its own row, column 1 (a distractor)
+    step1[0, 2] = 0.0
+    step1[0, 2, 2] = 1.0  # cell (0, 2): all on row 2 of its column, i.e. cell 8
+    step2[0, 0] = 0.0
+    step2[0, 0, h + 2] = 1.0  # cell (0, 0): all on column 2 of its row, i.e. cell 2
+    target = torch.zeros(h * w)
+    target[8] = 1.0
+    dense1, dense2 = criss_cross_dense(step1), criss_cross_dense(step2)
+    assert float(dense1.sum(1).min()) == 1.0  # every position's weights sum to 1
+    assert two_hop_path(dense1, dense2, 0, target) == [0, 2, 8]
+    assert float((dense2 @ dense1)[0] @ target) == 1.0  # after two steps all of cell 0's attention is on the target
