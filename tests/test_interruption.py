@@ -122,3 +122,16 @@ def test_checkpoints_get_the_users_file_mode_and_stale_temporaries_are_removed()
         assert not stale.exists() and (folder / "last.ckpt").exists()
     finally:
         os.umask(mask)
+
+
+def test_a_run_resumed_from_a_signal_keeps_writing_the_same_last_ckpt(tmp_path):
+    """The stop comes before the checkpoint callback's first save: the resumed run's saves overwrite that
+    ``last.ckpt`` (which ``--ckpt_path last`` finds), not a ``last-v1.ckpt`` beside it."""
+    args = [*map(str, LONG), "--trainer.max_epochs=3", f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.limit_val_batches=1"]  # fmt: skip
+    run_cli("fit", *args, "--trainer.callbacks+=tests.helpers.faults.StopWithLast")
+    (last,) = tmp_path.glob("attnseg/*/checkpoints/last.ckpt")
+    assert step(last) == 1
+    resumed = run_cli("fit", *args, "--ckpt_path", "last")
+    assert sorted(p.name for p in last.parent.glob("last*.ckpt")) == ["last.ckpt"]
+    assert step(last) == resumed.trainer.global_step > 4  # every later save went into this file

@@ -85,6 +85,11 @@ class Checkpoint(ModelCheckpoint):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         super().on_fit_start(trainer, pl_module)
+        resumed = Path(trainer.ckpt_path) if trainer.ckpt_path else None
+        if self.save_last and self.dirpath and resumed is not None and resumed.parent == Path(self.dirpath):
+            # a run resumed from its own folder keeps writing last.ckpt there (where --ckpt_path last looks), even
+            # when the restored state names another file (Lightning would version it: last-v1.ckpt)
+            self.last_model_path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
         if not trainer.is_global_zero or not self.dirpath or not Path(self.dirpath).is_dir():
             return
         stale = [p for p in Path(self.dirpath).glob(TMP_PATTERN) if p.is_file()]
@@ -187,6 +192,8 @@ class Interruption(Callback):
         has_folder = callback is not None and callback.dirpath
         folder = Path(callback.dirpath) if has_folder else run_dir(trainer) / "checkpoints"
         path = folder / "last.ckpt"
+        if has_folder and callback.save_last:  # the checkpoint callback's own last: it overwrites it after a resume
+            callback.last_model_path = str(path)  # (rather than writing last-v1.ckpt beside it)
         trainer.save_checkpoint(path)
         return path
 
