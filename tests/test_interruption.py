@@ -135,3 +135,19 @@ def test_a_run_resumed_from_a_signal_keeps_writing_the_same_last_ckpt(tmp_path):
     resumed = run_cli("fit", *args, "--ckpt_path", "last")
     assert sorted(p.name for p in last.parent.glob("last*.ckpt")) == ["last.ckpt"]
     assert step(last) == resumed.trainer.global_step > 4  # every later save went into this file
+
+
+def test_a_restored_checkpoint_callback_names_last_ckpt_in_its_own_folder(tmp_path):
+    """State saved before the callback wrote any last file (or naming a versioned one) resumes writing last.ckpt."""
+    from attnseg.checkpoint import Checkpoint
+
+    folder = str(tmp_path / "checkpoints")
+    for named in ("", f"{folder}/last-v1.ckpt"):
+        callback = Checkpoint(dirpath=folder, save_last=True)
+        callback.load_state_dict({"dirpath": folder, "best_model_score": None, "best_model_path": "",
+                                  "last_model_path": named})  # fmt: skip
+        assert callback.last_model_path == f"{folder}/last.ckpt"
+    elsewhere = Checkpoint(dirpath=folder, save_last=True)
+    elsewhere.load_state_dict({"dirpath": str(tmp_path / "other"), "best_model_score": None, "best_model_path": "",
+                               "last_model_path": ""})  # fmt: skip
+    assert elsewhere.last_model_path == ""  # another folder's state: Lightning's rule (nothing restored)

@@ -85,11 +85,6 @@ class Checkpoint(ModelCheckpoint):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         super().on_fit_start(trainer, pl_module)
-        resumed = Path(trainer.ckpt_path) if trainer.ckpt_path else None
-        if self.save_last and self.dirpath and resumed is not None and resumed.parent == Path(self.dirpath):
-            # a run resumed from its own folder keeps writing last.ckpt there (where --ckpt_path last looks), even
-            # when the restored state names another file (Lightning would version it: last-v1.ckpt)
-            self.last_model_path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
         if not trainer.is_global_zero or not self.dirpath or not Path(self.dirpath).is_dir():
             return
         stale = [p for p in Path(self.dirpath).glob(TMP_PATTERN) if p.is_file()]
@@ -97,6 +92,14 @@ class Checkpoint(ModelCheckpoint):
             p.unlink(missing_ok=True)
         if stale:
             rank_zero_info(f"removed {len(stale)} unfinished checkpoint file(s) left in {self.dirpath} by a kill")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore as Lightning does; a run resumed in its own folder then keeps writing ``last.ckpt`` there (where
+        ``--ckpt_path last`` looks), even when the restored state names no last file or another one (a ``last.ckpt``
+        written on a stop signal: Lightning would version the next one as ``last-v1.ckpt``)."""
+        super().load_state_dict(state_dict)
+        if self.save_last and self.dirpath and state_dict.get("dirpath", self.dirpath) == self.dirpath:
+            self.last_model_path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -192,8 +195,8 @@ class Interruption(Callback):
         has_folder = callback is not None and callback.dirpath
         folder = Path(callback.dirpath) if has_folder else run_dir(trainer) / "checkpoints"
         path = folder / "last.ckpt"
-        if has_folder and callback.save_last:  # the checkpoint callback's own last: it overwrites it after a resume
-            callback.last_model_path = str(path)  # (rather than writing last-v1.ckpt beside it)
+        if has_folder and callback.save_last:  # the callback's own last from now on: a save that follows in this
+            callback.last_model_path = str(path)  # process (the epoch's end) overwrites it, not last-v1.ckpt beside it
         trainer.save_checkpoint(path)
         return path
 

@@ -1,3 +1,11 @@
 """Values every part of the package agrees on."""
 
 IGNORE_INDEX = 255  # the void label: datasets map unlabelled pixels to it; losses and metrics skip it
+# Up to this many classes, the per-class IoU is also one series (chart) per class on the loggers; beyond (ADE20K's 150,
+# COCO-Stuff's 171) only the IoU table (attnseg.callbacks.ClassTables) holds it: a chart per class would bury the rest.
+MAX_CLASS_SERIES = 20
+
+
+def class_series(num_classes: int) -> bool:
+    """Whether the per-class IoU of ``num_classes`` classes goes to the loggers as one series per class."""
+    return num_classes <= MAX_CLASS_SERIES

@@ -205,9 +205,8 @@ def wandb_sweep(sweep: Sweep, extra: Sequence[str] = ()) -> dict[str, Any]:
     for key, values in sweep.grid.items():
         if key in sweep.bundles:
             inline = [nested(sweep.bundles[key][name]) for name in values]
-            parameters["config"] = {
-                "values": [yaml.safe_dump(c, default_flow_style=True, sort_keys=False, width=10**6).strip() for c in inline]
-            }
+            flow = [yaml.safe_dump(c, default_flow_style=True, sort_keys=False, width=10**6).strip() for c in inline]
+            parameters["config"] = {"values": flow}
         else:
             parameters[key] = {"values": list(values)}
     parameters["seed_everything"] = {"values": list(sweep.seeds)}
@@ -404,7 +403,7 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, (bool, list, dict)) else v for k, v in row.items()})
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
 
     names = short_names(keys)
     context = sweep.context_classes
@@ -504,6 +503,11 @@ def plot_results(summary: list[dict[str, Any]], keys: Sequence[str], path: Path,
     return True
 
 
+def _csv_cell(value: Any) -> Any:
+    """How ``results.csv`` holds a value: booleans, lists and mappings as JSON, the rest as they are."""
+    return json.dumps(value) if isinstance(value, (bool, list, dict)) else value
+
+
 def read_results(path: Path, sweep: Sweep) -> list[dict[str, Any]]:
     """The rows of a ``results.csv`` that ``write_results`` wrote for ``sweep``, with their types back (grid values,
     seeds, scores), so that ``summarise`` and ``write_results`` can take them again."""
@@ -513,9 +517,8 @@ def read_results(path: Path, sweep: Sweep) -> list[dict[str, Any]]:
         for key, value in raw.items():
             if value in ("", None):
                 row[key] = None
-            elif key in sweep.grid and key not in sweep.bundles:
-                row[key] = json.loads(value) if value[:1] in "[{" or value in ("true", "false", "null") else \
-                    next((v for v in sweep.grid[key] if str(v) == value or json.dumps(v) == value), value)  # fmt: skip
+            elif key in sweep.grid and key not in sweep.bundles:  # the grid value written as ``value``
+                row[key] = next((v for v in sweep.grid[key] if str(_csv_cell(v)) == value), value)
             elif key in ("run", "seed", "params"):
                 row[key] = int(float(value))
             elif key in ("val_mIoU", "test_mIoU", "test_context_IoU", "GFLOPs", "train_images_per_s", "time_s"):

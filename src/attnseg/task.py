@@ -18,13 +18,12 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-from attnseg.callbacks.tables import class_series
 from attnseg.encoder import Encoder, EncoderConfig
 from attnseg.heads import FCNHead
 from attnseg.inference import MultiScaleFlip, SlidingWindow, Whole
 from attnseg.losses import CrossEntropy
 from attnseg.model import SegmentationModel
-from attnseg.constants import IGNORE_INDEX
+from attnseg.constants import IGNORE_INDEX, class_series
 
 # A head class with its options bound; called with (encoder channels, num_classes).
 HeadFactory = Callable[[Sequence[int], int], nn.Module]

@@ -115,7 +115,7 @@ def test_wandb_summary_keeps_the_best_validation_and_a_table_replaces_many_serie
     last value. More classes than MAX_CLASS_SERIES (lowered to 3 for the 7 synthetic classes): the per-class IoU is a
     table per validation (with its epoch and step), not one series per class."""
     assert class_series(MAX_CLASS_SERIES) and not class_series(MAX_CLASS_SERIES + 1)
-    monkeypatch.setattr("attnseg.callbacks.tables.MAX_CLASS_SERIES", 3)
+    monkeypatch.setattr("attnseg.constants.MAX_CLASS_SERIES", 3)
     script_val_miou(monkeypatch, [0.6, 0.4])
     cli = run_cli("fit", *SHORT, *wandb_in(tmp_path / "runs"))
     (run,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")

@@ -11,17 +11,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from attnseg.callbacks.sink import MediaSink, data_style
 from attnseg.checkpoint import run_dir
+from attnseg.constants import MAX_CLASS_SERIES, class_series  # noqa: F401 (part of this module's interface)
 
 TABLE_COLUMNS = ["class", "IoU", "accuracy", "gt_pixels", "pred_pixels", "epoch", "step"]
-# Up to this many classes, the per-class IoU is also one series (chart) per class; beyond (ADE20K's 150, COCO-Stuff's
-# 171), only the IoU table holds it: a chart per class would bury the others.
-MAX_CLASS_SERIES = 20
 BEST = "val/mIoU"  # the metric whose best validation the run summary keeps (the checkpoint's monitor)
-
-
-def class_series(num_classes: int) -> bool:
-    """Whether the per-class IoU of ``num_classes`` classes goes to the loggers as one series per class."""
-    return num_classes <= MAX_CLASS_SERIES
 
 
 def class_table(confmat: torch.Tensor, iou: torch.Tensor, names: Sequence[str]) -> list[list[Any]]:
