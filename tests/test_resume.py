@@ -3,6 +3,7 @@ the optimiser state and schedule position come back as saved."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -35,6 +36,11 @@ def test_last_resumes_this_experiment_not_the_newest_run(caplog):
     assert "resuming this experiment (fingerprint " in caplog.text
     assert str(fcn_run / "checkpoints/last.ckpt") in caplog.text
     assert len(runs()) == 2 and step(fcn_run / "checkpoints/last.ckpt") == 4
+    # the run's metrics.csv keeps the first fit's rows (Lightning's CSV writer deletes the file it opens)
+    rows = list(csv.DictReader(open(fcn_run / "metrics.csv")))
+    assert {row["epoch"] for row in rows if row["val/mIoU"]} == {"0", "1"}
+    logged = [(row["step"], key) for row in rows for key, value in row.items() if value and key not in ("epoch", "step")]
+    assert len(logged) == len(set(logged))  # nothing logged twice for one step
 
 
 def test_last_with_nothing_of_this_experiment_starts_fresh_and_says_why():

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -283,3 +284,31 @@ def run_of_checkpoint(path: Path) -> Optional[str]:
     """The run directory name (W&B id or ``version_N``) of ``<runs>/<run>/checkpoints/x.ckpt``, else None."""
     path = Path(path)
     return path.parent.parent.name if path.parent.name == "checkpoints" else None
+
+
+def keep_csv_history(trainer: Trainer, before_step: int) -> None:
+    """A resumed fit continues its CSV run in the same folder, where Lightning's CSV writer deletes ``metrics.csv``
+    when it opens it. Keep that file's rows logged before ``before_step`` (the checkpoint's step; the resumed run
+    logs the later ones again) and let the writer append to them."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [row for row in reader if row.get("step") and float(row["step"]) < before_step]
+        writer = logger.experiment  # opening it deletes metrics.csv: the rows are in memory and written back here
+        temporary = path.with_name(f".{path.name}.tmp")
+        with open(temporary, "w", newline="") as f:
+            table = csv.DictWriter(f, fieldnames=header)
+            table.writeheader()
+            table.writerows(rows)
+        os.replace(temporary, path)
+        writer.metrics_keys = header  # the columns it appends under (new ones make it rewrite the file)

@@ -31,6 +31,7 @@ from attnseg.checkpoint import (
     Checkpoint,
     Interruption,
     experiment_fingerprint,
+    keep_csv_history,
     last_checkpoints,
     run_dir,
     run_of_checkpoint,
@@ -114,6 +115,7 @@ class AttnSegCLI(LightningCLI):
         """Parse, then resolve ``--ckpt_path last`` and make a resumed fit continue its own run directory and
         W&B run (before Lightning reads the checkpoint's hyper-parameters into the model config)."""
         self._kept_on_resume: dict[str, tuple] = {}
+        self._resumed_step: Optional[int] = None  # a fit resumed in its own run folder: the checkpoint's step
         args = expand_config_args(sys.argv[1:] if args is None else list(args))  # short names and base: lists
         _check_config_files(args)
         super().parse_arguments(parser, args)
@@ -164,6 +166,7 @@ class AttnSegCLI(LightningCLI):
         csv = logger_args is not None and logger.class_path.endswith("CSVLogger")
         if subcommand == "fit" and run and csv and logger_args.get("version") is None:
             logger_args.version = run  # same run directory
+            self._resumed_step = int(_load_checkpoint(config.ckpt_path).get("global_step", 0))
 
     def _check_checkpoint_matches_config(self, subcommand: str, config) -> None:
         """Lightning rebuilds the model from the checkpoint's hyper-parameters, over the user's options. Each model
@@ -215,6 +218,8 @@ class AttnSegCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if self._resumed_step is not None:
+            keep_csv_history(trainer, self._resumed_step)
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:  # the one override of a private method (lightning_internals)
