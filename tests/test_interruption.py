@@ -32,10 +32,10 @@ def step(ckpt: Path) -> int:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
 
 
-def run_until_trained(args, env, min_step: int = 6):
+def run_until_trained(args, env, min_step: int = 6, **popen):
     """Start ``attnseg fit`` and wait until its metrics file shows ``min_step`` steps."""
     proc = subprocess.Popen([ATTNSEG, "fit", *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, **popen)  # fmt: skip
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if any(step(p) >= min_step for p in Path("runs/attnseg").glob("*/checkpoints/last.ckpt")):
@@ -71,6 +71,39 @@ def test_a_stop_signal_saves_the_current_step_exits_non_zero_and_last_continues_
                              timeout=300)  # fmt: skip
     assert f"from {last}" in resumed.stderr + resumed.stdout
     assert json.loads(Path("probe.json").read_text())["start_step"] == saved  # exactly where it stopped
+
+
+def living_members(group: int) -> list[int]:
+    """The processes of a process group that still run (zombies excluded), read from /proc."""
+    pids = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited while we looked
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            pids.append(int(stat_file.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+def test_sigterm_to_the_whole_job_with_loader_workers_still_saves_the_current_step():
+    """SLURM's scancel signals every process of the job, DataLoader workers too: the workers must not die first
+    (the main process would fail on them and could not save); the main process saves, exits 143 and leaves no
+    worker behind."""
+    args = [*LONG, "--data.num_workers=2", "--data.persistent_workers=true"]
+    proc = run_until_trained(args, child_env(), start_new_session=True)  # its own process group, as a job has
+    assert len(living_members(proc.pid)) >= 3, "expected the fit and its two loader workers"
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "killed by signal" not in err
+    last = next(Path("runs/attnseg").glob("*/checkpoints/last.ckpt"))
+    assert f"SIGTERM received: stopped at step {step(last)}, saved {last}" in out
+    deadline = time.time() + 30  # an orphaned worker notices its parent is gone within DataLoader's 5 s check
+    while living_members(proc.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert living_members(proc.pid) == []
 
 
 def test_an_error_mid_epoch_saves_the_last_completed_step_first():

@@ -37,6 +37,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from attnseg.constants import STOP_SIGNALS
 from attnseg.lightning_internals import last_step_saved, save_last, saves_on_train_epoch_end
 
 
@@ -130,7 +131,8 @@ class Interruption(Callback):
     On SIGTERM (a scheduler ending the job) or SIGUSR1 (SLURM's warning before preemption, with
     ``--signal=USR1@<seconds>``), the step in progress finishes, ``last.ckpt`` of that step is written into the
     run's own checkpoint folder (where ``--ckpt_path last`` finds it) and the process exits with status 128 +
-    the signal's number (143 for SIGTERM). Under SLURM with ``requeue``, SIGUSR1 first requeues the job
+    the signal's number (143 for SIGTERM). The signal may reach every process of the job (``scancel``): the
+    DataLoader workers ignore it (``attnseg.data.datamodule.ignore_stop_signals``). Under SLURM with ``requeue``, SIGUSR1 first requeues the job
     (``scontrol requeue $SLURM_JOB_ID``), so the next start continues the run. An error raised in the middle of
     ``fit`` (a corrupt image found mid-epoch, an out-of-memory) also writes ``last.ckpt`` of the last completed
     step before it propagates; a non-finite model is never written (``SegmentationTask.on_save_checkpoint``).
@@ -139,7 +141,7 @@ class Interruption(Callback):
         requeue: under SLURM, requeue the job on SIGUSR1.
     """
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self, requeue: bool = True) -> None:
         self.requeue = requeue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 from typing import Any, Optional, Sequence
 
 import torch
@@ -14,7 +15,21 @@ from attnseg.data.registry import DATASETS
 from attnseg.data.check import check_samples, report
 from attnseg.data.io import voc_palette
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
-from attnseg.constants import IGNORE_INDEX
+from attnseg.constants import IGNORE_INDEX, STOP_SIGNALS
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave the stop signals to the main process.
+
+    A job system that signals every process of the job (SLURM's ``scancel``, a ``kill`` of the process group) would
+    otherwise kill the workers first; the main process then fails on the dead workers before it can write
+    ``last.ckpt``. Ignoring SIGTERM and SIGUSR1 here lets ``attnseg.checkpoint.Interruption`` finish the step, save
+    and shut the workers down; a worker whose main process is gone still exits by itself (DataLoader's watchdog).
+    """
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, signal.SIG_IGN)
 
 
 def resolve_dataset(name: str) -> type:
@@ -191,6 +206,7 @@ class SegDataModule(LightningDataModule):
             pin_memory=hp.pin_memory,
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
             collate_fn=SameSizeCollate(option),
+            worker_init_fn=ignore_stop_signals,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -209,7 +225,8 @@ class SegDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return DataLoader(self.predict_dataset, batch_size=1, num_workers=hp.num_workers, collate_fn=collate_images)
+        return DataLoader(self.predict_dataset, batch_size=1, num_workers=hp.num_workers, collate_fn=collate_images,
+                          worker_init_fn=ignore_stop_signals)
 
 
 class PadForRanks(Dataset):
