@@ -106,6 +106,27 @@ def test_sigterm_to_the_whole_job_with_loader_workers_still_saves_the_current_st
     assert living_members(proc.pid) == []
 
 
+ABANDONED_WORKERS = """
+import sys
+from attnseg.data import SegDataModule
+data = SegDataModule(dataset_args={"image_size": 32, "num_samples": 8}, batch_size=4, val_batch_size=4,
+                     scale_range=None, photometric=False, num_workers=2, persistent_workers=True)
+data.setup("fit")
+batches = iter(data.train_dataloader())
+next(batches)
+print("workers started", flush=True)
+sys.exit(0)  # the iterator is still alive: Python's exit shuts its workers down with SIGTERM
+"""
+
+
+def test_workers_left_running_at_exit_are_shut_down_by_their_main_process():
+    """Workers ignore SIGTERM from outside, not from their own main process: an interpreter that exits with a
+    loader's workers still running (multiprocessing terminates and joins them) must not wait on them."""
+    proc = subprocess.run([sys.executable, "-c", ABANDONED_WORKERS], env=child_env(), capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and "workers started" in proc.stdout, proc.stderr[-2000:]
+
+
 def test_an_error_mid_epoch_saves_the_last_completed_step_first():
     """A sample that turns unreadable in the second epoch: the error names it, and the steps done are kept."""
     args = ["--config", QUICKSTART, *FAST, *CSV, "--trainer.max_epochs=3",

@@ -132,7 +132,8 @@ class Interruption(Callback):
     ``--signal=USR1@<seconds>``), the step in progress finishes, ``last.ckpt`` of that step is written into the
     run's own checkpoint folder (where ``--ckpt_path last`` finds it) and the process exits with status 128 +
     the signal's number (143 for SIGTERM). The signal may reach every process of the job (``scancel``): the
-    DataLoader workers ignore it (``attnseg.data.datamodule.ignore_stop_signals``). Under SLURM with ``requeue``, SIGUSR1 first requeues the job
+    DataLoader workers ignore it unless the main process sends it
+    (``attnseg.data.datamodule.ignore_stop_signals``). Under SLURM with ``requeue``, SIGUSR1 first requeues the job
     (``scontrol requeue $SLURM_JOB_ID``), so the next start continues the run. An error raised in the middle of
     ``fit`` (a corrupt image found mid-epoch, an out-of-memory) also writes ``last.ckpt`` of the last completed
     step before it propagates; a non-finite model is never written (``SegmentationTask.on_save_checkpoint``).

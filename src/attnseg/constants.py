@@ -2,7 +2,8 @@
 
 IGNORE_INDEX = 255  # the void label: datasets map unlabelled pixels to it; losses and metrics skip it
 # The signals that ask a fit to stop (a scheduler ending the job; SLURM's warning before preemption). The main process
-# handles them (attnseg.checkpoint.Interruption); DataLoader workers ignore them (attnseg.data.datamodule).
+# handles them (attnseg.checkpoint.Interruption); DataLoader workers ignore them unless the main process sends them
+# (attnseg.data.datamodule.ignore_stop_signals).
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 # Up to this many classes, the per-class IoU is also one series (chart) per class on the loggers; beyond (ADE20K's 150,
 # COCO-Stuff's 171) only the IoU table (attnseg.callbacks.ClassTables) holds it: a chart per class would bury the rest.

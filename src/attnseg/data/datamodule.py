@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import signal
+import threading
 from typing import Any, Optional, Sequence
 
 import torch
@@ -19,17 +21,27 @@ from attnseg.constants import IGNORE_INDEX, STOP_SIGNALS
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave the stop signals to the main process.
+    """DataLoader workers leave the stop signals sent to the whole job to the main process.
 
     A job system that signals every process of the job (SLURM's ``scancel``, a ``kill`` of the process group) would
     otherwise kill the workers first; the main process then fails on the dead workers before it can write
-    ``last.ckpt``. Ignoring SIGTERM and SIGUSR1 here lets ``attnseg.checkpoint.Interruption`` finish the step, save
-    and shut the workers down; a worker whose main process is gone still exits by itself (DataLoader's watchdog).
+    ``last.ckpt``. Here SIGTERM and SIGUSR1 are blocked in the worker and a thread takes them: one sent by the main
+    process (the loader or Python's exit shutting its workers down) ends the worker at once, as torch's own handler
+    does; one sent by anyone else is ignored, so ``attnseg.checkpoint.Interruption`` finishes the step, saves and
+    shuts the workers down. A worker whose main process is gone still exits by itself (DataLoader's watchdog).
+    Platforms without ``signal.sigwaitinfo`` (macOS, Windows) keep torch's handling.
     """
-    for name in STOP_SIGNALS:
-        number = getattr(signal, name, None)
-        if number is not None:
-            signal.signal(number, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    numbers = {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
+    signal.pthread_sigmask(signal.SIG_BLOCK, numbers)  # threads started later by this one inherit the mask
+    threading.Thread(target=_take_stop_signals, args=(numbers, os.getppid()), name="stop-signals", daemon=True).start()
+
+
+def _take_stop_signals(numbers: set, main_process: int) -> None:
+    while True:
+        if signal.sigwaitinfo(numbers).si_pid == main_process:
+            os._exit(0)
 
 
 def resolve_dataset(name: str) -> type:
