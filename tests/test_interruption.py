@@ -107,8 +107,9 @@ def test_sigterm_to_the_whole_job_with_loader_workers_still_saves_the_current_st
 
 
 ABANDONED_WORKERS = """
-import sys
+import multiprocessing, sys
 from attnseg.data import SegDataModule
+multiprocessing.set_start_method(sys.argv[1])
 data = SegDataModule(dataset_args={"image_size": 32, "num_samples": 8}, batch_size=4, val_batch_size=4,
                      scale_range=None, photometric=False, num_workers=2, persistent_workers=True)
 data.setup("fit")
@@ -119,11 +120,13 @@ sys.exit(0)  # the iterator is still alive: Python's exit shuts its workers down
 """
 
 
-def test_workers_left_running_at_exit_are_shut_down_by_their_main_process():
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_workers_left_running_at_exit_are_shut_down_by_their_main_process(start_method):
     """Workers ignore SIGTERM from outside, not from their own main process: an interpreter that exits with a
-    loader's workers still running (multiprocessing terminates and joins them) must not wait on them."""
-    proc = subprocess.run([sys.executable, "-c", ABANDONED_WORKERS], env=child_env(), capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    loader's workers still running (multiprocessing terminates and joins them) must not wait on them, also when a
+    fork server (the worker's parent, not the main process) started them."""
+    proc = subprocess.run([sys.executable, "-c", ABANDONED_WORKERS, start_method], env=child_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0 and "workers started" in proc.stdout, proc.stderr[-2000:]
 
 
