@@ -6,6 +6,7 @@ import importlib
 import os
 import signal
 import threading
+from functools import partial
 from typing import Any, Optional, Sequence
 
 import torch
@@ -20,7 +21,7 @@ from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms
 from attnseg.constants import IGNORE_INDEX, STOP_SIGNALS
 
 
-def ignore_stop_signals(worker_id: int) -> None:
+def ignore_stop_signals(worker_id: int, main_process: Optional[int] = None) -> None:
     """DataLoader workers leave the stop signals sent to the whole job to the main process.
 
     A job system that signals every process of the job (SLURM's ``scancel``, a ``kill`` of the process group) would
@@ -29,18 +30,21 @@ def ignore_stop_signals(worker_id: int) -> None:
     process (the loader or Python's exit shutting its workers down) ends the worker at once, as torch's own handler
     does; one sent by anyone else is ignored, so ``attnseg.checkpoint.Interruption`` finishes the step, saves and
     shuts the workers down. A worker whose main process is gone still exits by itself (DataLoader's watchdog).
-    Platforms without ``signal.sigwaitinfo`` (macOS, Windows) keep torch's handling.
+    Platforms without ``signal.sigwaitinfo`` (macOS, Windows) keep torch's handling. ``main_process`` is the pid
+    of the process that made the loader (``SegDataModule`` binds it): under the fork server start method the
+    worker's parent is the server, not the main process.
     """
     if not hasattr(signal, "sigwaitinfo"):
         return
     numbers = {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
     signal.pthread_sigmask(signal.SIG_BLOCK, numbers)  # threads started later by this one inherit the mask
-    threading.Thread(target=_take_stop_signals, args=(numbers, os.getppid()), name="stop-signals", daemon=True).start()
+    owners = {os.getppid(), main_process or os.getppid()}
+    threading.Thread(target=_take_stop_signals, args=(numbers, owners), name="stop-signals", daemon=True).start()
 
 
-def _take_stop_signals(numbers: set, main_process: int) -> None:
+def _take_stop_signals(numbers: set, owners: set) -> None:
     while True:
-        if signal.sigwaitinfo(numbers).si_pid == main_process:
+        if signal.sigwaitinfo(numbers).si_pid in owners:
             os._exit(0)
 
 
@@ -218,7 +222,7 @@ class SegDataModule(LightningDataModule):
             pin_memory=hp.pin_memory,
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
             collate_fn=SameSizeCollate(option),
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=partial(ignore_stop_signals, main_process=os.getpid()),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -238,7 +242,7 @@ class SegDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         hp = self.hparams
         return DataLoader(self.predict_dataset, batch_size=1, num_workers=hp.num_workers, collate_fn=collate_images,
-                          worker_init_fn=ignore_stop_signals)
+                          worker_init_fn=partial(ignore_stop_signals, main_process=os.getpid()))
 
 
 class PadForRanks(Dataset):
