@@ -38,8 +38,13 @@ def ignore_stop_signals(worker_id: int, main_process: Optional[int] = None) -> N
         return
     numbers = {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
     signal.pthread_sigmask(signal.SIG_BLOCK, numbers)  # threads started later by this one inherit the mask
-    owners = {os.getppid(), main_process or os.getppid()}
+    owners = {os.getppid()} | ({main_process} if main_process else set())
     threading.Thread(target=_take_stop_signals, args=(numbers, owners), name="stop-signals", daemon=True).start()
+
+
+def stop_signal_guard() -> partial:
+    """The loaders' ``worker_init_fn``: ``ignore_stop_signals`` bound to this (the main) process's pid."""
+    return partial(ignore_stop_signals, main_process=os.getpid())
 
 
 def _take_stop_signals(numbers: set, owners: set) -> None:
@@ -222,7 +227,7 @@ class SegDataModule(LightningDataModule):
             pin_memory=hp.pin_memory,
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
             collate_fn=SameSizeCollate(option),
-            worker_init_fn=partial(ignore_stop_signals, main_process=os.getpid()),
+            worker_init_fn=stop_signal_guard(),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -242,7 +247,7 @@ class SegDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         hp = self.hparams
         return DataLoader(self.predict_dataset, batch_size=1, num_workers=hp.num_workers, collate_fn=collate_images,
-                          worker_init_fn=partial(ignore_stop_signals, main_process=os.getpid()))
+                          worker_init_fn=stop_signal_guard())
 
 
 class PadForRanks(Dataset):
