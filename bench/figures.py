@@ -55,7 +55,7 @@ def context_sample(data: SegDataModule, sample: int):
     data.setup("validate")
     x, mask = data.val_dataset[sample]
     names = data.class_names
-    image = denormalize(x[None], data.hparams.mean, data.hparams.std)[0]
+    image = denormalize(x[None], data.mean, data.std)[0]
     pixel = deepest_pixel(mask, [names.index("warm_blob"), names.index("cold_blob")])
     cue = torch.isin(mask, torch.tensor([names.index("warm_cue"), names.index("cold_cue")]))
     return image, x, mask, pixel, cue
@@ -106,7 +106,7 @@ def camvid_figure(args: argparse.Namespace) -> list[Path]:
         data.setup("test")
         samples = [data.test_dataset[i] for i in args.images]
         if images is None:
-            images = [denormalize(x[None], data.hparams.mean, data.hparams.std)[0] for x, _ in samples]
+            images = [denormalize(x[None], data.mean, data.std)[0] for x, _ in samples]
             targets = [mask.numpy() for _, mask in samples]
             style = (data.palette, data.class_names)
         predictions[head] = [task.predict_logits(x[None]).argmax(1)[0].numpy() for x, _ in samples]

@@ -43,6 +43,7 @@ from attnseg.hardware import cpu_bf16_flags
 from attnseg.lightning_internals import run_subcommand, subcommand_parser
 from attnseg.predict import PredictionWriter
 from attnseg.task import SegmentationTask
+from attnseg.weights import input_normalization
 
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -208,6 +209,7 @@ class AttnSegCLI(LightningCLI):
                 + ", ".join(f"{key}={value} (checkpoint: {old})" for key, (value, old) in self._kept_on_resume.items())
             )
         _choose_cpu_fast_path(config)
+        _normalise_like_the_encoder(config)
         _name_wandb_runs(config, self.subcommand)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
@@ -269,6 +271,16 @@ def _choose_cpu_fast_path(config) -> None:
         f"CPU precision: {trainer.precision or '32-true'}, channels_last={model.channels_last} ({reason}); "
         "set trainer.precision / model.channels_last to choose"
     )
+
+
+def _normalise_like_the_encoder(config) -> None:
+    """``data.mean`` / ``data.std`` from the encoder's weights (``attnseg.weights.input_normalization``)."""
+    encoder, data = config.get("model", {}).get("encoder"), config.get("data")
+    if encoder is None or data is None or "mean" not in data:
+        return
+    name = encoder.name if hasattr(encoder, "name") else encoder["name"]
+    pretrained = encoder.pretrained if hasattr(encoder, "pretrained") else encoder.get("pretrained")
+    data.mean, data.std = (list(v) for v in input_normalization(name, pretrained, data.mean, data.std))
 
 
 ENCODER_SHORT = {"resnet18": "r18", "resnet34": "r34", "resnet50": "r50", "resnet101": "r101", "resnet152": "r152"}

@@ -1,5 +1,9 @@
 """Values every part of the package agrees on."""
 
+# ImageNet's input normalisation (timm's and torchvision's): the default where an encoder's weights name no other
+# (attnseg.weights.normalization)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255  # the void label: datasets map unlabelled pixels to it; losses and metrics skip it
 # The signals that ask a fit to stop (a scheduler ending the job; SLURM's warning before preemption). The main process
 # handles them (attnseg.checkpoint.Interruption); DataLoader workers ignore them unless the main process sends them

@@ -14,6 +14,8 @@ import timm
 import torch
 from torch import nn
 
+from attnseg.weights import PACKAGE, load_packaged, package_file, packaged
+
 HUB = "hub"  # ``pretrained: hub`` downloads timm's default weights; the only way to reach the network
 
 
@@ -24,8 +26,11 @@ class EncoderConfig:
     Args:
         name: a timm model name (``timm.list_models()``), e.g. ``resnet18``, ``resnet50d``, ``convnext_tiny``.
         output_stride: reduction of the deepest feature map: 8 (dilated, the papers' setting), 16 or 32.
-        pretrained: a local weights file (``.pth``/``.bin``/``.safetensors``, a timm or torchvision state dict),
-            ``hub`` to let timm download its default weights, or null for random initialisation.
+        pretrained: ``package:<name>`` for ImageNet weights from an installed package (``attnseg.weights.PACKAGES``:
+            ``package:efficientnet_lite0``, ``_lite1``, ``_lite2``, ``package:mobilenetv2``), a local weights file
+            (``.pth``/``.bin``/``.safetensors``, a timm or torchvision state dict), ``hub`` to let timm download its
+            default weights, or null for random initialisation. The input normalisation follows the weights
+            (``attnseg.weights.normalization``).
         out_indices: which feature levels to return; null keeps the last four stages.
     """
 
@@ -60,14 +65,22 @@ class Encoder(nn.Module):
             )
         kwargs: dict = {}
         use_weights = False
-        if pretrained == HUB:
+        if pretrained and pretrained.startswith(PACKAGE):
+            entry = packaged(pretrained)
+            if entry.timm_model != name:
+                raise ValueError(
+                    f"encoder.pretrained={pretrained} holds weights for {entry.timm_model}, not encoder.name={name}; "
+                    f"set encoder.name={entry.timm_model}"
+                )
+            package_file(pretrained)  # installed? (else the pip command that installs it)
+        elif pretrained == HUB:
             use_weights = True
         elif pretrained:
             path = Path(pretrained).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(
                     f"encoder.pretrained={pretrained}: no such file; expected a local weights file for {name} "
-                    f"(or 'hub' to download timm's default weights)"
+                    f"('package:<name>' for weights from an installed package, 'hub' to download timm's)"
                 )
             use_weights = True
             kwargs["pretrained_cfg_overlay"] = dict(file=str(path), hf_hub_id=None, url=None)
@@ -90,6 +103,8 @@ class Encoder(nn.Module):
                 f"encoder {name!r} does not support output_stride={output_stride} with features_only "
                 f"(timm says: {msg}); use a convolutional model such as resnet50 or convnext_tiny"
             ) from err
+        if pretrained and pretrained.startswith(PACKAGE):
+            load_packaged(self.model, pretrained)
         info = self.model.feature_info
         self.channels: list[int] = list(info.channels())
         self.strides: list[int] = list(info.reduction())

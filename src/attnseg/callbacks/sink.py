@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.logger import DummyLogger
 
 from attnseg.checkpoint import run_dir
-from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from attnseg.constants import IMAGENET_MEAN, IMAGENET_STD
 from attnseg.lightning_internals import logging_step
 from attnseg.visualize import confusion_figure, default_palette, figure_to_array, overlay_figure
 
@@ -46,8 +46,7 @@ def data_style(trainer: Trainer, pl_module: LightningModule) -> tuple[list, list
     names = list(getattr(pl_module, "class_names", None) or getattr(dm, "class_names", None) or [])
     names = names or [str(k) for k in range(num_classes)]
     palette = list(getattr(dm, "palette", None) or default_palette(len(names)))
-    hparams = getattr(dm, "hparams", {})
-    return palette, names, hparams.get("mean", IMAGENET_MEAN), hparams.get("std", IMAGENET_STD)
+    return palette, names, getattr(dm, "mean", None) or IMAGENET_MEAN, getattr(dm, "std", None) or IMAGENET_STD
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

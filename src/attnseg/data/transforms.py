@@ -12,10 +12,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
-from attnseg.constants import IGNORE_INDEX
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from attnseg.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 
 class RandomScale(v2.Transform):
