@@ -57,7 +57,7 @@ def test_sweep_runs_every_point_and_seed_and_survives_a_failing_point(tmp_path, 
 
     md = Path("results/results.md").read_text()
     summary, every = md.split("Every run:")
-    assert "| num_convs | val mIoU (%) | test mIoU (%) | context IoU (%) | seeds |" in summary
+    assert "| num_convs | val mIoU (%) | test mIoU (%) | context IoU (%) | steps to 80% context IoU | seeds |" in summary
     assert summary.count("| ok |") == 2 and "| failed (2/2) |" in summary
     mean = sum(float(rows[i]["test_mIoU"]) for i in (0, 1)) / 2
     spread = abs(float(rows[0]["test_mIoU"]) - float(rows[1]["test_mIoU"])) / 2**0.5  # sample std of two values
@@ -65,6 +65,15 @@ def test_sweep_runs_every_point_and_seed_and_survives_a_failing_point(tmp_path, 
     assert every.count("| ok |") == 4 and every.count("| failed |") == 2
     assert "- run 2: ValueError: FCNHead: num_convs=0" in md
     assert Image.open("results/results.png").size[0] > 100
+    # each run's learning curve: one row per validation (one epoch: one), read from what the task logged
+    for row in ok:
+        with open(row["curve"]) as f:
+            curve = list(csv.DictReader(f))
+        assert [int(r["step"]) for r in curve] == [2]
+        assert float(curve[0]["val/mIoU"]) == pytest.approx(float(row["val_mIoU"]))
+        assert {"val/IoU/warm_blob", "val/IoU/cold_blob"} <= set(curve[0])
+    assert not Path(rows[2]["curve"]).exists()  # the failed run validated nothing
+    assert Image.open("results/learning_curves.png").size[0] > 100
 
     # one W&B run per successful run, in one group, named after the point and seed, holding val and test metrics
     runs = [read_run(d) for d in sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))]
@@ -98,8 +107,8 @@ def test_summary_averages_only_points_whose_runs_all_succeeded(tmp_path):
     assert second["status"] == "failed (1/2)" and "test_mIoU" not in second  # not averaged over what survived
     write_results(sweep, rows, tmp_path / "out", "g", [])
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| 0.1 | 60.0 ± 10.0 | 50.0 ± 10.0 | 30.0 ± 10.0 | 3 |" in md
-    assert "| 0.2 | - | - | - | 2 | - | failed (1/2) |" in md
+    assert "| 0.1 | 60.0 ± 10.0 | 50.0 ± 10.0 | 30.0 ± 10.0 | 0/3 | 3 |" in md  # no curve: no run reached 80 %
+    assert "| 0.2 | - | - | - | - | 2 | - | failed (1/2) |" in md
 
 
 def test_seeds_from_the_command_line_override_the_file(tmp_path, capsys):
@@ -327,7 +336,8 @@ def test_results_csv_reads_back_as_the_rows_written(tmp_path):
         row = {"run": index, **point, "seed": seed, "status": "ok", "val_mIoU": 0.5 + index / 100,
                "test_mIoU": 0.4 + index / 100, "test_context_IoU": 0.3, "params": 1234567, "GFLOPs": 7.07,
                "train_images_per_s": 30.5, "time_s": 118.2, "run_dir": f"runs/attnseg/r{index}",
-               "best_checkpoint": "x.ckpt", "error": None}  # fmt: skip
+               "best_checkpoint": "x.ckpt", "steps_to_context": 100 * index or None,
+               "curve": f"curves/run{index}.csv", "error": None}  # fmt: skip
         rows.append(row)
     rows[-1].update(status="failed", error="ValueError: boom", test_mIoU=None)
     write_results(sweep, rows, tmp_path, "g", [])

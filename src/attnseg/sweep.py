@@ -32,7 +32,12 @@ group (``<name>-<date>-<time>``) and are named after their grid point and seed. 
 - ``results.csv``: one row per run (grid point, seed, status, scores, time, run folder, error);
 - ``results.md``: per grid point the mean and standard deviation over its seeds (a point with a failed run is
   shown as failed, not averaged), then every run;
-- ``results.png``: mean test mIoU (and context-class IoU) per grid point with standard-deviation error bars.
+- ``results.png``: mean test mIoU (and context-class IoU) per grid point with standard-deviation error bars;
+- ``curves/run<k>.csv``: each run's validation mIoU and per-class IoU after every validation
+  (``attnseg.curves.CurveRecorder``), and ``learning_curves.png``: per grid point the mean ± std over its seeds of
+  val mIoU (and val context IoU) against the training step; with context classes, ``results.md`` has a column
+  "steps to 80 % context IoU": the first validation step at which a run's val context IoU reached 0.80, mean ± std
+  over the seeds (``k/n`` when only k of n runs reached it).
 
 The exit status is 1 when a run failed.
 
@@ -67,11 +72,13 @@ from attnseg.callbacks import Complexity, Throughput
 from attnseg.checkpoint import run_dir
 from attnseg.cli import AttnSegCLI
 from attnseg.configs import config_root, resolve as resolve_config
+from attnseg.curves import CurveRecorder, curves_figure, read_curve, steps_to
 from attnseg.profiling import count_parameters
 
 SWEEP_KEYS = ("base", "fixed", "grid", "seeds", "context_classes", "name", "test")
-COLUMNS = ["run", "seed", "status", "val_mIoU", "test_mIoU", "test_context_IoU", "params", "GFLOPs",
-           "train_images_per_s", "time_s"]  # fmt: skip
+COLUMNS = ["run", "seed", "status", "val_mIoU", "test_mIoU", "test_context_IoU", "steps_to_context", "params",
+           "GFLOPs", "train_images_per_s", "time_s"]  # fmt: skip
+CONTEXT_THRESHOLD = 0.8  # "steps to 80 % context IoU": the val context IoU a run's curve must reach
 SCORES = (("val_mIoU", "val mIoU"), ("test_mIoU", "test mIoU"), ("test_context_IoU", "context IoU"))
 
 
@@ -258,13 +265,14 @@ class SweepRunCLI(AttnSegCLI):
         test: test the best checkpoint (the last weights where there is none) after fitting.
         context_classes: class names the sweep reports; checked against the dataset's before fitting.
         source: the sweep file, for error messages.
+        curve: where to record the run's learning curve (``attnseg.curves.CurveRecorder``); None records none.
     """
 
     def __init__(
         self, args: Sequence[str], group: str, label: str, test: bool = True,
-        context_classes: Sequence[str] = (), source: str = "sweep",
+        context_classes: Sequence[str] = (), source: str = "sweep", curve: Optional[Path] = None,
     ) -> None:  # fmt: skip
-        self.group, self.label, self.test_after_fit = group, label, test
+        self.group, self.label, self.test_after_fit, self.curve = group, label, test, curve
         self.context_classes, self.source = list(context_classes), source
         super().__init__(args=args, parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}})
 
@@ -283,6 +291,8 @@ class SweepRunCLI(AttnSegCLI):
                 f"{self.source}: context_classes {missing} are not classes of this dataset "
                 f"({', '.join(self.model.class_names)})"
             )
+        if self.curve is not None:
+            self.trainer.callbacks.append(CurveRecorder(self.curve))
 
     def after_fit(self) -> None:
         super().after_fit()
@@ -292,17 +302,22 @@ class SweepRunCLI(AttnSegCLI):
 
 
 def run_point(
-    sweep: Sweep, index: int, point: dict[str, Any], extra: Sequence[str], group: str, seed: Optional[int] = None
+    sweep: Sweep, index: int, point: dict[str, Any], extra: Sequence[str], group: str, seed: Optional[int] = None,
+    out: Optional[Path] = None,
 ) -> dict[str, Any]:
     """Fit (and test) one grid point with one seed; returns its result row (``status`` ``ok`` or ``failed`` with
-    ``error``)."""
+    ``error``). With ``out``, the run's learning curve goes to ``out/curves/run<index>.csv`` (column ``curve``)."""
     row: dict[str, Any] = {"run": index, **point, "seed": seed, "status": "failed", "error": ""}
     start = time.perf_counter()
     cli = None
     label = point_label(point) + (f",seed={seed}" if seed is not None else "")
+    curve = out / "curves" / f"run{index}.csv" if out is not None else None
+    if curve is not None:
+        curve.unlink(missing_ok=True)  # a curve left by an earlier sweep in this folder is not this run's
+        row["curve"] = str(curve)
     try:
         cli = SweepRunCLI(sweep.arguments(point, extra, seed), group, label, sweep.test, sweep.context_classes,
-                          str(sweep.path))  # fmt: skip
+                          str(sweep.path), curve)  # fmt: skip
         trainer = cli.trainer
         callback = trainer.checkpoint_callback
         if callback is not None and callback.best_model_score is not None:
@@ -315,6 +330,8 @@ def run_point(
         if sweep.context_classes and "test/mIoU" in metrics:
             ious = [float(metrics[f"test/IoU/{c}"]) for c in sweep.context_classes]
             row["test_context_IoU"] = sum(ious) / len(ious)
+        if sweep.context_classes and curve is not None and curve.is_file():
+            row["steps_to_context"] = steps_to(read_curve(curve, sweep.context_classes), "context", CONTEXT_THRESHOLD)
         row["params"] = count_parameters(cli.model)[0]
         for cb in trainer.callbacks:
             if isinstance(cb, Complexity):
@@ -382,6 +399,10 @@ def summarise(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 values = [row[key] for row in runs if isinstance(row.get(key), (int, float))]
                 if len(values) == len(runs):
                     entry[key] = _mean_std([float(v) for v in values])
+            reached = [row["steps_to_context"] for row in runs if isinstance(row.get("steps_to_context"), int)]
+            if sweep.context_classes:  # steps to the threshold over the seeds; "k/n" when only k runs reached it
+                complete = len(reached) == len(runs)
+                entry["steps_to_context"] = _mean_std(reached) if complete else f"{len(reached)}/{len(runs)}"
         summary.append(entry)
     return summary
 
@@ -398,7 +419,7 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
     and ``results.png`` (mean scores per grid point with error bars)."""
     out.mkdir(parents=True, exist_ok=True)
     keys = list(sweep.grid)
-    fields = ["run", *keys, *COLUMNS[1:], "run_dir", "best_checkpoint", "error"]
+    fields = ["run", *keys, *COLUMNS[1:], "run_dir", "best_checkpoint", "curve", "error"]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -409,7 +430,9 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
     context = sweep.context_classes
     scores = [(k, label) for k, label in SCORES if context or k != "test_context_IoU"]
     summary = summarise(sweep, rows)
-    header = [*(names[k] for k in keys), *(f"{label} (%)" for _, label in scores), "seeds", "time (s)", "status"]
+    steps_header = [f"steps to {CONTEXT_THRESHOLD:.0%} context IoU"] if context else []
+    header = [*(names[k] for k in keys), *(f"{label} (%)" for _, label in scores), *steps_header, "seeds", "time (s)",
+              "status"]  # fmt: skip
     lines = [
         f"# Sweep `{sweep.name}`",
         "",
@@ -418,7 +441,13 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
         "",
         "Mean ± standard deviation over the seeds of each grid point. val mIoU: the best validation score, whose "
         "checkpoint the test scores come from."
-        + (f" context IoU: mean test IoU of {', '.join(f'`{c}`' for c in context)}." if context else ""),
+        + (
+            f" context IoU: mean test IoU of {', '.join(f'`{c}`' for c in context)}; steps to "
+            f"{CONTEXT_THRESHOLD:.0%}: the first validation step at which a run's val context IoU reached "
+            f"{CONTEXT_THRESHOLD:.2f} (k/n: only k of n seeds did); curves in `learning_curves.png`."
+            if context
+            else ""
+        ),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if h in names.values() or h == "status" else "---:" for h in header) + "|",
@@ -426,12 +455,15 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
     for entry in summary:
         cells = [json.dumps(entry[k]) if not isinstance(entry[k], str) else entry[k] for k in keys]
         cells += [_pm(entry.get(key)) for key, _ in scores]
+        if context:
+            steps = entry.get("steps_to_context")
+            cells.append(steps if isinstance(steps, str) else _pm(steps, scale=1.0, digits=0))
         time_s = entry.get("time_s")
         cells += [str(entry["n"]), f"{time_s[0]:.0f}" if time_s else "-", entry["status"]]
         lines.append("| " + " | ".join(cells) + " |")
 
-    run_header = ["#", *(names[k] for k in keys), "seed", *(f"{label} (%)" for _, label in scores), "params (M)",
-                  "GFLOPs", "train img/s", "time (s)", "status"]  # fmt: skip
+    run_header = ["#", *(names[k] for k in keys), "seed", *(f"{label} (%)" for _, label in scores), *steps_header,
+                  "params (M)", "GFLOPs", "train img/s", "time (s)", "status"]  # fmt: skip
     lines += [
         "",
         "Every run:",
@@ -446,6 +478,7 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
             *(json.dumps(row[k]) if not isinstance(row[k], str) else row[k] for k in keys),
             _format(row.get("seed")),
             *(_format(row.get(key), 100) for key, _ in scores),
+            *([_format(row.get("steps_to_context"))] if context else []),
             _format(params / 1e6 if params else None),
             _format(row.get("GFLOPs")),
             _format(row.get("train_images_per_s"), digits=1),
@@ -459,6 +492,29 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
     (out / "results.md").write_text("\n".join(lines) + "\n")
     plot_results(summary, keys, out / "results.png", title=f"sweep {sweep.name} (mean ± std over seeds {sweep.seeds})",
                  context=bool(context))  # fmt: skip
+    plot_curves(sweep, rows, out / "learning_curves.png")
+
+
+def plot_curves(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> bool:
+    """``learning_curves.png``: mean ± std over seeds of each grid point's recorded curves (ok runs only)."""
+    keys = list(sweep.grid)
+    curves = {}
+    for point in sweep.points():
+        ok = [row for row in rows if row.get("status") == "ok" and all(row.get(k) == v for k, v in point.items())]
+        files = [row.get("curve") for row in ok]
+        runs = [read_curve(f, sweep.context_classes) for f in files if f and Path(f).is_file()]
+        if runs:
+            curves[point_label({k: point[k] for k in keys})] = runs
+    if not curves:
+        return False
+    try:
+        title = f"sweep {sweep.name}: learning curves (mean ± std over seeds)"
+        fig = curves_figure(curves, bool(sweep.context_classes), title)
+    except ImportError:
+        print(f"matplotlib is not installed: {path} not written (pip install matplotlib)")
+        return False
+    fig.savefig(path, dpi=120)
+    return True
 
 
 def results_figure(summary: list[dict[str, Any]], keys: Sequence[str], title: str = "", context: bool = False):
@@ -519,7 +575,7 @@ def read_results(path: Path, sweep: Sweep) -> list[dict[str, Any]]:
                 row[key] = None
             elif key in sweep.grid and key not in sweep.bundles:  # the grid value written as ``value``
                 row[key] = next((v for v in sweep.grid[key] if str(_csv_cell(v)) == value), value)
-            elif key in ("run", "seed", "params"):
+            elif key in ("run", "seed", "params", "steps_to_context"):
                 row[key] = int(float(value))
             elif key in ("val_mIoU", "test_mIoU", "test_context_IoU", "GFLOPs", "train_images_per_s", "time_s"):
                 row[key] = float(value)
@@ -620,7 +676,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         label = f"{point_label(point)},seed={seed}"
         print(f"\n=== sweep {sweep.name}: run {index + 1}/{len(runs)}: {label} ===", flush=True)
         try:
-            rows.append(run_point(sweep, index, point, extra, group, seed))
+            rows.append(run_point(sweep, index, point, extra, group, seed, out if leader else None))
         except (KeyboardInterrupt, SystemExit):  # Ctrl+C (Lightning turns it into SystemExit) ends the sweep
             rows.append({"run": index, **point, "seed": seed, "status": "interrupted", "error": "interrupted"})
             if leader:

@@ -1,0 +1,83 @@
+"""Learning curves: read from a logged metrics file, steps to a threshold, mean ± std over seeds, the figure, and
+the sweep's "steps to 80 % context IoU" column and ``learning_curves.png``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from attnseg.curves import curves_figure, mean_curve, read_curve, steps_to
+from attnseg.sweep import Sweep, summarise, write_results
+
+CLASSES = ["road", "warm_blob", "cold_blob"]
+
+
+def metrics_file(path: Path, validations: list[tuple[int, float, float, float]]) -> Path:
+    """A metrics.csv as Lightning's CSV logger writes it: training rows without validation values between the
+    validation rows ``(step, mIoU, warm IoU, cold IoU)``, columns in alphabetical order."""
+    columns = ["epoch", "step", "train/loss", "val/IoU/cold_blob", "val/IoU/road", "val/IoU/warm_blob", "val/mIoU"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for epoch, (step, miou, warm, cold) in enumerate(validations):
+            writer.writerow({"epoch": epoch, "step": step - 1, "train/loss": 1.0 / (epoch + 1)})
+            writer.writerow({"epoch": epoch, "step": step - 1, "val/IoU/cold_blob": cold, "val/IoU/road": 0.9,
+                             "val/IoU/warm_blob": warm, "val/mIoU": miou})  # fmt: skip
+    return path
+
+
+def test_a_curve_is_read_from_the_logged_per_class_iou(tmp_path):
+    path = metrics_file(tmp_path / "metrics.csv", [(300, 0.5, 0.2, 0.4), (100, 0.3, 0.1, 0.1), (200, 0.4, 0.8, 0.9)])
+    curve = read_curve(path, ["warm_blob", "cold_blob"])
+    assert [p["step"] for p in curve] == [99, 199, 299]  # sorted by step, training rows skipped
+    assert [p["mIoU"] for p in curve] == [0.3, 0.4, 0.5]
+    assert [p["context"] for p in curve] == pytest.approx([0.1, 0.85, 0.3])
+    assert read_curve(path)[0]["context"] is None  # no context classes: mIoU only
+    # the first step at or above a threshold, or None when the curve never gets there
+    assert steps_to(curve, "context", 0.8) == 199
+    assert steps_to(curve, "context", 0.86) is None
+    assert steps_to(curve, "mIoU", 0.3) == 99
+    with pytest.raises(ValueError, match=r"metrics.csv: no val/IoU/ column for context classes \['sky'\]; it has"):
+        read_curve(path, ["sky"])
+
+
+def test_mean_curve_over_seeds_uses_the_steps_every_run_has():
+    a = [{"step": 10, "mIoU": 0.2, "context": 0.1}, {"step": 20, "mIoU": 0.4, "context": 0.5}]
+    b = [{"step": 10, "mIoU": 0.4, "context": 0.3}, {"step": 20, "mIoU": 0.6, "context": 0.9},
+         {"step": 30, "mIoU": 0.7, "context": 0.9}]  # fmt: skip
+    assert mean_curve([a, b], "mIoU") == [(10, pytest.approx(0.3), pytest.approx(0.1414, abs=1e-4)),
+                                          (20, pytest.approx(0.5), pytest.approx(0.1414, abs=1e-4))]  # fmt: skip
+    assert mean_curve([a], "context") == [(10, 0.1, 0.0), (20, 0.5, 0.0)]
+    fig = curves_figure({"R=1": [a, b], "R=2": [b]}, context=True, title="t")
+    assert len(fig.axes) == 2
+    assert [line.get_label() for line in fig.axes[0].lines] == ["R=1 (n=2)", "R=2 (n=1)"]
+    assert list(fig.axes[1].lines[0].get_ydata()) == pytest.approx([20.0, 70.0])  # context in %, mean of a and b
+
+
+def test_sweep_reports_steps_to_80_percent_and_draws_the_curves(tmp_path):
+    sweep = Sweep(tmp_path / "s.yaml", "s", [], {"model.head.init_args.recurrence": [1, 2]}, seeds=[0, 1],
+                  context_classes=["warm_blob", "cold_blob"])  # fmt: skip
+    curves = {  # R = 2 reaches 0.8 at steps 200 and 400; R = 1 never does, one of its seeds not at all
+        0: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.4, 0.4)], 1: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.5, 0.5)],
+        2: [(100, 0.5, 0.6, 0.6), (200, 0.9, 0.8, 0.82)], 3: [(100, 0.5, 0.6, 0.6), (200, 0.7, 0.7, 0.7),
+                                                              (400, 0.9, 0.85, 0.85)],
+    }  # fmt: skip
+    rows = []
+    for index, (point, seed) in enumerate(sweep.runs()):
+        # steps logged as Lightning does: validation at global step s is recorded as step s - 1
+        path = metrics_file(tmp_path / f"run{index}.csv", [(s + 1, m, w, c) for s, m, w, c in curves[index]])
+        reached = steps_to(read_curve(path, sweep.context_classes), "context", 0.8)
+        rows.append({"run": index, **point, "seed": seed, "status": "ok", "val_mIoU": 0.5, "test_mIoU": 0.5,
+                     "test_context_IoU": 0.5, "steps_to_context": reached, "curve": str(path)})  # fmt: skip
+    assert [row["steps_to_context"] for row in rows] == [None, None, 200, 400]
+    summary = summarise(sweep, rows)
+    assert summary[0]["steps_to_context"] == "0/2" and summary[1]["steps_to_context"] == pytest.approx((300, 141.42), abs=0.01)
+    write_results(sweep, rows, tmp_path / "out", "g", [])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| recurrence | val mIoU (%) | test mIoU (%) | context IoU (%) | steps to 80% context IoU | seeds |" in md
+    assert "| 1 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 0/2 | 2 |" in md
+    assert "| 2 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 300 ± 141 | 2 |" in md
+    assert Image.open(tmp_path / "out" / "learning_curves.png").size[0] > 500
