@@ -1,15 +1,17 @@
 """Train every head on CamVid with one shared recipe, test each on the 233 test images, print a Markdown table.
 
     python bench/camvid_results.py --root ../shared/data/camvid --out runs/camvid_results \
-        [--heads fcn danet ccnet flanet dfn] [--steps N] [-- EXTRA CLI ARGS]
+        [--recipe camvid_r18_cpu] [--heads fcn danet ...] [--seeds 0 1 2] [--steps N] [-- EXTRA CLI ARGS]
 
-Each head is ``attnseg fit --config configs/experiment/camvid_r18_cpu.yaml --config configs/model/<head>.yaml``
+Each head is ``attnseg fit --config configs/experiment/<recipe>.yaml --config configs/model/<head>.yaml``
 (the recipe's iterations unless ``--steps``; DFN at output stride 32, its paper's) with the CSV logger under
-``OUT/<head>``, then ``attnseg test`` on that run's ``last.ckpt`` (the recipe trains on train + val, so no
-checkpoint is selected on held-out data). Finished heads (``OUT/<head>/test.json``) are skipped, so the script
-can be stopped and started again; a killed fit resumes from its last checkpoint (``--ckpt_path last``), and the
-fit's wall time adds up over the runs that made it (``OUT/<head>/fit_seconds.json``). The table (test mIoU,
-per-class IoU, iterations, fit minutes) goes to stdout and ``OUT/results.md``.
+``OUT/<head>`` (``OUT/<head>-s<seed>`` with ``--seeds``, each run with ``--seed_everything=<seed>``), then
+``attnseg test`` on that run's ``last.ckpt`` (the recipes train on train + val, so no checkpoint is selected on
+held-out data). Finished runs (``OUT/<run>/test.json``) are skipped, so the script can be stopped and started
+again; a killed fit resumes from its last checkpoint (``--ckpt_path last``), and the fit's wall time adds up over
+the runs that made it (``OUT/<run>/fit_seconds.json``). The table holds every finished run in ``OUT`` (so that
+heads and seeds can be trained in several calls): test mIoU, per-class IoU, iterations, fit minutes, seconds per
+iteration, and for a head with several seeds a row of their mean ± std; it goes to stdout and ``OUT/results.md``.
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ import argparse
 import csv
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "configs" / "experiment" / "camvid_r18_cpu.yaml"
-HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn"]
+HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn", "deeplabv3", "pspnet"]
 # DFN at output stride 32, as its paper and TorchSeg train it; every other head at the recipe's 8, with its defaults.
 HEAD_ARGS = {"dfn": ["--model.encoder.output_stride=32"]}
 CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
@@ -48,17 +51,19 @@ def last_metrics(metrics_csv: Path, prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in rows[-1].items() if k.startswith(prefix) and v != ""}
 
 
-def run_head(head: str, args: argparse.Namespace, out: Path) -> dict:
-    directory = out / head
+def run_head(head: str, seed: Optional[int], args: argparse.Namespace, out: Path) -> dict:
+    name = head if seed is None else f"{head}-s{seed}"
+    directory = out / name
     done = directory / "test.json"
     if done.is_file():
         return json.loads(done.read_text())
     directory.mkdir(parents=True, exist_ok=True)
     common = [
-        "--config", str(RECIPE), "--config", str(REPO / "configs" / "model" / f"{head}.yaml"),
+        "--config", str(REPO / "configs" / "experiment" / f"{args.recipe}.yaml"), "--config", str(REPO / "configs" / "model" / f"{head}.yaml"),
         "--data.root", str(args.root), *(["--trainer.max_steps", str(args.steps)] if args.steps else []),
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={directory}",
-        "--trainer.logger.name=fit", "--trainer.enable_progress_bar=false", *HEAD_ARGS.get(head, []), *args.extra,
+        "--trainer.logger.name=fit", "--trainer.enable_progress_bar=false", *HEAD_ARGS.get(head, []),
+        *([f"--seed_everything={seed}"] if seed is not None else []), *args.extra,
     ]  # fmt: skip
     log = directory / "log.txt"
     seconds = directory / "fit_seconds.json"  # wall time of the fit, over every run that continued it
@@ -83,6 +88,7 @@ def run_head(head: str, args: argparse.Namespace, out: Path) -> dict:
     metrics_csv = max((directory / "test").glob("*/metrics.csv"), key=lambda p: p.stat().st_mtime)
     result = {
         "head": head,
+        "seed": seed,
         "test": last_metrics(metrics_csv, "test/"),
         "steps": torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"],
         "fit_minutes": round(fit_s / 60, 1),
@@ -95,14 +101,34 @@ def run_head(head: str, args: argparse.Namespace, out: Path) -> dict:
 def table(results: list[dict]) -> str:
     short = [c[:8] for c in CLASSES]
     lines = [
-        "| head | test mIoU | " + " | ".join(short) + " | steps | fit (min) |",
-        "|---|---|" + "---|" * len(CLASSES) + "---|---|",
+        "| run | test mIoU | " + " | ".join(short) + " | steps | fit (min) | s/iter |",
+        "|---|---|" + "---|" * len(CLASSES) + "---|---|---|",
     ]
+    by_head: dict[str, list[dict]] = {}
     for r in results:
-        t = r["test"]
-        ious = " | ".join(f"{100 * t[f'test/IoU/{c}']:.1f}" for c in CLASSES)
-        lines.append(f"| {r['head']} | **{100 * t['test/mIoU']:.1f}** | {ious} | {r['steps']} | {r['fit_minutes']} |")
+        by_head.setdefault(r["head"], []).append(r)
+    for head, runs in by_head.items():
+        for r in runs:
+            t = r["test"]
+            name = head if r.get("seed") is None else f"{head} (seed {r['seed']})"
+            ious = " | ".join(f"{100 * t[f'test/IoU/{c}']:.1f}" for c in CLASSES)
+            per_step = 60 * r["fit_minutes"] / max(1, r["steps"])
+            lines.append(
+                f"| {name} | **{100 * t['test/mIoU']:.1f}** | {ious} | {r['steps']} | {r['fit_minutes']} | "
+                f"{per_step:.2f} |"
+            )
+        if len(runs) > 1:
+            cells = [spread([100 * r["test"][key] for r in runs]) for key in ["test/mIoU"]
+                     + [f"test/IoU/{c}" for c in CLASSES]]  # fmt: skip
+            minutes = spread([r["fit_minutes"] for r in runs])
+            lines.append(f"| {head}, mean ± std of {len(runs)} | **{cells[0]}** | {' | '.join(cells[1:])} | "
+                         f"{runs[0]['steps']} | {minutes} | |")  # fmt: skip
     return "\n".join(lines)
+
+
+def spread(values: list[float]) -> str:
+    """``mean ± std`` (sample standard deviation) of ``values``, one decimal."""
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def main() -> None:
@@ -112,13 +138,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, required=True, help="the CamVid folder (SegNet layout)")
     parser.add_argument("--out", type=Path, default=Path("runs/camvid_results"))
+    parser.add_argument("--recipe", default="camvid_r18_cpu", help="configs/experiment/<recipe>.yaml")
     parser.add_argument("--heads", nargs="+", default=HEADS, choices=HEADS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="one run per seed (default: one run)")
     parser.add_argument("--steps", type=int, default=None, help="training iterations (default: the recipe's)")
     args = parser.parse_args(argv)
     args.extra = extra
     if not (args.root / "testannot").is_dir():
         raise SystemExit(f"--root {args.root}: expected the SegNet CamVid layout (train/, trainannot/, test/, ...)")
-    results = [run_head(head, args, args.out) for head in args.heads]
+    if not (REPO / "configs" / "experiment" / f"{args.recipe}.yaml").is_file():
+        raise SystemExit(f"--recipe {args.recipe}: no configs/experiment/{args.recipe}.yaml")
+    for head in args.heads:
+        for seed in args.seeds or [None]:
+            run_head(head, seed, args, args.out)
+    results = [json.loads(p.read_text()) for p in args.out.glob("*/test.json")]
+    results.sort(key=lambda r: (HEADS.index(r["head"]), r.get("seed") if r.get("seed") is not None else -1))
     text = f"{table(results)}\n\nMachine: {platform.processor() or platform.machine()}, torch {torch.__version__}, " \
            f"{torch.get_num_threads()} threads.\n"  # fmt: skip
     (args.out / "results.md").write_text(text)

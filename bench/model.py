@@ -1,11 +1,11 @@
 """Whole models: training-step and inference throughput, peak memory and model FLOP utilisation, per head.
 
     python bench/model.py [--heads fcn danet ccnet flanet dfn deeplabv3 pspnet] [--encoders resnet50 resnet101]
-        [--sizes 512 769] [--batch 8] [--precision bf16-mixed fp32] [--layouts contiguous channels-last] [--compile]
+        [--output-strides 8 16] [--sizes 512 769] [--batch 8] [--precision bf16-mixed fp32] [--layouts contiguous channels-last] [--compile]
         [--steps 10] [--warmup 3] [--device cuda] [--peak-tflops 989] [--out docs/benchmarks.md]
 
-Each head is built from its ``configs/model/<head>.yaml`` on a dilated (output stride 8) timm encoder with random
-weights, inside ``SegmentationTask`` (its losses, 19 classes). A training step is forward, the task's weighted losses
+Each head is built from its ``configs/model/<head>.yaml`` on a dilated timm encoder (output stride 8, or each of
+``--output-strides``) with random weights, inside ``SegmentationTask`` (its losses, 19 classes). A training step is forward, the task's weighted losses
 against random labels, backward and an SGD step (momentum 0.9); inference is one forward of the model in eval mode
 (``inference_mode``) on the whole ``size x size`` image, and sliding-window inference (``attnseg.inference.
 SlidingWindow``, ``size x size`` windows every two thirds of a window) over ``size x 2 size`` images, three windows
@@ -61,8 +61,8 @@ def head_factory(name: str):
     return lambda channels, num_classes: head_cls(channels, num_classes, **options)
 
 
-def build_task(head: str, encoder: str) -> SegmentationTask:
-    return SegmentationTask(head=head_factory(head), encoder={"name": encoder, "output_stride": 8},
+def build_task(head: str, encoder: str, output_stride: int = 8) -> SegmentationTask:
+    return SegmentationTask(head=head_factory(head), encoder={"name": encoder, "output_stride": output_stride},
                             num_classes=NUM_CLASSES)  # fmt: skip
 
 
@@ -86,12 +86,13 @@ def resident_bytes(*groups) -> int:
 
 
 def measure(
-    args: argparse.Namespace, head: str, encoder: str, size: int, precision: str, layout: str, device: torch.device
+    args: argparse.Namespace, head: str, encoder: str, size: int, precision: str, layout: str, device: torch.device,
+    output_stride: int = 8,
 ):
     """``(train images/s, train peak bytes, train FLOPs per step, inference images/s, peak bytes, FLOPs,
     sliding-window images/s)``."""
     torch.manual_seed(0)
-    task = build_task(head, encoder).to(device)
+    task = build_task(head, encoder, output_stride).to(device)
     model = task.model
     fmt = torch.channels_last if layout == "channels-last" else torch.contiguous_format
     model.to(memory_format=fmt)
@@ -165,6 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--heads", nargs="+", choices=HEADS, default=HEADS)
     parser.add_argument("--encoders", nargs="+", default=["resnet50", "resnet101"], help="timm names (dilated, OS 8)")
+    parser.add_argument("--output-strides", nargs="+", type=int, default=[8], choices=[8, 16, 32],
+                        help="the encoder's output stride (8: dilated twice, the papers' setting)")  # fmt: skip
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 769], help="square input sizes")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16-mixed"], default=["bf16-mixed"])
@@ -195,22 +198,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               "train peak GiB", "train TFLOP/s (MFU)", "inference img/s", "inference peak GiB",
               "sliding-window img/s", "train speed-up", "inference speed-up"]  # fmt: skip
     rows = []
-    for encoder in args.encoders:
+    for encoder, stride in [(e, s) for e in args.encoders for s in args.output_strides]:
         for size in args.sizes:
             for head in args.heads:
                 baseline = {}  # fp32, contiguous: the rates the speed-ups divide by
                 for precision in precisions:
                     for layout in layouts:
                         start = time.perf_counter()
-                        params = count_parameters(build_task(head, encoder).model)[0]
+                        params = count_parameters(build_task(head, encoder, stride).model)[0]
                         knobs = [k for k, on in (("channels-last", layout == "channels-last"),
                                                  ("compile", args.compile)) if on]  # fmt: skip
                         setting = precision + (f" ({', '.join(knobs)})" if knobs else "")
-                        row = [head, f"{encoder}-D8", f"{size}x{size}", str(args.batch), setting, args.device,
+                        row = [head, f"{encoder}-D{stride}", f"{size}x{size}", str(args.batch), setting, args.device,
                                f"{params / 1e6:.1f}"]  # fmt: skip
                         try:
                             train_rate, train_peak, train_flops, eval_rate, eval_peak, _, slide_rate = measure(
-                                args, head, encoder, size, precision, layout, device
+                                args, head, encoder, size, precision, layout, device, stride
                             )
                         except torch.cuda.OutOfMemoryError:
                             torch.cuda.empty_cache()

@@ -14,6 +14,7 @@ from tests.helpers.cli import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 import attention as bench_attention  # noqa: E402
+import camvid_results as bench_camvid  # noqa: E402
 import complexity as bench_complexity  # noqa: E402
 import context as bench_context  # noqa: E402
 import data as bench_data  # noqa: E402
@@ -142,6 +143,32 @@ def test_model_script_measures_every_head(tmp_path):
         # two decimals, from the unrounded rates
         assert float(train_up[:-1]) == pytest.approx(float(train_rate) / float(baseline[7]), rel=0.02, abs=0.006), row
         assert float(eval_up[:-1]) == pytest.approx(float(eval_rate) / float(baseline[10]), rel=0.02, abs=0.006), row
+
+
+def test_model_script_measures_each_output_stride(tmp_path):
+    out = tmp_path / "m.md"
+    bench_model.main(["--device", "cpu", "--heads", "fcn", "--encoders", "resnet18", "--output-strides", "8", "16",
+                      "--sizes", "32", "--batch", "1", "--precision", "fp32", "--steps", "1", "--warmup", "0",
+                      "--out", str(out)])  # fmt: skip
+    rows = table_rows(out.read_text(), 15)
+    assert [r[1] for r in rows] == ["resnet18-D8", "resnet18-D16"]
+    assert rows[0][6] == rows[1][6] and all(float(r[7]) > 0 for r in rows)  # the same weights, each one measured
+
+
+def camvid_result(head: str, seed, miou: float, minutes: float = 30.0) -> dict:
+    test = {"test/mIoU": miou, **{f"test/IoU/{c}": miou for c in bench_camvid.CLASSES}}
+    return {"head": head, "seed": seed, "test": test, "steps": 1500, "fit_minutes": minutes, "checkpoint": "x"}
+
+
+def test_camvid_table_gives_each_run_and_the_mean_and_std_of_a_heads_seeds():
+    results = [camvid_result("fcn", 0, 0.60, 30.0), camvid_result("fcn", 1, 0.62, 32.0), camvid_result("fcn", 2, 0.64),
+               camvid_result("danet", 0, 0.65, 45.0)]  # fmt: skip
+    lines = bench_camvid.table(results).splitlines()
+    assert lines[0].startswith("| run | test mIoU | Sky |") and lines[0].endswith("| steps | fit (min) | s/iter |")
+    assert lines[2].startswith("| fcn (seed 0) | **60.0** | 60.0 |") and lines[2].endswith("| 1500 | 30.0 | 1.20 |")
+    assert lines[5].startswith("| fcn, mean ± std of 3 | **62.0 ± 2.0** | 62.0 ± 2.0 |")
+    assert lines[5].endswith("| 1500 | 30.7 ± 1.2 | |")
+    assert lines[6].startswith("| danet (seed 0) | **65.0** |") and len(lines) == 7  # one seed: no mean row
 
 
 def test_complexity_script_counts_parameters_and_flops(tmp_path):

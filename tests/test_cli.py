@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
-from tests.helpers.layouts import SMALL_WINDOWS, data_config_case, experiment_case
+from tests.helpers.layouts import SMALL_WINDOWS, data_config_case, experiment_case, pretrained_experiment_case
 
 
 def quickstart_with(config: str):
@@ -59,6 +59,9 @@ CASES = {
     "data/coco_stuff.yaml": data_config_case("data/coco_stuff.yaml", "COCOStuff"),
     "experiment/camvid.yaml": experiment_case("experiment/camvid.yaml", "CamVid"),
     "experiment/camvid_r18_cpu.yaml": experiment_case("experiment/camvid_r18_cpu.yaml", "CamVid"),
+    "experiment/camvid_mobilenetv2_cpu.yaml": pretrained_experiment_case(
+        "experiment/camvid_mobilenetv2_cpu.yaml", "CamVid", "mobilenetv2"
+    ),
     "experiment/cityscapes.yaml": experiment_case("experiment/cityscapes.yaml", "Cityscapes", *SMALL_WINDOWS),
     "experiment/voc_aug.yaml": experiment_case("experiment/voc_aug.yaml", "VOC"),
     "experiment/ade20k.yaml": experiment_case("experiment/ade20k.yaml", "ADE20K"),

@@ -182,4 +182,26 @@ def experiment_case(config: str, dataset: str, *extra: str):
     return args
 
 
+def pretrained_experiment_case(config: str, dataset: str, package: str):
+    """An experiment file on its own pretrained encoder (weights from ``package:<package>``, skipped where that
+    package is not installed), with small data: the weights, their normalisation and the recipe load as shipped."""
+    from tests.helpers.cli import CONFIGS
+
+    def args(tmp_path: Path) -> list:
+        import importlib.util
+
+        import pytest
+
+        from attnseg.weights import PACKAGES
+
+        if importlib.util.find_spec(PACKAGES[package].module) is None:
+            pytest.skip(f"not installed: {PACKAGES[package].pip_command}")
+        return [
+            "--config", CONFIGS / config, "--data.root", LAYOUTS[dataset](tmp_path), "--trainer.max_steps=2",
+            "--trainer.accelerator=cpu", "--trainer.devices=1", *SMALL,
+        ]  # fmt: skip
+
+    return args
+
+
 SMALL_WINDOWS = ["--model.inference.init_args.crop_size=[16,16]", "--model.inference.init_args.stride=[12,12]"]
