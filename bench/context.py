@@ -2,6 +2,7 @@
 the context-class IoU of trained models.
 
     python bench/context.py --sweep runs/sweeps/heads/results.csv [--variant far] [--size 128] [--images 32]
+        [--encoder resnet18 --output-stride 8 --out-indices 1 2 3 4]
 
 For the SyntheticShapes variant at the given size it prints:
 
@@ -9,10 +10,16 @@ For the SyntheticShapes variant at the given size it prints:
    blob exactly but cannot see the cue: it guesses warm or cold per image (expected over 200 draws), or always
    says warm. A model without long-range context can do no better on average.
 2. **cue distance**: the least distance in pixels between a blob and its cue over the test images.
-3. **effective receptive field** of each checkpoint of the sweep file's rows (the ResNet-18-D8 models the
+3. **theoretical receptive field** of the encoder (``--encoder``; by default ResNet-18-D8, the ablations'), and of
+   each checkpoint's whole model: the radius (pixels, around the output pixel) of the input region that can change
+   the deepest feature (the ``out`` logits) at the centre of a ``--size`` image at all, whatever the weights. It is
+   found as the support of a gradient: every convolution's weights set to one positive constant, batch norm made
+   the identity, max pooling replaced by average pooling of the same window (the same reach), on an all-ones
+   input, so that no path is cancelled or cut. Attention that reaches the whole image gives the whole image.
+4. **effective receptive field** of each checkpoint of the sweep file's rows (the ResNet-18-D8 models the
    ablations train): the gradient of the blob logits at blob pixels with respect to the input image, averaged
    over test images; the radius (in pixels, around the blob pixel) that holds 95 % and 99 % of its absolute mass.
-4. each row's test context-class IoU from the sweep, next to chance.
+5. each row's test context-class IoU from the sweep, next to chance.
 
 A context IoU near chance with a receptive-field radius below the cue distance is the measurement that the cue is
 beyond what the encoder and a convolutional head see.
@@ -21,6 +28,7 @@ beyond what the encoder and a convolutional head see.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import re
 import sys
@@ -29,8 +37,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from attnseg.data import SyntheticShapes
+from attnseg.encoder import Encoder
 from attnseg.data.transforms import eval_transforms
 from attnseg.task import SegmentationTask
 
@@ -67,6 +77,43 @@ def cue_distance(masks: list[np.ndarray]) -> float:
     return least
 
 
+def _reach_everywhere(module: nn.Module) -> nn.Module:
+    """``module`` (a copy) with nothing that cancels or cuts a path: positive constant convolution weights, no
+    biases, identity batch norm, average instead of max pooling."""
+    module = copy.deepcopy(module).float().eval()
+    for name, child in list(module.named_modules()):
+        if isinstance(child, nn.Conv2d):
+            nn.init.constant_(child.weight, 1.0 / child.weight[0].numel())
+            if child.bias is not None:
+                nn.init.zeros_(child.bias)
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm):
+            child.reset_parameters()  # running mean 0 / var 1, weight 1, bias 0: x / sqrt(1 + eps) in eval
+        elif isinstance(child, nn.MaxPool2d):
+            parent, _, attr = name.rpartition(".")
+            pool = nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode)
+            setattr(module.get_submodule(parent) if parent else module, attr, pool)
+    return module
+
+
+def theoretical_receptive_field(module: nn.Module, size: int) -> tuple[int, bool]:
+    """Radius (pixels, Chebyshev) of the input that can reach the output at the centre of a ``size x size`` image:
+    the deepest feature map of an encoder (a list of maps) or the ``out`` logits of a model (a dict), upsampled
+    logits included; and whether that region reaches the image border (then the radius is a lower bound)."""
+    model = _reach_everywhere(module)
+    image = torch.ones(1, 3, size, size, requires_grad=True)
+    output = model(image)
+    output = output["out"] if isinstance(output, dict) else output[-1]
+    h, w = output.shape[-2:]
+    y, x = h // 2, w // 2
+    output[0, :, y, x].sum().backward()
+    stride_y, stride_x = size / h, size / w
+    centre_y, centre_x = (y + 0.5) * stride_y - 0.5, (x + 0.5) * stride_x - 0.5  # the output pixel, in input pixels
+    ys, xs = torch.nonzero(image.grad[0].abs().sum(0) > 0, as_tuple=True)
+    radius = max((ys.float() - centre_y).abs().max().item(), (xs.float() - centre_x).abs().max().item())
+    border = bool(ys.min() == 0 or xs.min() == 0 or ys.max() == size - 1 or xs.max() == size - 1)
+    return int(np.ceil(radius)), border
+
+
 def effective_receptive_field(task: SegmentationTask, dataset: SyntheticShapes, images: int) -> tuple[float, float]:
     """Radii (pixels) around a blob pixel holding 95 % and 99 % of the mean |d blob logits / d input|."""
     model = task.model.eval()
@@ -101,6 +148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--variant", default="far", choices=("far", "two_hop", "band"))
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--images", type=int, default=32, help="test images for the receptive field")
+    parser.add_argument("--encoder", default="resnet18", help="timm name of the encoder whose reach is printed")
+    parser.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32))
+    parser.add_argument("--out-indices", type=int, nargs="+", default=None, help="the encoder's feature levels")
     args = parser.parse_args(argv)
 
     test = SyntheticShapes(split="test", image_size=args.size, variant=args.variant)
@@ -109,6 +159,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"SyntheticShapes {args.variant} {args.size}x{args.size}, {len(masks)} test images")
     print(f"chance context IoU (cue-blind oracle): {100 * guessed:.1f} % guessing per image, {100 * warm:.1f} % always warm")
     print(f"least blob-to-cue distance: {cue_distance(masks):.0f} px")
+    encoder = Encoder(args.encoder, args.output_stride, out_indices=args.out_indices)
+    radius, border = theoretical_receptive_field(encoder, args.size)
+    print(f"theoretical receptive field of {args.encoder} (output stride {args.output_stride}, feature strides "
+          f"{encoder.strides}): radius {'at least ' if border else ''}{radius} px at {args.size}x{args.size}")
     if args.sweep is None:
         return
     with open(args.sweep) as f:
@@ -116,8 +170,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     columns = list(rows[0]) if rows else ["run", "seed"]
     keys = columns[1 : columns.index("seed")]  # the grid's columns, between the run number and the seed
     test.transforms = eval_transforms()
-    print("\n| run | " + " | ".join(keys) + " | seed | context IoU (%) | ERF radius 95 % (px) | ERF radius 99 % (px) |")
-    print("|---:|" + "---|" * len(keys) + "---:|---:|---:|---:|")
+    print("\n| run | " + " | ".join(keys) + " | seed | context IoU (%) | model's theoretical RF radius (px) | "
+          "ERF radius 95 % (px) | ERF radius 99 % (px) |")
+    print("|---:|" + "---|" * len(keys) + "---:|---:|---:|---:|---:|")
     for row in rows:
         context = float(row["test_context_IoU"]) * 100
         try:
@@ -125,11 +180,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         except Exception as err:  # e.g. a checkpoint of an older version whose options were renamed
             found = re.search(r"Option '[^']+' is not accepted", str(err))
             reason = found.group(0) if found else f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:80]}"
-            cells = [row["run"], *(row[k] for k in keys), row["seed"], f"{context:.1f}", "-", f"- (not loaded: {reason})"]
+            cells = [row["run"], *(row[k] for k in keys), row["seed"], f"{context:.1f}", "-", "-",
+                     f"- (not loaded: {reason})"]
             print("| " + " | ".join(cells) + " |", flush=True)
             continue
+        radius, border = theoretical_receptive_field(task.model, args.size)
+        reach = "whole image" if border else str(radius)
         r95, r99 = effective_receptive_field(task, test, args.images)
-        cells = [row["run"], *(row[k] for k in keys), row["seed"], f"{context:.1f}", f"{r95:.0f}", f"{r99:.0f}"]
+        cells = [row["run"], *(row[k] for k in keys), row["seed"], f"{context:.1f}", reach, f"{r95:.0f}", f"{r99:.0f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
 
 

@@ -214,6 +214,35 @@ def test_context_receptive_field_of_a_local_model_is_its_kernel():
     assert 1 <= r95 <= r99 <= 2 * 2**0.5 + 1e-6
 
 
+def test_theoretical_receptive_field_of_known_networks():
+    """The reach of a 5x5 convolution (radius 2), of ResNet-18 up to its stride-8 stage (99 x 99 px by the layer
+    arithmetic: radius 49 around the window's centre, plus the half-stride offset of a feature pixel's centre),
+    and of a head with position attention: the whole image."""
+    from attnseg.encoder import Encoder
+    from attnseg.heads import DANetHead, FCNHead
+    from attnseg.model import SegmentationModel
+
+    class Local(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 7, 5, padding=2)
+
+        def forward(self, x):
+            return [self.conv(x)]
+
+    assert bench_context.theoretical_receptive_field(Local(), 32) == (2, False)
+    shallow = Encoder("resnet18", 8, out_indices=(1, 2))
+    radius, border = bench_context.theoretical_receptive_field(shallow, 256)
+    assert 49 <= radius <= 49 + 4 and not border
+    fcn = SegmentationModel(shallow, FCNHead(shallow.channels, 7, aux=False))
+    fcn_radius, border = bench_context.theoretical_receptive_field(fcn, 256)
+    # two 3x3 convs at stride 8 add 16 px; bilinear upsampling of the logits reaches one feature pixel (8 px) more,
+    # measured from the output pixel rather than the feature pixel's centre (up to 8 px more)
+    assert radius + 2 * 8 <= fcn_radius <= radius + 2 * 8 + 16 and not border
+    danet = SegmentationModel(shallow, DANetHead(shallow.channels, 7, cam=False, aux=False))
+    assert bench_context.theoretical_receptive_field(danet, 64)[1]  # PAM: the whole image
+
+
 def test_data_script_reads_a_data_group_file():
     from tests.helpers.cli import CONFIGS, SHARED
 
