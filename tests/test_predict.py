@@ -109,3 +109,37 @@ def test_image_folder_keeps_names_and_sizes(images):
     batches = list(dm.predict_dataloader())
     assert [b[0].shape[-2:] for b in batches] == [(32, 40), (40, 40)]
     assert [b[1][0]["name"] for b in batches] == ["beach", "street"]
+
+
+def test_sixteen_bit_greyscale_is_scaled_to_eight_bits_in_every_reader(tmp_path):
+    """A 16-bit greyscale PNG (mode I;16) is read as its 8-bit scaling (65535 -> 255), not clipped to white, by the
+    datasets' reader, the predict folder and the overlays; a floating-point image is refused naming the file."""
+    from attnseg.data.io import read_image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    values = (np.arange(40 * 40, dtype=np.int64).reshape(40, 40) * 40).astype(np.uint16)  # 0 .. 63960
+    Image.fromarray(values).save(folder / "xray.png")
+    assert Image.open(folder / "xray.png").mode == "I;16"
+    grey = ((values.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    read = read_image(folder / "xray.png")
+    assert read.shape == (3, 40, 40) and all(np.array_equal(read[c].numpy(), grey) for c in range(3))
+    assert read.float().mean() < 130  # PIL's convert("RGB") gives 255 almost everywhere
+    assert np.array_equal(ImageFolder(folder)[0][0].numpy(), read.numpy())
+
+    fit = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.logger=false", "--trainer.max_steps=1",
+                  "--trainer.limit_val_batches=1", "--trainer.precision=32-true", "--model.channels_last=false",
+                  "--trainer.default_root_dir", tmp_path / "run")  # fmt: skip
+    ckpt = fit.trainer.checkpoint_callback.last_model_path or fit.trainer.checkpoint_callback.best_model_path
+    out = tmp_path / "predictions"
+    run_cli("predict", "--config", QUICKSTART, *FAST, "--trainer.logger=false", "--ckpt_path", ckpt,
+            "--trainer.precision=32-true", "--model.channels_last=false",
+            "--data.predict_dir", folder, "--prediction.output_dir", out)  # fmt: skip
+    mask = np.asarray(Image.open(out / "xray_mask.png"))
+    colours = np.asarray(SyntheticShapes.palette, dtype=np.float32)[mask]
+    blended = 0.5 * np.repeat(grey[..., None], 3, axis=2).astype(np.float32) + 0.5 * colours
+    assert np.abs(np.asarray(Image.open(out / "xray_overlay.png").convert("RGB")).astype(np.float32) - blended).max() <= 1
+
+    Image.fromarray(values.astype(np.float32) / 65535).save(tmp_path / "depth.tiff")
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'depth.tiff'}: floating-point image \(mode F\)"):
+        read_image(tmp_path / "depth.tiff")

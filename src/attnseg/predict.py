@@ -24,6 +24,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from attnseg.data.io import rgb8
 from attnseg.visualize import blend, colorize, default_palette
 
 class PredictionWriter(BasePredictionWriter):
@@ -93,7 +94,7 @@ class PredictionWriter(BasePredictionWriter):
             self.written.append(mask_path)
             if self.overlay:
                 with Image.open(info["path"]) as img:
-                    image = np.asarray(img.convert("RGB"))
+                    image = rgb8(img, info["path"])
                 overlay_path = out / f"{info['name']}_overlay.png"
                 Image.fromarray(blend(image, colorize(labels, palette), self.alpha)).save(overlay_path)
                 self.written.append(overlay_path)

@@ -25,12 +25,30 @@ from torchvision import tv_tensors
 Pairs = list[tuple[Path, Path]]
 
 
+def rgb8(image: Image.Image, path: Path) -> np.ndarray:
+    """An opened image as uint8 RGB (H, W, 3): greyscale and palette images converted, 16-bit greyscale scaled to 8
+    bits (65535 -> 255; PIL's own conversion clips it, making most 16-bit images white); floating-point images
+    refused, since their range is unknown."""
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit PNG/TIFF) or I (32-bit integer holding 16-bit data)
+        values = np.asarray(image).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"{path}: integer image with values {values.min()}-{values.max()}; expected 0-65535")
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode == "F":
+        raise ValueError(f"{path}: floating-point image (mode F); expected 8- or 16-bit RGB, greyscale or palette")
+    return np.array(image.convert("RGB"))
+
+
 def read_image(path: Path) -> torch.Tensor:
-    """RGB image as uint8 (3, H, W); greyscale and palette images are converted to RGB."""
+    """RGB image as uint8 (3, H, W); greyscale and palette images are converted to RGB, 16-bit greyscale scaled
+    to 8 bits (``rgb8``)."""
     try:
         with Image.open(path) as image:
-            rgb = np.array(image.convert("RGB"))
+            rgb = rgb8(image, path)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
+        if str(err).startswith(f"{path}: "):  # rgb8's own message
+            raise
         raise ValueError(f"{path}: cannot read the image ({err})") from err
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
