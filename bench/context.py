@@ -1,22 +1,29 @@
 """Is the context benchmark's cue beyond the reach of convolutions? Chance level, effective receptive field, and
 the context-class IoU of trained models.
 
-    python bench/context.py --sweep runs/sweeps/heads/results.csv [--variant far] [--size 128] [--images 32]
-        [--encoder resnet18 --output-stride 8 --out-indices 1 2 3 4]
+    python bench/context.py --sweep runs/sweeps/ccnet/results.csv --variant two_hop [--size 256] [--images 32]
+        [--encoder resnet18 --output-stride 8 --out-indices 0 1 2]
+
+The defaults are the context benchmark's (``configs/experiment/context.yaml``); the quickstart's data and encoder
+are ``--size 128 --out-indices 1 2 3 4`` (ResNet-18-D8, all four stages).
 
 For the SyntheticShapes variant at the given size it prints:
 
 1. **chance**: the test IoU of the context classes (``warm_blob``, ``cold_blob``) for a model that finds every
    blob exactly but cannot see the cue: it guesses warm or cold per image (expected over 200 draws), or always
    says warm. A model without long-range context can do no better on average.
-2. **cue distance**: the least distance in pixels between a blob and its cue over the test images.
-3. **theoretical receptive field** of the encoder (``--encoder``; by default ResNet-18-D8, the ablations'), and of
+2. **cue distance**: the least distance in pixels between a blob and its cue over the test images, and on
+   ``two_hop`` the least gap between a blob's rows (columns) and its cue's.
+3. **theoretical receptive field** of the encoder (``--encoder``), of the two heads without attention on it (FCN,
+   and CCNet with R = 0: the convolutions before and after the criss-cross module, so that one criss-cross step
+   reaches the rows and columns within that radius of a pixel's row and column), and of
    each checkpoint's whole model: the radius (pixels, around the output pixel) of the input region that can change
    the deepest feature (the ``out`` logits) at the centre of a ``--size`` image at all, whatever the weights. It is
    found as the support of a gradient: every convolution's weights set to one positive constant, batch norm made
-   the identity, max pooling replaced by average pooling of the same window (the same reach), on an all-ones
-   input, so that no path is cancelled or cut. Attention that reaches the whole image gives the whole image.
-4. **effective receptive field** of each checkpoint of the sweep file's rows (the ResNet-18-D8 models the
+   the identity, max pooling replaced by average pooling of the same window (the same reach), attention opened
+   (``gamma`` = 1), on an all-ones input, so that no path is cancelled or cut. Attention that reaches the whole
+   image gives the whole image.
+4. **effective receptive field** of each checkpoint of the sweep file's rows (the models the
    ablations train): the gradient of the blob logits at blob pixels with respect to the input image, averaged
    over test images; the radius (in pixels, around the blob pixel) that holds 95 % and 99 % of its absolute mass.
 5. each row's test context-class IoU from the sweep, next to chance.
@@ -41,10 +48,13 @@ from torch import nn
 
 from attnseg.data import SyntheticShapes
 from attnseg.encoder import Encoder
+from attnseg.heads import CCNetHead, FCNHead
+from attnseg.model import SegmentationModel
 from attnseg.data.transforms import eval_transforms
 from attnseg.task import SegmentationTask
 
 WARM, COLD = SyntheticShapes.classes.index("warm_blob"), SyntheticShapes.classes.index("cold_blob")
+CUES = SyntheticShapes.classes.index("warm_cue"), SyntheticShapes.classes.index("cold_cue")
 
 
 def chance_iou(masks: list[np.ndarray], draws: int = 200, seed: int = 0) -> tuple[float, float]:
@@ -79,8 +89,12 @@ def cue_distance(masks: list[np.ndarray]) -> float:
 
 def _reach_everywhere(module: nn.Module) -> nn.Module:
     """``module`` (a copy) with nothing that cancels or cuts a path: positive constant convolution weights, no
-    biases, identity batch norm, average instead of max pooling."""
+    biases, identity batch norm, average instead of max pooling, and every attention's residual scale ``gamma``
+    (zero at initialisation, which would close the attention) set to one."""
     module = copy.deepcopy(module).float().eval()
+    for name, parameter in module.named_parameters():
+        if name.rpartition(".")[2] == "gamma":
+            nn.init.ones_(parameter)
     for name, child in list(module.named_modules()):
         if isinstance(child, nn.Conv2d):
             nn.init.constant_(child.weight, 1.0 / child.weight[0].numel())
@@ -142,15 +156,28 @@ def effective_receptive_field(task: SegmentationTask, dataset: SyntheticShapes, 
     return tuple(float(radius[order][int((mass < q).sum())]) for q in (0.95, 0.99))
 
 
+def axis_gaps(masks: list[np.ndarray]) -> tuple[float, float]:
+    """Least gap (pixels) between the rows, and between the columns, of a blob and of its cue, over the images."""
+    least = [np.inf, np.inf]
+    for mask in masks:
+        blobs, cues = np.argwhere((mask == WARM) | (mask == COLD)), np.argwhere((mask == CUES[0]) | (mask == CUES[1]))
+        if len(blobs) and len(cues):
+            for axis in (0, 1):
+                gap = max(blobs[:, axis].min() - cues[:, axis].max(), cues[:, axis].min() - blobs[:, axis].max()) - 1
+                least[axis] = min(least[axis], float(gap))
+    return least[0], least[1]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sweep", type=Path, help="results.csv of a sweep on SyntheticShapes (checkpoints and scores)")
     parser.add_argument("--variant", default="far", choices=("far", "two_hop", "band"))
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--images", type=int, default=32, help="test images for the receptive field")
     parser.add_argument("--encoder", default="resnet18", help="timm name of the encoder whose reach is printed")
     parser.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32))
-    parser.add_argument("--out-indices", type=int, nargs="+", default=None, help="the encoder's feature levels")
+    parser.add_argument("--out-indices", type=int, nargs="+", default=[0, 1, 2],
+                        help="the encoder's feature levels")
     args = parser.parse_args(argv)
 
     test = SyntheticShapes(split="test", image_size=args.size, variant=args.variant)
@@ -159,10 +186,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"SyntheticShapes {args.variant} {args.size}x{args.size}, {len(masks)} test images")
     print(f"chance context IoU (cue-blind oracle): {100 * guessed:.1f} % guessing per image, {100 * warm:.1f} % always warm")
     print(f"least blob-to-cue distance: {cue_distance(masks):.0f} px")
+    if args.variant == "two_hop":
+        rows, cols = axis_gaps(masks)
+        print(f"least gap between a blob's rows and its cue's: {rows:.0f} px; between their columns: {cols:.0f} px")
     encoder = Encoder(args.encoder, args.output_stride, out_indices=args.out_indices)
     radius, border = theoretical_receptive_field(encoder, args.size)
     print(f"theoretical receptive field of {args.encoder} (output stride {args.output_stride}, feature strides "
           f"{encoder.strides}): radius {'at least ' if border else ''}{radius} px at {args.size}x{args.size}")
+    for name, head in (("FCN", FCNHead(encoder.channels, 7, aux=False)),
+                       ("CCNet R = 0", CCNetHead(encoder.channels, 7, recurrence=0, aux=False))):
+        radius, border = theoretical_receptive_field(SegmentationModel(encoder, head), args.size)
+        print(f"  with the {name} head, to the logits: radius {'at least ' if border else ''}{radius} px")
     if args.sweep is None:
         return
     with open(args.sweep) as f:

@@ -240,7 +240,7 @@ def test_theoretical_receptive_field_of_known_networks():
     # measured from the output pixel rather than the feature pixel's centre (up to 8 px more)
     assert radius + 2 * 8 <= fcn_radius <= radius + 2 * 8 + 16 and not border
     danet = SegmentationModel(shallow, DANetHead(shallow.channels, 7, cam=False, aux=False))
-    assert bench_context.theoretical_receptive_field(danet, 64)[1]  # PAM: the whole image
+    assert bench_context.theoretical_receptive_field(danet, 256)[1]  # PAM (gamma 0 at initialisation): the whole image
 
 
 def test_data_script_reads_a_data_group_file():
@@ -286,3 +286,58 @@ def test_two_hop_path_goes_through_the_relay_that_carries_the_target():
     assert float(dense1.sum(1).min()) == 1.0  # every position's weights sum to 1
     assert two_hop_path(dense1, dense2, 0, target) == [0, 2, 8]
     assert float((dense2 @ dense1)[0] @ target) == 1.0  # after two steps all of cell 0's attention is on the target
+
+
+
+def _context_benchmark_model(head_class, **head_args):
+    """A model of the context benchmark (configs/experiment/context.yaml: its encoder and image size)."""
+    import yaml
+
+    from attnseg.encoder import Encoder
+    from attnseg.model import SegmentationModel
+    from tests.helpers.cli import CONFIGS
+
+    recipe = yaml.safe_load((CONFIGS / "experiment" / "context.yaml").read_text())
+    spec, size = recipe["model"]["encoder"], recipe["data"]["dataset_args"]["image_size"]
+    encoder = Encoder(spec["name"], spec["output_stride"], out_indices=spec["out_indices"])
+    return SegmentationModel(encoder, head_class(encoder.channels, 7, aux=False, **head_args)), size
+
+
+def test_context_benchmark_puts_the_cue_beyond_convolutions_and_one_criss_cross_step():
+    """On the context benchmark (256 px, ResNet-18 to its stride-8 stage), over 64 test images: every blob's rows
+    and columns are farther from its two_hop cue than CCNet without attention (R = 0) reaches, so one criss-cross
+    step (a row and a column of such features) cannot reach the cue; every far cue is farther from its blobs
+    (Chebyshev distance) than FCN reaches. The input support of R = 1 at the blobs misses the cue, R = 2's meets it."""
+    from attnseg.data import SyntheticShapes
+    from attnseg.data.synthetic import FAR, GAP
+    from attnseg.heads import CCNetHead, FCNHead
+
+    blob_ids = [SyntheticShapes.classes.index(c) for c in SyntheticShapes.context_classes]
+    cue_ids = [SyntheticShapes.classes.index(c) for c in ("warm_cue", "cold_cue")]
+    ccnet0, size = _context_benchmark_model(CCNetHead, recurrence=0)
+    reach, border = bench_context.theoretical_receptive_field(ccnet0, size)
+    assert not border and reach < GAP * size - 1
+    fcn_reach, border = bench_context.theoretical_receptive_field(_context_benchmark_model(FCNHead)[0], size)
+    assert not border and fcn_reach < FAR * size - 1
+
+    for variant, least in (("two_hop", reach), ("far", fcn_reach)):
+        data = SyntheticShapes(split="test", image_size=size, num_samples=64, variant=variant)
+        for i in range(len(data)):
+            mask = data.generate(i)[1]
+            blobs, cues = np.argwhere(np.isin(mask, blob_ids)), np.argwhere(np.isin(mask, cue_ids))
+            assert len(blobs) and len(cues)
+            if variant == "two_hop":  # apart in rows and in columns
+                gaps = [max(blobs[:, a].min() - cues[:, a].max(), cues[:, a].min() - blobs[:, a].max()) for a in (0, 1)]
+                assert min(gaps) > least, (i, gaps, least)
+            else:  # apart in rows or in columns, for every blob pixel
+                chebyshev = np.abs(blobs[::5, None] - cues[None, ::3]).max(-1).min()
+                assert chebyshev > least, (i, chebyshev, least)
+
+    mask = SyntheticShapes(split="test", image_size=size, variant="two_hop").generate(0)[1]
+    blobs, cue = torch.from_numpy(np.isin(mask, blob_ids)), torch.from_numpy(np.isin(mask, cue_ids))
+    for recurrence, meets in ((1, False), (2, True)):
+        model = bench_context._reach_everywhere(_context_benchmark_model(CCNetHead, recurrence=recurrence)[0])
+        image = torch.ones(1, 3, size, size, requires_grad=True)
+        model(image)["out"][0][:, blobs].sum().backward()
+        support = image.grad[0].abs().sum(0) > 0
+        assert bool((support & cue).any()) == meets, recurrence

@@ -135,20 +135,22 @@ def test_bundle_axis_sets_several_options_per_value(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, expected, module",
+    "name, expected, module, base",
     [
-        ("danet", [{"pam": p, "cam": c} for p in (True, False) for c in (True, False)], "branches.pam.attention."),
-        ("ccnet", [{"recurrence": r} for r in range(4)], "cca."),
+        ("danet", [{"pam": p, "cam": c} for p in (True, False) for c in (True, False)], "branches.pam.attention.",
+         ["quickstart.yaml", "model/danet.yaml"]),
+        ("ccnet", [{"recurrence": r} for r in range(4)], "cca.",
+         ["quickstart.yaml", "experiment/context.yaml", "model/ccnet.yaml"]),
     ],
 )
-def test_ablation_grids_differ_only_in_the_module_under_test(name, expected, module, capsys):
+def test_ablation_grids_differ_only_in_the_module_under_test(name, expected, module, base, capsys):
     """Each shipped ablation expands to its grid x 3 seeds, and two points of it have the same parameters, outputs
     and loss terms apart from the attention module's own parameters."""
     path = CONFIGS / "ablation" / f"{name}.yaml"
     sweep = Sweep.from_file(path)
     points = sweep.points()
     assert [{k.rpartition(".")[2]: v for k, v in p.items()} for p in points] == expected
-    assert [b.relative_to(CONFIGS).as_posix() for b in sweep.base] == ["quickstart.yaml", f"model/{name}.yaml"]
+    assert [b.relative_to(CONFIGS).as_posix() for b in sweep.base] == base
     assert sweep.seeds == [0, 1, 2] and sweep.context_classes == ["warm_blob", "cold_blob"]
 
     with pytest.raises(SystemExit) as exit_info:
@@ -178,9 +180,16 @@ def test_ablation_grids_differ_only_in_the_module_under_test(name, expected, mod
         assert set(largest) - set(params) <= attention and all(params[k] == largest[k] for k in params)
 
 
-def test_heads_grid_gives_every_head_the_same_supervision():
-    sweep = Sweep.from_file(CONFIGS / "ablation" / "heads.yaml")
-    assert sweep.points() == [{"head": h} for h in ("fcn", "danet", "ccnet", "flanet", "dfn", "deeplabv3", "pspnet")]
+HEADS_GRID = {"fcn": "FCNHead", "danet": "DANetHead", "ccnet": "CCNetHead", "flanet": "FLANetHead", "dfn": "DFNHead",
+              "deeplabv3": "ASPPHead", "pspnet": "PSPHead"}  # fmt: skip
+BAND_GRID = {"danet_pam": "DANetHead", "danet_cam": "DANetHead", "flanet": "FLANetHead", "ccnet": "CCNetHead",
+             "deeplabv3": "ASPPHead", "pspnet": "PSPHead"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name, expected", [("heads", HEADS_GRID), ("band", BAND_GRID)])
+def test_heads_grids_give_every_head_the_same_supervision(name, expected):
+    sweep = Sweep.from_file(CONFIGS / "ablation" / f"{name}.yaml")
+    assert sweep.points() == [{"head": h} for h in expected]
     assert sweep.seeds == [0, 1, 2] and sweep.context_classes == ["warm_blob", "cold_blob"]
     heads = {}
     for point in sweep.points():
@@ -189,8 +198,11 @@ def test_heads_grid_gives_every_head_the_same_supervision():
         heads[point["head"]] = type(task.model.head).__name__
         assert {k: v for k, v in task.loss_weights.items() if v} == {"out": 1.0, "aux": 0.4}, point
         assert not getattr(task.model.head, "output_losses", {}), point  # no loss of its own (DFN's border is off)
-    assert heads == {"fcn": "FCNHead", "danet": "DANetHead", "ccnet": "CCNetHead", "flanet": "FLANetHead",
-                     "dfn": "DFNHead", "deeplabv3": "ASPPHead", "pspnet": "PSPHead"}  # fmt: skip
+        if name == "band" and point["head"].startswith("danet_"):  # one attention module each, the other off
+            keep = point["head"].removeprefix("danet_")
+            for k in ("pam", "cam"):
+                assert isinstance(task.model.head.branches[k].attention, torch.nn.Identity) == (k != keep)
+    assert heads == expected
 
 
 def test_sweep_file_errors(tmp_path, capsys):

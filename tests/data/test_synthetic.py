@@ -4,7 +4,7 @@ import torch
 from torchvision import tv_tensors
 
 from attnseg.data import SyntheticShapes
-from attnseg.data.synthetic import BLUE, FAR, GAP, GREY, RED, VARIANTS
+from attnseg.data.synthetic import BLUE, FAR, GAP, GREY, ONE_HOP, RED, VARIANTS
 
 C = {name: i for i, name in enumerate(SyntheticShapes.classes)}
 
@@ -85,13 +85,35 @@ def test_far_cue_is_far_from_every_blob():
         assert distance >= FAR * 128 - 1
 
 
-def test_two_hop_cue_shares_no_row_and_no_column_with_a_blob():
-    for _, mask in samples("two_hop"):
+def _axis_gaps(blobs, cues):
+    """Gap between the blob pixels' rows and the cue's (first), and between their columns; negative: they overlap."""
+    return [max(blobs[:, a].min() - cues[:, a].max(), cues[:, a].min() - blobs[:, a].max()) for a in (0, 1)]
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_two_hop_cue_shares_no_row_and_no_column_with_a_blob(split):
+    for _, mask in samples("two_hop", split=split):
         blobs, cues = _points(mask, C["warm_blob"], C["cold_blob"]), _points(mask, C["warm_cue"], C["cold_cue"])
         assert len(blobs) and len(cues)
-        for axis in (0, 1):  # rows, then columns: the two spans are apart by the gap
-            gap = max(blobs[:, axis].min() - cues[:, axis].max(), cues[:, axis].min() - blobs[:, axis].max())
-            assert gap >= GAP * 128 - 1
+        assert min(_axis_gaps(blobs, cues)) >= GAP * 128 - 1  # the two spans are apart by the gap, both ways
+
+
+def test_two_hop_trains_on_one_hop_images_too():
+    """About ONE_HOP of the train images put their blobs inside the cue's rows or columns, at least the gap away
+    along them (one step reaches the cue); every other train image is two-hop, as val and test."""
+    one_hop = 0
+    for _, mask in samples("two_hop", n=200, split="train"):
+        blobs, cues = _points(mask, C["warm_blob"], C["cold_blob"]), _points(mask, C["warm_cue"], C["cold_cue"])
+        gaps = _axis_gaps(blobs, cues)
+        if min(gaps) < 0:  # sharing rows (or columns): inside the cue's span, far along the other axis
+            one_hop += 1
+            along = 1 if gaps[0] < 0 else 0
+            assert gaps[1 - along] < 0 and gaps[along] >= GAP * 128 - 1
+            span = cues[:, 1 - along]
+            assert span.min() <= blobs[:, 1 - along].min() and blobs[:, 1 - along].max() <= span.max()
+        else:
+            assert min(gaps) >= GAP * 128 - 1
+    assert abs(one_hop / 200 - ONE_HOP) < 0.1
 
 
 def test_band_blobs_take_their_own_bands_cue_and_both_colours_are_present():

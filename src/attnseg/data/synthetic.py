@@ -17,9 +17,14 @@ Every image holds a few objects on a smooth, noisy background:
   take its colour. Any global context mechanism can use it (PAM, CAM, criss-cross with R >= 2, FLANet,
   DFN's global pooling).
 - ``two_hop``: one square cue near a corner and every blob in the opposite part of the image, so that the
-  cue shares no row and no column with any blob pixel (with a gap of ``0.3 * H`` rows and ``0.3 * W``
+  cue shares no row and no column with any blob pixel (with a gap of ``0.35 * H`` rows and ``0.35 * W``
   columns). One criss-cross step (a pixel's row and column) cannot reach it; two can, through the pixel
-  where the blob's row meets the cue's column (CCNet's argument for recurrence).
+  where the blob's row meets the cue's column (CCNet's argument for recurrence). That holds after the
+  encoder only if the gaps exceed the reach of the convolutions around the attention (the context
+  benchmark's encoder, ``configs/experiment/context.yaml``: 81 px, against gaps of at least 89 px at 256x256).
+  In the ``train`` split, half the images instead put the blobs in the cue's rows (or columns), as far from
+  it along them: one step reaches those, so they teach what the cue means; ``val`` and ``test`` hold only
+  two-hop images, so their scores measure the two-step reach alone.
 - ``band``: the image is cut into two horizontal bands; each band has a cue stripe along its left or right
   edge, one band red and the other blue, and each blob takes the colour of its own band's cue, at least
   ``0.45 * W`` away along the row. Both colours are in every image, so a summary of the whole image
@@ -44,7 +49,8 @@ RED, BLUE, GREY = (200, 40, 40), (40, 60, 210), (128, 128, 128)
 VARIANTS = ("far", "two_hop", "band")
 FAR = 0.45  # far and band: least distance from a blob to its cue, as a fraction of the image side
 CUE = 0.2  # side of a square cue (twice the width of a band's stripe), as a fraction of the image side
-GAP = 0.3  # two_hop: least gap between the cue's rows (columns) and a blob's, as a fraction of H (W)
+ONE_HOP = 0.5  # two_hop, train split: share of images whose blobs share the cue's rows or columns
+GAP = 0.35  # two_hop: least gap between the cue's rows (columns) and a blob's, as a fraction of H (W)
 
 
 class SyntheticShapes(Dataset):
@@ -104,8 +110,11 @@ class SyntheticShapes(Dataset):
         ids = [self.seed, zlib.crc32(self.split.encode()), index, VARIANTS.index(self.variant)]
         rng = np.random.default_rng(ids)
         scene = _Scene(self.image_size, rng)
-        place = {"far": scene.far, "two_hop": scene.two_hop, "band": scene.band}[self.variant]
-        blobs = place(int(rng.integers(1, 3)))
+        count = int(rng.integers(1, 3))
+        if self.variant == "two_hop":
+            blobs = scene.two_hop(count, one_hop=self.split == "train" and rng.random() < ONE_HOP)
+        else:
+            blobs = {"far": scene.far, "band": scene.band}[self.variant](count)
         for _ in range(int(rng.integers(0, 3))):
             scene.disc()
         for _ in range(int(rng.integers(0, 3))):
@@ -148,8 +157,9 @@ class _Scene:
         self._paint_cue(cue, warm)
         return [(b, warm) for b in blobs]
 
-    def two_hop(self, count: int) -> list:
-        """One square cue near a corner; blobs in rows and columns at least GAP * (H, W) away from the cue's."""
+    def two_hop(self, count: int, one_hop: bool = False) -> list:
+        """One square cue near a corner; blobs in rows and columns at least GAP * (H, W) away from the cue's, or
+        with ``one_hop`` inside the cue's rows (or columns) and at least that far away along them."""
         side = self._cue_side()
         top, left = self.rng.random() < 0.5, self.rng.random() < 0.5
         dy, dx = (int(self.rng.integers(0, side // 2 + 1)) for _ in range(2))  # distance from the corner
@@ -159,6 +169,8 @@ class _Scene:
         # the blobs' extent: rows beyond the cue's rows by the gap, likewise columns, on the far side
         rows = (cue[2] + GAP * self.h, self.h) if top else (0, cue[0] - GAP * self.h)
         cols = (cue[3] + GAP * self.w, self.w) if left else (0, cue[1] - GAP * self.w)
+        if one_hop:  # the cue's rows (or its columns), beyond the gap along them
+            rows, cols = ((cue[0], cue[2]), cols) if self.rng.random() < 0.5 else (rows, (cue[1], cue[3]))
         blobs = [self._blob_within(rows, cols) for _ in range(count)]
         warm = self.rng.random() < 0.5
         self._paint_cue(cue, warm)
