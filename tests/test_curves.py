@@ -42,6 +42,9 @@ def test_a_curve_is_read_from_the_logged_per_class_iou(tmp_path):
     assert steps_to(curve, "mIoU", 0.3) == 99
     with pytest.raises(ValueError, match=r"metrics.csv: no val/IoU/ column for context classes \['sky'\]; it has"):
         read_curve(path, ["sky"])
+    # a run resumed from a checkpoint may validate a step again: one point per step, the later row
+    again = metrics_file(tmp_path / "again.csv", [(100, 0.3, 0.1, 0.1), (200, 0.4, 0.8, 0.9), (200, 0.6, 0.5, 0.5)])
+    assert [(p["step"], p["mIoU"]) for p in read_curve(again)] == [(99, 0.3), (199, 0.6)]
 
 
 def test_mean_curve_over_seeds_uses_the_steps_every_run_has():

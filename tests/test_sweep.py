@@ -5,6 +5,7 @@ get clear errors."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -356,3 +357,41 @@ def test_results_csv_reads_back_as_the_rows_written(tmp_path):
     back = read_results(tmp_path / "results.csv", sweep)
     assert back == rows
     assert summarise(sweep, back) == summarise(sweep, rows)
+
+
+def test_a_sweep_run_again_continues_the_interrupted_run_and_keeps_finished_ones(tmp_path, capsys):
+    """Ctrl+C in the first run's step 3 (of 2 epochs of 2 steps) ends the sweep; running it again continues that run
+    from its last.ckpt in its own run folder and then runs the second; a third time runs nothing and keeps every row.
+    A results.csv of another grid is refused."""
+    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 2\n"
+                        "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
+    flag = tmp_path / "interrupted"
+    interrupt = {"class_path": "tests.helpers.faults.InterruptOnce", "init_args": {"flag": str(flag), "step": 3}}
+    extra = ["--", *FAST, "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+             "--trainer.limit_test_batches=1", *wandb_in(tmp_path / "runs"),
+             f"--trainer.callbacks+={json.dumps(interrupt)}"]  # fmt: skip
+    out = tmp_path / "out"
+    assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 130
+    first = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["status"] for r in first] == ["interrupted"]
+    note = out / "folders" / "num_convs=1,seed=0.txt"
+    folder = Path(note.read_text().strip())
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 3
+    capsys.readouterr()
+
+    assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 0
+    printed = capsys.readouterr().out
+    assert f"num_convs=1,seed=0, continuing from {folder / 'last.ckpt'}" in printed
+    second = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["model.head.init_args.num_convs"], r["status"]) for r in second] == [("1", "ok"), ("2", "ok")]
+    assert Path(second[0]["best_checkpoint"]).parent == folder  # the same run folder, continued
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 4
+
+    assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier, kept") == 2 and "continuing from" not in printed
+    assert list(csv.DictReader(open(out / "results.csv"))) == second
+
+    other = write_sweep(tmp_path / "other.yaml", "grid:\n  model.lr: [0.1]\n")
+    assert main_code("sweep", str(other), "--out", str(out), *extra) == 2
+    assert "holds another sweep's results (no column for grid key(s) ['model.lr'])" in capsys.readouterr().err

@@ -43,9 +43,9 @@ class CurveRecorder(Callback):
 
 
 def read_curve(path: str | Path, context_classes: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """``[{"step", "mIoU", "context"}, ...]`` in step order, one entry per validation in ``path`` (rows without
-    ``val/mIoU`` skipped; ``context`` is None without context classes). A context class missing from the file is
-    an error naming the file and the classes it has."""
+    """``[{"step", "mIoU", "context"}, ...]`` in step order, one entry per validation step in ``path`` (the last row
+    of a step that appears twice; rows without ``val/mIoU`` skipped; ``context`` is None without context classes).
+    A context class missing from the file is an error naming the file and the classes it has."""
     with open(path, newline="") as f:
         rows = [row for row in csv.DictReader(f) if row.get(MIOU) not in (None, "")]
     if rows and context_classes:
@@ -53,13 +53,14 @@ def read_curve(path: str | Path, context_classes: Sequence[str] = ()) -> list[di
         if missing:
             have = [k[len(CLASS_IOU) :] for k in rows[0] if k.startswith(CLASS_IOU)]
             raise ValueError(f"{path}: no val/IoU/ column for context classes {missing}; it has {have}")
-    curve = []
+    curve = {}  # by step: a resumed run may log a step again, and its later row holds
     for row in rows:
         context = None
         if context_classes:
             context = statistics.fmean(float(row[f"{CLASS_IOU}{c}"]) for c in context_classes)
-        curve.append({"step": int(float(row["step"])), "mIoU": float(row[MIOU]), "context": context})
-    return sorted(curve, key=lambda point: point["step"])
+        step = int(float(row["step"]))
+        curve[step] = {"step": step, "mIoU": float(row[MIOU]), "context": context}
+    return [curve[step] for step in sorted(curve)]
 
 
 def steps_to(curve: Sequence[dict[str, Any]], key: str, threshold: float) -> Optional[int]:

@@ -41,6 +41,13 @@ group (``<name>-<date>-<time>``) and are named after their grid point and seed. 
 
 The exit status is 1 when a run failed.
 
+**Running a sweep again into the same ``DIR``** continues it: runs whose row in ``results.csv`` says ``ok`` are
+kept and not run again, any other run that started before (interrupted, failed, or killed before its row was
+written) continues from the ``last.ckpt`` of its run folder (``DIR/folders/<point>,seed=<s>.txt`` names it as soon
+as the run starts training) or starts again where there is none, and every earlier row stays in the table (rows
+of points this invocation does not run, e.g. with ``--only``, included). A ``results.csv`` of another sweep (other
+grid keys) is refused: choose another ``--out``.
+
 ``--wandb-sweep FILE`` writes the same grid as a W&B sweep file instead (``method: grid``, ``val/mIoU`` maximised,
 each grid key and ``seed_everything`` a parameter, a bundled axis a ``config`` parameter of inline YAML) and runs
 nothing: ``wandb sweep FILE`` registers it, ``wandb agent <id>`` runs ``attnseg fit`` for each combination. Shipped
@@ -65,6 +72,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -266,13 +274,16 @@ class SweepRunCLI(AttnSegCLI):
         context_classes: class names the sweep reports; checked against the dataset's before fitting.
         source: the sweep file, for error messages.
         curve: where to record the run's learning curve (``attnseg.curves.CurveRecorder``); None records none.
+        folder: a text file that receives the run's checkpoint folder when training starts (how a later
+            ``attnseg sweep`` into the same folder finds the run's ``last.ckpt``); None writes none.
     """
 
     def __init__(
         self, args: Sequence[str], group: str, label: str, test: bool = True,
         context_classes: Sequence[str] = (), source: str = "sweep", curve: Optional[Path] = None,
+        folder: Optional[Path] = None,
     ) -> None:  # fmt: skip
-        self.group, self.label, self.test_after_fit, self.curve = group, label, test, curve
+        self.group, self.label, self.test_after_fit, self.curve, self.folder = group, label, test, curve, folder
         self.context_classes, self.source = list(context_classes), source
         super().__init__(args=args, parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}})
 
@@ -293,6 +304,8 @@ class SweepRunCLI(AttnSegCLI):
             )
         if self.curve is not None:
             self.trainer.callbacks.append(CurveRecorder(self.curve))
+        if self.folder is not None:
+            self.trainer.callbacks.append(_RunFolderNote(self.folder))
 
     def after_fit(self) -> None:
         super().after_fit()
@@ -301,23 +314,55 @@ class SweepRunCLI(AttnSegCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
 
 
+class _RunFolderNote(Callback):
+    """Writes the run's checkpoint folder to a text file when training starts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        callback = trainer.checkpoint_callback
+        if trainer.is_global_zero and callback is not None and callback.dirpath:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(str(Path(callback.dirpath).resolve()) + "\n")
+
+
+def folder_note(out: Path, point: dict[str, Any], seed: Optional[int]) -> Path:
+    """Where a sweep notes the checkpoint folder of one run: ``out/folders/<point>,seed=<seed>.txt``."""
+    label = point_label(point) + (f",seed={seed}" if seed is not None else "")
+    return out / "folders" / (label.replace("/", "_").replace("\\", "_") + ".txt")
+
+
+def unfinished_checkpoint(out: Path, point: dict[str, Any], seed: Optional[int]) -> Optional[Path]:
+    """The ``last.ckpt`` an earlier, unfinished run of this point and seed left (None where there is none)."""
+    note = folder_note(out, point, seed)
+    if not note.is_file():
+        return None
+    last = Path(note.read_text().strip()) / "last.ckpt"
+    return last if last.is_file() else None
+
+
 def run_point(
     sweep: Sweep, index: int, point: dict[str, Any], extra: Sequence[str], group: str, seed: Optional[int] = None,
-    out: Optional[Path] = None,
+    out: Optional[Path] = None, resume: Optional[Path] = None,
 ) -> dict[str, Any]:
     """Fit (and test) one grid point with one seed; returns its result row (``status`` ``ok`` or ``failed`` with
-    ``error``). With ``out``, the run's learning curve goes to ``out/curves/run<index>.csv`` (column ``curve``)."""
+    ``error``). With ``out``, the run's learning curve goes to ``out/curves/run<index>.csv`` (column ``curve``) and
+    its checkpoint folder to ``folder_note``. With ``resume``, the fit continues from that checkpoint (and the
+    curve from its earlier rows)."""
     row: dict[str, Any] = {"run": index, **point, "seed": seed, "status": "failed", "error": ""}
     start = time.perf_counter()
     cli = None
     label = point_label(point) + (f",seed={seed}" if seed is not None else "")
     curve = out / "curves" / f"run{index}.csv" if out is not None else None
     if curve is not None:
-        curve.unlink(missing_ok=True)  # a curve left by an earlier sweep in this folder is not this run's
+        if resume is None:
+            curve.unlink(missing_ok=True)  # a curve left by an earlier sweep in this folder is not this run's
         row["curve"] = str(curve)
+    args = sweep.arguments(point, extra, seed) + ([f"--ckpt_path={resume}"] if resume is not None else [])
     try:
-        cli = SweepRunCLI(sweep.arguments(point, extra, seed), group, label, sweep.test, sweep.context_classes,
-                          str(sweep.path), curve)  # fmt: skip
+        cli = SweepRunCLI(args, group, label, sweep.test, sweep.context_classes, str(sweep.path), curve,
+                          folder_note(out, point, seed) if out is not None else None)  # fmt: skip
         trainer = cli.trainer
         callback = trainer.checkpoint_callback
         if callback is not None and callback.best_model_score is not None:
@@ -588,6 +633,28 @@ def read_results(path: Path, sweep: Sweep) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ entry point
 
 
+def run_key(point: dict[str, Any], seed: Optional[int]) -> str:
+    """A run's identity within a sweep: its grid point and seed, as printed."""
+    return f"{point_label(point)},seed={seed}"
+
+
+def earlier_rows(sweep: Sweep, out: Path) -> dict[str, dict[str, Any]]:
+    """The rows a previous ``attnseg sweep`` of this sweep wrote to ``out/results.csv``, by ``run_key`` (empty where
+    there is no such file); a file written for other grid keys is an error naming it."""
+    path = out / "results.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    missing = [key for key in sweep.grid if key not in header]
+    if missing:
+        raise ValueError(
+            f"{path} holds another sweep's results (no column for grid key(s) {missing}); choose another --out, "
+            "or move the folder away to start this sweep afresh"
+        )
+    return {run_key({k: row[k] for k in sweep.grid}, row["seed"]): row for row in read_results(path, sweep)}
+
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     argv = list(argv)
     extra: list[str] = []
@@ -671,12 +738,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     group = f"{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}"
     leader = rank_zero_only.rank == 0  # with several processes (DDP) every one runs the sweep; one writes results
-    rows: list[dict[str, Any]] = []
+    try:
+        earlier = earlier_rows(sweep, out)
+    except ValueError as err:
+        print(f"attnseg sweep: {err}", file=sys.stderr)
+        return 2
+    planned = {run_key(point, seed) for point, seed in runs}
+    rows: list[dict[str, Any]] = [row for key, row in earlier.items() if key not in planned]  # other points' rows
+    if earlier:
+        kept = sum(row.get("status") == "ok" for key, row in earlier.items() if key in planned)
+        print(f"Sweep {sweep.name}: continuing {out}/results.csv ({kept} of {len(runs)} runs finished earlier)")
     for index, (point, seed) in enumerate(runs):
         label = f"{point_label(point)},seed={seed}"
-        print(f"\n=== sweep {sweep.name}: run {index + 1}/{len(runs)}: {label} ===", flush=True)
+        before = earlier.get(run_key(point, seed))
+        if before is not None and before.get("status") == "ok":
+            print(f"\n=== sweep {sweep.name}: run {index + 1}/{len(runs)}: {label}: finished earlier, kept ===")
+            rows.append(before)
+            continue
+        resume = unfinished_checkpoint(out, point, seed)  # a run of this folder that did not finish
+        then = f", continuing from {resume}" if resume is not None else ""
+        print(f"\n=== sweep {sweep.name}: run {index + 1}/{len(runs)}: {label}{then} ===", flush=True)
         try:
-            rows.append(run_point(sweep, index, point, extra, group, seed, out if leader else None))
+            rows.append(run_point(sweep, index, point, extra, group, seed, out if leader else None, resume))
         except (KeyboardInterrupt, SystemExit):  # Ctrl+C (Lightning turns it into SystemExit) ends the sweep
             rows.append({"run": index, **point, "seed": seed, "status": "interrupted", "error": "interrupted"})
             if leader:

@@ -128,3 +128,16 @@ class StopWithLast(Callback):
 
             Interruption._save(trainer)
             trainer.should_stop = True
+
+
+class InterruptOnce(Callback):
+    """Raises KeyboardInterrupt (Ctrl+C) after training step ``step``, once: the first time, it creates ``flag``;
+    with ``flag`` present it does nothing."""
+
+    def __init__(self, flag: str, step: int = 2) -> None:
+        self.flag, self.step = Path(flag), step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step and not self.flag.exists():
+            self.flag.touch()
+            raise KeyboardInterrupt
