@@ -395,3 +395,23 @@ def test_a_sweep_run_again_continues_the_interrupted_run_and_keeps_finished_ones
     other = write_sweep(tmp_path / "other.yaml", "grid:\n  model.lr: [0.1]\n")
     assert main_code("sweep", str(other), "--out", str(out), *extra) == 2
     assert "holds another sweep's results (no column for grid key(s) ['model.lr'])" in capsys.readouterr().err
+
+
+def test_runs_of_a_sweep_split_by_only_share_one_table_and_their_numbers(tmp_path, capsys):
+    """``--only`` runs a part of the grid; the runs keep their numbers in the whole grid (curve files included), and
+    the other part, run later into the same folder, joins the same table."""
+    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 1\n"
+                        "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
+    extra = ["--", *TINY, *wandb_in(tmp_path / "runs")]
+    out = tmp_path / "out"
+    assert main_code("sweep", str(sweep), "--out", str(out), "--only", "model.head.init_args.num_convs=2", *extra) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["run"], r["model.head.init_args.num_convs"]) for r in rows] == [("1", "2")]
+    assert rows[0]["curve"] == str(out / "curves" / "run1.csv") and Path(rows[0]["curve"]).is_file()
+    assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 0
+    assert "(1 of 2 runs finished earlier)" in capsys.readouterr().out
+    both = list(csv.DictReader(open(out / "results.csv")))
+    runs = [(r["run"], r["model.head.init_args.num_convs"], r["status"]) for r in both]
+    assert runs == [("0", "1", "ok"), ("1", "2", "ok")]
+    assert both[1] == rows[0]
+    assert (out / "results.md").read_text().split("Every run:")[0].count("| ok |") == 2

@@ -57,6 +57,7 @@ base configs are named by their short names, so the file works wherever attnseg 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import gc
 import itertools
@@ -704,6 +705,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"attnseg sweep: --seeds {args.seeds} repeat a seed; each seed once", file=sys.stderr)
             return 2
         sweep.seeds = list(args.seeds)
+    whole = copy.deepcopy(sweep)  # before --only: the table and the run numbers cover the whole grid
+    numbers = {run_key(point, seed): k for k, (point, seed) in enumerate(whole.runs())}
     try:
         for only in args.only:
             restrict(sweep, only)
@@ -739,7 +742,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     group = f"{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}"
     leader = rank_zero_only.rank == 0  # with several processes (DDP) every one runs the sweep; one writes results
     try:
-        earlier = earlier_rows(sweep, out)
+        earlier = earlier_rows(whole, out)
     except ValueError as err:
         print(f"attnseg sweep: {err}", file=sys.stderr)
         return 2
@@ -748,29 +751,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if earlier:
         kept = sum(row.get("status") == "ok" for key, row in earlier.items() if key in planned)
         print(f"Sweep {sweep.name}: continuing {out}/results.csv ({kept} of {len(runs)} runs finished earlier)")
-    for index, (point, seed) in enumerate(runs):
+    for position, (point, seed) in enumerate(runs):
+        index = numbers[run_key(point, seed)]  # the run's number in the whole grid, --only or not
         label = f"{point_label(point)},seed={seed}"
         before = earlier.get(run_key(point, seed))
         if before is not None and before.get("status") == "ok":
-            print(f"\n=== sweep {sweep.name}: run {index + 1}/{len(runs)}: {label}: finished earlier, kept ===")
+            print(f"\n=== sweep {sweep.name}: run {position + 1}/{len(runs)}: {label}: finished earlier, kept ===")
             rows.append(before)
             continue
         resume = unfinished_checkpoint(out, point, seed)  # a run of this folder that did not finish
         then = f", continuing from {resume}" if resume is not None else ""
-        print(f"\n=== sweep {sweep.name}: run {index + 1}/{len(runs)}: {label}{then} ===", flush=True)
+        print(f"\n=== sweep {sweep.name}: run {position + 1}/{len(runs)}: {label}{then} ===", flush=True)
         try:
             rows.append(run_point(sweep, index, point, extra, group, seed, out if leader else None, resume))
         except (KeyboardInterrupt, SystemExit):  # Ctrl+C (Lightning turns it into SystemExit) ends the sweep
             rows.append({"run": index, **point, "seed": seed, "status": "interrupted", "error": "interrupted"})
             if leader:
-                write_results(sweep, rows, out, group, extra)
+                write_results(whole, sorted(rows, key=lambda row: row["run"]), out, group, extra)
             print(f"\nSweep {sweep.name} interrupted at run {index}; results so far in {out}/", file=sys.stderr)
             return 130
         if leader:
-            write_results(sweep, rows, out, group, extra)
-    failed = sum(row["status"] != "ok" for row in rows)
+            write_results(whole, sorted(rows, key=lambda row: row["run"]), out, group, extra)
     if leader:
-        print(f"\nSweep {sweep.name}: {len(rows) - failed}/{len(rows)} runs succeeded; results in {out}/")
+        write_results(whole, sorted(rows, key=lambda row: row["run"]), out, group, extra)  # kept rows included
+    mine = [row for row in rows if run_key({k: row[k] for k in sweep.grid}, row["seed"]) in planned]
+    failed = sum(row["status"] != "ok" for row in mine)
+    if leader:
+        print(f"\nSweep {sweep.name}: {len(mine) - failed}/{len(mine)} runs succeeded; results in {out}/")
         print((out / "results.md").read_text())
     return 1 if failed else 0
 
