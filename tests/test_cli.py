@@ -72,6 +72,10 @@ CASES = {
         "--data.dataset_args.num_samples=4", "--data.batch_size=2", "--data.val_batch_size=2", "--data.num_workers=0",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     ],  # fmt: skip
+    "experiment/context.yaml": lambda tmp_path: [
+        "--config", QUICKSTART, "--config", CONFIGS / "experiment/context.yaml", "--config", CONFIGS / "model/ccnet.yaml",
+        *FAST,
+    ],  # fmt: skip
     "experiment/cityscapes_danet.yaml": paper_recipe_case("danet"),
     "experiment/cityscapes_ccnet.yaml": paper_recipe_case("ccnet"),
     "experiment/cityscapes_dfn.yaml": paper_recipe_case("dfn"),

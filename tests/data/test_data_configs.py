@@ -36,7 +36,7 @@ def printed_config(capsys, *args) -> dict:
 
 
 # Recipes of this project's own (no paper states them), checked separately.
-OWN_RECIPES = {"camvid_r18_cpu.yaml", "camvid_mobilenetv2_cpu.yaml", "clips_cpu.yaml"}
+OWN_RECIPES = {"camvid_r18_cpu.yaml", "camvid_mobilenetv2_cpu.yaml", "clips_cpu.yaml", "context.yaml"}
 # The papers' own recipes: differences composed after cityscapes.yaml and the model file
 # (test_cli.py: test_paper_recipes_resolve_to_their_sources, and a fast_dev_run each).
 PAPER_RECIPES = {"cityscapes_danet.yaml", "cityscapes_ccnet.yaml", "cityscapes_dfn.yaml"}
