@@ -195,10 +195,13 @@ def test_heads_grids_give_every_head_the_same_supervision(name, expected):
     heads = {}
     for point in sweep.points():
         args = sweep.arguments(point, ["--data.dataset_args.image_size=32", "--data.num_workers=0"])
-        task = AttnSegCLI(args=args[1:], run=False).model
+        cli = AttnSegCLI(args=args[1:], run=False)
+        task = cli.model
         heads[point["head"]] = type(task.model.head).__name__
         assert {k: v for k, v in task.loss_weights.items() if v} == {"out": 1.0, "aux": 0.4}, point
         assert not getattr(task.model.head, "output_losses", {}), point  # no loss of its own (DFN's border is off)
+        if name == "band":  # every head as wide as the encoder's feature
+            assert cli.config["model"]["head"]["init_args"]["channels"] == 128, point
         if name == "band" and point["head"].startswith("danet_"):  # one attention module each, the other off
             keep = point["head"].removeprefix("danet_")
             for k in ("pam", "cam"):
