@@ -1,10 +1,10 @@
 """The README's pictures, from trained checkpoints: where attention looks, and every head's predictions on CamVid.
 
-    python bench/figures.py attention --danet DANET.ckpt --ccnet CCNET.ckpt [--sample 0] [--out docs/figures]
+    python bench/figures.py attention [--danet DANET.ckpt] [--ccnet CCNET.ckpt] [--sample 0] [--out docs/figures]
     python bench/figures.py camvid --results runs/camvid_results --root ../shared/data/camvid \
         [--images 0 60 120 180] [--out docs/figures]
 
-``attention`` takes a DANet and a CCNet checkpoint trained on the context benchmark (SyntheticShapes: the DANet
+``attention`` takes a DANet checkpoint, a CCNet checkpoint or both, trained on the context benchmark (SyntheticShapes: the DANet
 ablation's ``far`` data, the CCNet ablation's ``two_hop`` data) and, on validation image ``--sample`` of each
 checkpoint's own data, picks the pixel deepest inside a blob (whose class only the cue tells) and draws:
 
@@ -64,6 +64,16 @@ def context_sample(data: SegDataModule, sample: int):
 @torch.no_grad()
 def attention_figures(args: argparse.Namespace) -> list[Path]:
     written = []
+    if args.danet is None and args.ccnet is None:
+        raise SystemExit("attention: give --danet, --ccnet or both")
+    if args.danet is not None:
+        written.append(pam_figure(args))
+    if args.ccnet is not None:
+        written.append(criss_cross_figure(args))
+    return written
+
+
+def pam_figure(args: argparse.Namespace) -> Path:
     danet, data = load(args.danet)
     image, x, mask, pixel, cue = context_sample(data, args.sample)
     features = danet.model.encoder(x[None])
@@ -73,8 +83,10 @@ def attention_figures(args: argparse.Namespace) -> list[Path]:
         raise SystemExit(f"--danet {args.danet}: this DANet has no position attention (pam: false)")
     u = feature_cell(pixel, mask.shape, grid)
     fig = attention_figure(image, [("DANet position attention", pam[0, u].reshape(grid))], pixel, target=cue)
-    written.append(save(fig, args.out / "attention_pam.png"))
+    return save(fig, args.out / "attention_pam.png")
 
+
+def criss_cross_figure(args: argparse.Namespace) -> Path:
     ccnet, data = load(args.ccnet)
     image, x, mask, pixel, cue = context_sample(data, args.sample)
     features = ccnet.model.encoder(x[None])
@@ -89,8 +101,7 @@ def attention_figures(args: argparse.Namespace) -> list[Path]:
     path = [pixel, cell_centre(relay, mask.shape, grid), cell_centre(source, mask.shape, grid)]
     maps = [("CCNet criss-cross, R = 1", steps[0][u].reshape(grid)), ("CCNet criss-cross, R = 2", two.reshape(grid))]
     fig = attention_figure(image, maps, pixel, target=cue, paths={1: path})
-    written.append(save(fig, args.out / "attention_criss_cross.png"))
-    return written
+    return save(fig, args.out / "attention_criss_cross.png")
 
 
 @torch.no_grad()
@@ -129,8 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     attention = commands.add_parser("attention", help="DANet PAM and CCNet criss-cross maps of a blob pixel")
-    attention.add_argument("--danet", type=Path, required=True, help="a DANet checkpoint (context benchmark)")
-    attention.add_argument("--ccnet", type=Path, required=True, help="a CCNet checkpoint, recurrence >= 2")
+    attention.add_argument("--danet", type=Path, help="a DANet checkpoint (context benchmark)")
+    attention.add_argument("--ccnet", type=Path, help="a CCNet checkpoint, recurrence >= 2")
     attention.add_argument("--sample", type=int, default=0, help="validation image of each checkpoint's data")
     camvid = commands.add_parser("camvid", help="every head's predictions on CamVid test images")
     camvid.add_argument("--results", type=Path, required=True, help="the --out folder of bench/camvid_results.py")

@@ -268,6 +268,10 @@ def test_figures_script_draws_the_attention_of_a_blob_pixel(tmp_path):
     for name in ("attention_pam.png", "attention_criss_cross.png"):
         image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "figures" / name))
         assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 10  # drawn, not blank
+    bench_figures.main(["attention", "--ccnet", checkpoints["ccnet"], "--out", str(tmp_path / "one")])
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["attention_criss_cross.png"]  # only what was asked
+    with pytest.raises(SystemExit, match="give --danet, --ccnet or both"):
+        bench_figures.main(["attention", "--out", str(tmp_path / "none")])
 
 
 def test_two_hop_path_goes_through_the_relay_that_carries_the_target():
