@@ -219,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print("| " + " | ".join(cells) + " |", flush=True)
             continue
         radius, border = theoretical_receptive_field(task.model, args.size)
-        reach = "whole image" if border else str(radius)
+        reach = "to the border" if border else str(radius)  # attention: a row, a column or all
         r95, r99 = effective_receptive_field(task, test, args.images)
         cells = [row["run"], *(row[k] for k in keys), row["seed"], f"{context:.1f}", reach, f"{r95:.0f}", f"{r99:.0f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
