@@ -418,3 +418,18 @@ def test_runs_of_a_sweep_split_by_only_share_one_table_and_their_numbers(tmp_pat
     assert runs == [("0", "1", "ok"), ("1", "2", "ok")]
     assert both[1] == rows[0]
     assert (out / "results.md").read_text().split("Every run:")[0].count("| ok |") == 2
+
+
+def test_an_interrupted_sweep_keeps_the_rows_of_runs_after_the_interrupted_one(tmp_path):
+    """Run 1 finished in an earlier call; a Ctrl+C in run 0 of the next call leaves run 1's row in the table."""
+    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 2\n"
+                        "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
+    base = ["--", *FAST, "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+            "--trainer.limit_test_batches=1", *wandb_in(tmp_path / "runs")]  # fmt: skip
+    out = tmp_path / "out"
+    assert main_code("sweep", str(sweep), "--out", str(out), "--only", "model.head.init_args.num_convs=2", *base) == 0
+    interrupt = {"class_path": "tests.helpers.faults.InterruptOnce",
+                 "init_args": {"flag": str(tmp_path / "flag"), "step": 3}}  # fmt: skip
+    assert main_code("sweep", str(sweep), "--out", str(out), *base, f"--trainer.callbacks+={json.dumps(interrupt)}") == 130
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["run"], r["status"]) for r in rows] == [("0", "interrupted"), ("1", "ok")]

@@ -747,7 +747,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"attnseg sweep: {err}", file=sys.stderr)
         return 2
     planned = {run_key(point, seed) for point, seed in runs}
-    rows: list[dict[str, Any]] = [row for key, row in earlier.items() if key not in planned]  # other points' rows
+    table = dict(earlier)  # every earlier row, replaced run by run: a write after any run keeps the rest
     if earlier:
         kept = sum(row.get("status") == "ok" for key, row in earlier.items() if key in planned)
         print(f"Sweep {sweep.name}: continuing {out}/results.csv ({kept} of {len(runs)} runs finished earlier)")
@@ -757,24 +757,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         before = earlier.get(run_key(point, seed))
         if before is not None and before.get("status") == "ok":
             print(f"\n=== sweep {sweep.name}: run {position + 1}/{len(runs)}: {label}: finished earlier, kept ===")
-            rows.append(before)
             continue
         resume = unfinished_checkpoint(out, point, seed)  # a run of this folder that did not finish
         then = f", continuing from {resume}" if resume is not None else ""
         print(f"\n=== sweep {sweep.name}: run {position + 1}/{len(runs)}: {label}{then} ===", flush=True)
+        key = run_key(point, seed)
         try:
-            rows.append(run_point(sweep, index, point, extra, group, seed, out if leader else None, resume))
+            table[key] = run_point(sweep, index, point, extra, group, seed, out if leader else None, resume)
         except (KeyboardInterrupt, SystemExit):  # Ctrl+C (Lightning turns it into SystemExit) ends the sweep
-            rows.append({"run": index, **point, "seed": seed, "status": "interrupted", "error": "interrupted"})
+            table[key] = {"run": index, **point, "seed": seed, "status": "interrupted", "error": "interrupted"}
             if leader:
-                write_results(whole, sorted(rows, key=lambda row: row["run"]), out, group, extra)
+                write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
             print(f"\nSweep {sweep.name} interrupted at run {index}; results so far in {out}/", file=sys.stderr)
             return 130
         if leader:
-            write_results(whole, sorted(rows, key=lambda row: row["run"]), out, group, extra)
+            write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
     if leader:
-        write_results(whole, sorted(rows, key=lambda row: row["run"]), out, group, extra)  # kept rows included
-    mine = [row for row in rows if run_key({k: row[k] for k in sweep.grid}, row["seed"]) in planned]
+        write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
+    mine = [row for key, row in table.items() if key in planned]
     failed = sum(row["status"] != "ok" for row in mine)
     if leader:
         print(f"\nSweep {sweep.name}: {len(mine) - failed}/{len(mine)} runs succeeded; results in {out}/")
