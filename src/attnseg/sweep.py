@@ -330,8 +330,7 @@ class _RunFolderNote(Callback):
 
 def folder_note(out: Path, point: dict[str, Any], seed: Optional[int]) -> Path:
     """Where a sweep notes the checkpoint folder of one run: ``out/folders/<point>,seed=<seed>.txt``."""
-    label = point_label(point) + (f",seed={seed}" if seed is not None else "")
-    return out / "folders" / (label.replace("/", "_").replace("\\", "_") + ".txt")
+    return out / "folders" / (run_key(point, seed).replace("/", "_").replace("\\", "_") + ".txt")
 
 
 def unfinished_checkpoint(out: Path, point: dict[str, Any], seed: Optional[int]) -> Optional[Path]:
@@ -752,16 +751,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         kept = sum(row.get("status") == "ok" for key, row in earlier.items() if key in planned)
         print(f"Sweep {sweep.name}: continuing {out}/results.csv ({kept} of {len(runs)} runs finished earlier)")
     for position, (point, seed) in enumerate(runs):
-        index = numbers[run_key(point, seed)]  # the run's number in the whole grid, --only or not
-        label = f"{point_label(point)},seed={seed}"
-        before = earlier.get(run_key(point, seed))
+        key = label = run_key(point, seed)
+        index = numbers[key]  # the run's number in the whole grid, --only or not
+        before = earlier.get(key)
         if before is not None and before.get("status") == "ok":
             print(f"\n=== sweep {sweep.name}: run {position + 1}/{len(runs)}: {label}: finished earlier, kept ===")
             continue
         resume = unfinished_checkpoint(out, point, seed)  # a run of this folder that did not finish
         then = f", continuing from {resume}" if resume is not None else ""
         print(f"\n=== sweep {sweep.name}: run {position + 1}/{len(runs)}: {label}{then} ===", flush=True)
-        key = run_key(point, seed)
         try:
             table[key] = run_point(sweep, index, point, extra, group, seed, out if leader else None, resume)
         except (KeyboardInterrupt, SystemExit):  # Ctrl+C (Lightning turns it into SystemExit) ends the sweep
