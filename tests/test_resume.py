@@ -115,3 +115,32 @@ def test_options_that_define_the_model_are_refused_on_resume():
     last = runs()[0] / "checkpoints/last.ckpt"
     with pytest.raises(ValueError, match=r"model.head.init_args.num_convs=1 \(checkpoint: 2\)"):
         run_cli("fit", *BASE, "--trainer.max_epochs=2", "--model.head.init_args.num_convs=1", "--ckpt_path", last)
+
+
+FIVE = [*BASE, "--data.dataset_args.num_samples=20", "--trainer.max_epochs=-1"]  # 5 steps per epoch
+
+
+def test_the_end_of_fit_saves_the_final_step_after_the_last_validation():
+    """Validations at steps 2, 4, 7; fit ends at step 8 mid-epoch: last.ckpt holds step 8, and a resume to 13
+    trains exactly the 5 added steps."""
+    run_cli("fit", *FIVE, "--trainer.max_steps=8", "--trainer.val_check_interval=2")
+    last = runs()[0] / "checkpoints/last.ckpt"
+    assert step(last) == 8
+    cli = run_cli("fit", *FIVE, "--trainer.max_steps=13", "--trainer.val_check_interval=2", "--ckpt_path", "last")
+    assert cli.trainer.global_step == 13 and step(last) == 13 and len(runs()) == 1
+
+
+@pytest.mark.parametrize("more", [["--trainer.max_steps=15"], ["--trainer.max_epochs=3", "--trainer.max_steps=-1"]])
+def test_extending_a_run_saved_at_an_epoch_end_trains_exactly_the_added_steps(more, recwarn):
+    """A run of 2 whole epochs (10 steps, saved at the second epoch's end) extended to 15 steps or to 3 epochs
+    trains the third epoch (5 steps) and no empty epoch (which would also warn that every label was void)."""
+    run_cli("fit", *BASE, "--data.dataset_args.num_samples=20", "--trainer.max_epochs=3", "--trainer.max_steps=10")
+    last = runs()[0] / "checkpoints/last.ckpt"
+    assert step(last) == 10
+    recwarn.clear()
+    cli = run_cli("fit", *BASE, "--data.dataset_args.num_samples=20", "--trainer.max_epochs=3", *more,
+                  "--ckpt_path", "last")  # fmt: skip
+    assert cli.trainer.global_step == 15 and step(last) == 15 and cli.trainer.current_epoch == 3
+    assert not [w for w in recwarn if "void" in str(w.message)]
+    rows = list(csv.DictReader(open(runs()[0] / "metrics.csv")))
+    assert sorted(int(row["epoch"]) for row in rows if row["val/mIoU"]) == [0, 1, 2]  # one validation per epoch

@@ -5,7 +5,7 @@
   file or the new one, never a truncated one.
 - ``Checkpoint`` keeps the best checkpoint by a monitored metric and refreshes ``last.ckpt`` at every
   save point (Lightning's ``ModelCheckpoint`` refreshes it only when the top-k changed, so a run whose
-  metric stopped improving would resume from an old step).
+  metric stopped improving would resume from an old step) and at the end of ``fit``.
 - ``run_dir`` is a run's own directory, ``<save_dir>/<name>/<version>``, which holds ``checkpoints/``.
 - ``Interruption`` turns a scheduler's SIGTERM, SLURM's SIGUSR1 (preemption warning) and an error in the middle
   of ``fit`` into a ``last.ckpt`` of the current step in the run's own folder and a non-zero exit status.
@@ -38,7 +38,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from attnseg.constants import STOP_SIGNALS
-from attnseg.lightning_internals import last_step_saved, save_last, saves_on_train_epoch_end
+from attnseg.lightning_internals import close_saved_epoch, last_step_saved, save_last, saves_on_train_epoch_end
 
 
 TMP_PATTERN = ".*.ckpt.*.tmp"  # AtomicCheckpointIO's temporary files
@@ -102,6 +102,15 @@ class Checkpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
         if self.save_last and self.dirpath and state_dict.get("dirpath", self.dirpath) == self.dirpath:
             self.last_model_path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """A run saved at the end of an epoch continues with the next epoch, training exactly the steps that a
+        larger ``max_steps`` or ``max_epochs`` adds."""
+        close_saved_epoch(checkpoint)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The end of ``fit`` saves the final state: the steps after the last validation are not lost."""
+        self._refresh_last(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)

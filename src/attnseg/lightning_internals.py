@@ -8,6 +8,10 @@ Lightning offers no public way to do these; each is kept to a one-line function 
 - ``saves_on_train_epoch_end``, ``last_step_saved``, ``save_last``: ``ModelCheckpoint``'s decision of when it
   saves, the step it last saved at, and its ``last.ckpt`` writer, for a ``last.ckpt`` refreshed at every
   validation (``attnseg.checkpoint.Checkpoint``).
+- ``close_saved_epoch``: a checkpoint written at the end of an epoch (after its last batch, before Lightning counts
+  the epoch completed) resumes at the start of the next epoch; with ``max_steps`` set Lightning would otherwise run
+  that epoch's end again and count it twice, so that a run extended with more steps could stop at ``max_epochs``
+  having trained nothing.
 - ``run_subcommand`` and ``subcommand_parser``: ``LightningCLI``'s runner of a subcommand (wrapped by the CLI to
   close the W&B run whatever happens) and the parser of one subcommand (for its defaults).
 """
@@ -48,6 +52,30 @@ def last_step_saved(callback: ModelCheckpoint) -> int:
 def save_last(callback: ModelCheckpoint, trainer: Trainer) -> None:
     """Write the callback's ``last.ckpt`` now (atomically, through the trainer's checkpoint IO)."""
     callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def close_saved_epoch(checkpoint: dict) -> bool:
+    """Mark the epoch a checkpoint was saved at the end of as completed (in place); whether it was one."""
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not loop or "epoch_progress" not in loop or not loop.get("epoch_loop.batch_progress", {}).get("is_last_batch"):
+        return False
+    current, total = loop["epoch_progress"]["current"], loop["epoch_progress"]["total"]
+    if not (current["started"] == current["processed"] == current["completed"] + 1):
+        return False
+    current["completed"], total["completed"] = current["processed"], total["processed"]
+    # the next epoch starts with no batch, scheduler or optimiser step counted in it (what a new epoch resets)
+    for name in ("epoch_loop.batch_progress", "epoch_loop.scheduler_progress"):
+        _zero(loop.get(name, {}).get("current", {}))
+    loop["epoch_loop.batch_progress"]["is_last_batch"] = False
+    for progress in loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).values():
+        _zero(progress.get("current", {}))
+    _zero(loop.get("epoch_loop.val_loop.batch_progress", {}).get("total", {}))
+    return True
+
+
+def _zero(counts: dict) -> None:
+    for key in counts:
+        counts[key] = 0
 
 
 def run_subcommand(cli: LightningCLI, subcommand: str) -> None:
