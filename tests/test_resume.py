@@ -144,3 +144,23 @@ def test_extending_a_run_saved_at_an_epoch_end_trains_exactly_the_added_steps(mo
     assert not [w for w in recwarn if "void" in str(w.message)]
     rows = list(csv.DictReader(open(runs()[0] / "metrics.csv")))
     assert sorted(int(row["epoch"]) for row in rows if row["val/mIoU"]) == [0, 1, 2]  # one validation per epoch
+
+
+def test_a_resume_that_fails_to_load_keeps_every_metrics_row():
+    """Resuming from the step-2 checkpoint with data of another class count fails at loading; metrics.csv is
+    then byte for byte as before. A resume that loads keeps the rows before its step and logs the rest again."""
+    run_cli("fit", *BASE)
+    run = runs()[0]
+    first = run / "checkpoints/step2.ckpt"
+    first.write_bytes((run / "checkpoints/last.ckpt").read_bytes())
+    run_cli("fit", *BASE, "--trainer.max_epochs=2", "--ckpt_path", "last")
+    before = (run / "metrics.csv").read_bytes()
+    with pytest.raises(ValueError, match=r"7 classes.*8 classes"):
+        run_cli("fit", *BASE, "--trainer.max_epochs=2", "--data.dataset=tests.helpers.faults.ExtraClassShapes",
+                "--ckpt_path", first)  # fmt: skip
+    assert (run / "metrics.csv").read_bytes() == before
+    run_cli("fit", *BASE, "--trainer.max_epochs=2", "--ckpt_path", first)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert {row["epoch"] for row in rows if row["val/mIoU"]} == {"0", "1"}
+    logged = [(row["step"], key) for row in rows for key, value in row.items() if value and key not in ("epoch", "step")]
+    assert len(logged) == len(set(logged))  # the steps after the checkpoint are logged once, by the resumed fit
