@@ -164,3 +164,26 @@ def test_a_resume_that_fails_to_load_keeps_every_metrics_row():
     assert {row["epoch"] for row in rows if row["val/mIoU"]} == {"0", "1"}
     logged = [(row["step"], key) for row in rows for key, value in row.items() if value and key not in ("epoch", "step")]
     assert len(logged) == len(set(logged))  # the steps after the checkpoint are logged once, by the resumed fit
+
+
+@pytest.mark.parametrize("first, second", [(["--model.loss_weights={aux: 0.0}"], []),
+                                           ([], ["--model.loss_weights={aux: 0.0}"])])  # fmt: skip
+def test_last_compares_resolved_values_unset_ones_included(first, second):
+    """A run with the auxiliary loss switched off and one with the default weights are two experiments, whichever
+    of the two was set explicitly: --ckpt_path last starts the second fresh instead of resuming the first."""
+    run_cli("fit", *BASE, *first)
+    with pytest.warns(UserWarning, match=r"no last.ckpt of this experiment .*1 run\(s\) there belong to other"):
+        cli = run_cli("fit", *BASE, "--trainer.max_epochs=2", *second, "--ckpt_path", "last")
+    assert cli.trainer.global_step == 4 and len(runs()) == 2
+    assert cli.model.loss_weights["aux"] == (0.0 if second else cli.model.model.head.loss_weights["aux"])
+
+
+def test_an_option_a_saved_run_predates_counts_with_its_default():
+    saved = {"model": {"head": {"class_path": "FCNHead"}}, "data": {"dataset": "CamVid"}, "seed_everything": 0}
+    defaults = {"model": {"head": {"class_path": "FCNHead"}, "ohem": None}, "data": {"dataset": "Shapes"},
+                "seed_everything": 0}  # fmt: skip
+    now = json.loads(json.dumps(saved))
+    now["model"]["ohem"] = None
+    assert same_experiment(saved, now, defaults)  # the option added later, at its default
+    now["model"]["ohem"] = {"thresh": 0.7}
+    assert not same_experiment(saved, now, defaults) and not same_experiment(now, saved, defaults)

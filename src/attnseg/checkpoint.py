@@ -234,17 +234,17 @@ NOT_IDENTITY = {
 
 
 def _flat(value, prefix: str, out: dict) -> dict:
-    if isinstance(value, dict):
+    if isinstance(value, dict) and value:
         for key, item in value.items():
             _flat(item, f"{prefix}.{key}", out)
-    elif value is not None:  # an option left unset is the same as an option that did not exist yet
+    else:  # a leaf, None included: an unset option is a value like any other
         out[prefix] = json.dumps(value, sort_keys=True, default=str)
     return out
 
 
 def experiment_identity(config: dict) -> dict[str, str]:
     """What a resolved config (a subcommand's, as in a run's ``config.yaml``) trains, flattened: its model and data
-    options without ``NOT_IDENTITY``, the encoder's weights file and unset (None) values, and the seed."""
+    options without ``NOT_IDENTITY`` and the encoder's weights file, and the seed."""
     items: dict[str, str] = {}
     for section in ("model", "data"):
         for key, value in (config.get(section) or {}).items():
@@ -260,12 +260,33 @@ def experiment_fingerprint(config: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def same_experiment(saved: dict, config: dict) -> bool:
-    """Whether a run's saved config and ``config`` describe the same experiment: every identity option present
-    in both has the same value (an option only one of them has, added or removed by another version of
-    attnseg, does not count)."""
+_UNKNOWN = object()
+
+
+def _resolved(items: dict[str, str], defaults: dict[str, str], key: str):
+    """The value a config ran with for ``key``: its own, else (an option it predates) the default; another
+    structure there (a dict where the other config has a value, or the reverse) is a difference."""
+    if key in items:
+        return items[key]
+    if any(other.startswith(key + ".") or key.startswith(other + ".") for other in items):
+        return "<another structure>"
+    if key not in defaults and any(key.startswith(other + ".") for other in defaults):
+        return "<another structure>"  # the default is a value (None) where the other config has a dict
+    return defaults.get(key, _UNKNOWN)
+
+
+def same_experiment(saved: dict, config: dict, defaults: Optional[dict] = None) -> bool:
+    """Whether a run's saved config and ``config`` describe the same experiment: every identity option has the
+    same resolved value, unset (None) values included. An option only one of them has (added by a later version
+    of attnseg) counts with its value in ``defaults`` (the parser's defaults, resolved like a config): a run saved
+    before the option existed ran with its default. Without a known default it is not compared."""
     a, b = experiment_identity(saved), experiment_identity(config)
-    return all(a[key] == b[key] for key in a.keys() & b.keys())
+    d = experiment_identity(defaults) if defaults else {}
+    for key in a.keys() | b.keys():
+        va, vb = _resolved(a, d, key), _resolved(b, d, key)
+        if va is not _UNKNOWN and vb is not _UNKNOWN and va != vb:
+            return False
+    return True
 
 
 def _run_config(run: Path) -> Optional[dict]:
@@ -277,15 +298,16 @@ def _run_config(run: Path) -> Optional[dict]:
     return config if isinstance(config, dict) else None
 
 
-def last_checkpoints(runs_root: Path, config: dict) -> tuple[list[Path], int]:
-    """The ``last.ckpt`` of every run under ``runs_root`` of the same experiment as ``config`` (newest first), and
-    how many other runs with a ``last.ckpt`` belong to other experiments."""
+def last_checkpoints(runs_root: Path, config: dict, defaults: Optional[dict] = None) -> tuple[list[Path], int]:
+    """The ``last.ckpt`` of every run under ``runs_root`` of the same experiment as ``config`` (newest first;
+    ``same_experiment`` with ``defaults``), and how many other runs with a ``last.ckpt`` belong to other
+    experiments."""
     mine, others = [], 0
     for last in runs_root.glob("*/checkpoints/last.ckpt"):
         if not last.is_file():
             continue
         saved = _run_config(last.parent.parent)
-        if saved is not None and same_experiment(saved, config):
+        if saved is not None and same_experiment(saved, config, defaults):
             mine.append(last)
         else:
             others += 1

@@ -140,8 +140,12 @@ class AttnSegCLI(LightningCLI):
             name = logger_args.get("project") or logger_args.get("name") or ""
             root = Path(logger_args.get("save_dir") or ".") / name
             resolved = yaml.safe_load(parser.dump(self.config, skip_none=False))[subcommand]
+            _normalise_like_the_encoder(resolved)  # as the run's saved config.yaml has it
             fingerprint = experiment_fingerprint(resolved)
-            found, others = last_checkpoints(root, resolved)
+            defaults = subcommand_parser(self, subcommand).get_defaults()
+            defaults = yaml.safe_load(subcommand_parser(self, subcommand).dump(defaults, skip_none=False))
+            _normalise_like_the_encoder(defaults)
+            found, others = last_checkpoints(root, resolved, defaults)
             if not found:
                 elsewhere = f" ({others} run(s) there belong to other experiments)" if others else ""
                 rank_zero_warn(
@@ -280,7 +284,7 @@ def _normalise_like_the_encoder(config) -> None:
         return
     name = encoder.name if hasattr(encoder, "name") else encoder["name"]
     pretrained = encoder.pretrained if hasattr(encoder, "pretrained") else encoder.get("pretrained")
-    data.mean, data.std = (list(v) for v in input_normalization(name, pretrained, data.mean, data.std))
+    data["mean"], data["std"] = (list(v) for v in input_normalization(name, pretrained, data["mean"], data["std"]))
 
 
 ENCODER_SHORT = {"resnet18": "r18", "resnet34": "r34", "resnet50": "r50", "resnet101": "r101", "resnet152": "r152"}
