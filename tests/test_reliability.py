@@ -170,3 +170,30 @@ def test_batch_errors_name_the_option(tmp_path):
     samples = [(torch.zeros(3, 4, 5), torch.zeros(4, 5)), (torch.zeros(3, 6, 5), torch.zeros(6, 5))]
     with pytest.raises(ValueError, match=r"sizes \[\(4, 5\), \(6, 5\)\].*data.val_batch_size: 1"):
         SameSizeCollate("data.val_batch_size")(samples)
+
+
+def test_two_resumes_of_one_run_one_writes_the_other_is_refused(tmp_path):
+    """A second ``--ckpt_path last`` started while the first still trains the run is refused, naming the holder; the
+    first keeps writing alone; once the holder is gone (even killed with SIGKILL) the run resumes again."""
+    base = ["--config", QUICKSTART, *FAST, "--config", REPO / "configs/logger/csv.yaml"]
+    attnseg("fit", *base, "--trainer.max_epochs=2")
+    run = next(Path("runs/attnseg").iterdir())
+    first = subprocess.Popen([ATTNSEG, "fit", *map(str, base), "--trainer.max_epochs=100000", "--ckpt_path", "last"],
+                             env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    lock = run / ".writer.lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and first.poll() is None:
+        if lock.is_file() and f"pid {first.pid} " in lock.read_text():
+            break
+        time.sleep(0.2)
+    assert first.poll() is None, first.stderr.read().decode()[-2000:]
+    second = attnseg("fit", *base, "--trainer.max_epochs=5", "--ckpt_path", "last", check=False)
+    alive = first.poll() is None
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert alive and second.returncode == 1
+    assert f"{run.resolve()}: this run is being written by another process (pid {first.pid} on " in second.stderr
+    assert sorted(p.name for p in Path("runs/attnseg").iterdir()) == [run.name]  # no second folder either
+    last = run / "checkpoints/last.ckpt"
+    attnseg("fit", *base, f"--trainer.max_epochs={step_of(last) // 2 + 1}", "--ckpt_path", "last")  # not stale
+    assert step_of(last) % 2 == 0 and step_of(last) >= 6

@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from attnseg import runlock
 from attnseg.callbacks import ClassTables, Complexity, LearningRateMonitor, PredictionOverlays, Throughput
 from attnseg.checkpoint import (
     AtomicCheckpointIO,
@@ -58,6 +59,8 @@ class SaveRunConfig(SaveConfigCallback):
         if trainer.fast_dev_run:
             return
         directory = run_dir(trainer)
+        if stage == "fit":
+            runlock.hold(directory)  # one writer per run (a resumed run holds it already)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "config.yaml"
         n = 1
@@ -117,6 +120,7 @@ class AttnSegCLI(LightningCLI):
         W&B run (before Lightning reads the checkpoint's hyper-parameters into the model config)."""
         self._kept_on_resume: dict[str, tuple] = {}
         self._resumed_step: Optional[int] = None  # a fit resumed in its own run folder: the checkpoint's step
+        self._resumed_run: Optional[Path] = None  # and that folder
         args = expand_config_args(sys.argv[1:] if args is None else list(args))  # short names and base: lists
         _check_config_files(args)
         super().parse_arguments(parser, args)
@@ -165,6 +169,8 @@ class AttnSegCLI(LightningCLI):
             raise FileNotFoundError(f"--ckpt_path {config.ckpt_path}: no such checkpoint file")
         self._check_checkpoint_matches_config(subcommand, config)
         run = run_of_checkpoint(Path(config.ckpt_path))
+        if subcommand == "fit" and run:
+            self._resumed_run = Path(config.ckpt_path).parent.parent
         wandb = logger_args is not None and logger.class_path.endswith("WandbLogger")
         if subcommand == "fit" and run and wandb and not logger_args.get("id"):
             logger_args.id, logger_args.resume = run, "allow"  # same run directory, same W&B run
@@ -224,14 +230,21 @@ class AttnSegCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        if self._resumed_step is not None:
-            keep_csv_history(trainer, self._resumed_step)
+        if self._resumed_run is not None:  # the first write to an existing run: take it for this process first
+            try:
+                runlock.hold(self._resumed_run)
+                if self._resumed_step is not None:
+                    keep_csv_history(trainer, self._resumed_step)
+            except BaseException:
+                runlock.release_all()
+                raise
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:  # the one override of a private method (lightning_internals)
         try:
             run_subcommand(self, subcommand)
         finally:  # close the W&B run, so a later run in this process (a sweep, a test) starts its own
+            runlock.release_all()
             wandb = sys.modules.get("wandb")
             ours = any(isinstance(logger, WandbLogger) for logger in self.trainer.loggers)
             if ours and wandb is not None and wandb.run is not None:
