@@ -433,3 +433,20 @@ def test_an_interrupted_sweep_keeps_the_rows_of_runs_after_the_interrupted_one(t
     assert main_code("sweep", str(sweep), "--out", str(out), *base, f"--trainer.callbacks+={json.dumps(interrupt)}") == 130
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [(r["run"], r["status"]) for r in rows] == [("0", "interrupted"), ("1", "ok")]
+
+
+def test_a_stop_signal_ends_the_sweep_even_when_its_run_fails_first(tmp_path):
+    """SIGTERM to the whole job can kill a loader worker before the main process finishes its step: the run then
+    fails with the worker's error, and the sweep stops there (status 143) instead of starting the next run."""
+    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 2\n"
+                        "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
+    stop = {"class_path": "tests.helpers.faults.StopSignalThenError", "init_args": {"flag": str(tmp_path / "f")}}
+    extra = ["--", *FAST, "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+             "--trainer.limit_test_batches=1", *wandb_in(tmp_path / "runs"), f"--trainer.callbacks+={json.dumps(stop)}"]
+    out = tmp_path / "out"
+    assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 143
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["status"] for r in rows] == ["interrupted"]
+    assert sorted(p.name for p in (out / "folders").iterdir()) == ["num_convs=1,seed=0.txt"]  # run 2 never started
+    assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 0  # and a re-run finishes both
+    assert [r["status"] for r in csv.DictReader(open(out / "results.csv"))] == ["ok", "ok"]

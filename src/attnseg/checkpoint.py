@@ -168,7 +168,8 @@ class Interruption(Callback):
                 self._previous[number] = signal.signal(number, self._receive)
 
     def _receive(self, number: int, frame) -> None:
-        self.received = number
+        global _stop_received
+        self.received = _stop_received = number
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.received is None:
@@ -212,6 +213,20 @@ class Interruption(Callback):
             callback.last_model_path = str(path)  # process (the epoch's end) overwrites it, not last-v1.ckpt beside it
         trainer.save_checkpoint(path)
         return path
+
+
+_stop_received: Optional[int] = None  # the last stop signal an Interruption received in this process
+
+
+def stop_received() -> Optional[int]:
+    """The stop signal (its number) received during a ``fit`` of this process since ``clear_stop``, if any: a
+    sweep stops there, also when the run ended in an error first (a loader worker killed by the same signal)."""
+    return _stop_received
+
+
+def clear_stop() -> None:
+    global _stop_received
+    _stop_received = None
 
 
 def run_dir(trainer: Trainer) -> Path:

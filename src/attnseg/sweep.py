@@ -78,7 +78,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from attnseg.callbacks import Complexity, Throughput
-from attnseg.checkpoint import run_dir
+from attnseg.checkpoint import clear_stop, run_dir, stop_received
 from attnseg.cli import AttnSegCLI
 from attnseg.configs import config_root, resolve as resolve_config
 from attnseg.curves import CurveRecorder, curves_figure, read_curve, steps_to
@@ -760,14 +760,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         resume = unfinished_checkpoint(out, point, seed)  # a run of this folder that did not finish
         then = f", continuing from {resume}" if resume is not None else ""
         print(f"\n=== sweep {sweep.name}: run {position + 1}/{len(runs)}: {label}{then} ===", flush=True)
+        clear_stop()
         try:
             table[key] = run_point(sweep, index, point, extra, group, seed, out if leader else None, resume)
-        except (KeyboardInterrupt, SystemExit):  # Ctrl+C (Lightning turns it into SystemExit) ends the sweep
+            stopped = stop_received()  # a stop signal whose run ended in an error first (a killed loader worker)
+            code = 128 + stopped if stopped is not None else None
+        except (KeyboardInterrupt, SystemExit) as err:  # Ctrl+C (Lightning turns it into SystemExit), SIGTERM
+            code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) and err.code > 128 else 130
+        if code is not None:  # the sweep stops here; a re-run continues this run from its last.ckpt
             table[key] = {"run": index, **point, "seed": seed, "status": "interrupted", "error": "interrupted"}
             if leader:
                 write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
             print(f"\nSweep {sweep.name} interrupted at run {index}; results so far in {out}/", file=sys.stderr)
-            return 130
+            return code
         if leader:
             write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
     if leader:

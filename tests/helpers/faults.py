@@ -4,6 +4,8 @@ sys.path)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import torch
@@ -141,3 +143,17 @@ class InterruptOnce(Callback):
         if trainer.global_step >= self.step and not self.flag.exists():
             self.flag.touch()
             raise KeyboardInterrupt
+
+
+class StopSignalThenError(Callback):
+    """After training step ``step``, once (creating ``flag``): sends this process SIGTERM and then fails the step
+    with an error, as when the job's stop signal also killed a loader worker before the step ended."""
+
+    def __init__(self, flag: str, step: int = 2) -> None:
+        self.flag, self.step = Path(flag), step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step and not self.flag.exists():
+            self.flag.touch()
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise RuntimeError("DataLoader worker (pid(s) 12345) exited unexpectedly")
