@@ -93,6 +93,39 @@ def test_atomic_checkpoint_write_never_leaves_a_partial_file(tmp_path, monkeypat
     assert torch.load(target, weights_only=True)["step"] == 1  # the old checkpoint is intact
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
 
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=rf"{target}: writing the checkpoint failed \(\[enforce fail.*MiB free"):
+        io.save_checkpoint({"step": 3, "w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["step"] == 1 and len(list(target.parent.iterdir())) == 1
+
+
+def test_a_ckpt_path_that_is_not_a_checkpoint_file_says_what_it_is(tmp_path):
+    base = ["--config", QUICKSTART, *FAST]
+    torch.save({"model": {"w": torch.ones(2)}}, "plain.pt")
+    with pytest.raises(ValueError, match=r"plain.pt: not a checkpoint written by attnseg fit .*it holds model"):
+        run_cli("fit", *base, "--ckpt_path", "plain.pt")
+    Path("ckpts").mkdir()
+    torch.save({"model": {}}, "ckpts/a.ckpt")
+    with pytest.raises(ValueError, match=r"ckpts: a directory; pass one checkpoint file in it: ckpts/a.ckpt"):
+        run_cli("validate", *base, "--ckpt_path", "ckpts")
+    with pytest.raises(ValueError, match=r"--ckpt_path best: .*best-\*.ckpt"):
+        run_cli("test", *base, "--ckpt_path", "best")
+    assert not Path("runs").exists()  # refused before any run folder was made
+
+
+def test_last_says_which_run_folder_it_passed_over_and_why(tmp_path):
+    base = ["--config", QUICKSTART, *FAST, "--config", REPO / "configs/logger/csv.yaml"]
+    run_cli("fit", *base, "--trainer.max_epochs=1")
+    run = next(Path("runs/attnseg").iterdir())
+    (run / "config.yaml").unlink()
+    with pytest.warns(UserWarning, match=rf"passed over {run}: it has a last.ckpt but no readable config.yaml"):
+        run_cli("fit", *base, "--trainer.max_epochs=1", "--ckpt_path", "last")
+
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_fit_and_validate_match_single_process(tmp_path):
@@ -130,6 +163,17 @@ def test_nan_loss_stops_with_step_and_terms_and_keeps_last_good_checkpoint(tmp_p
 
     cli = run_cli("fit", *args, "--model.nonfinite_loss=skip")
     assert cli.trainer.state.finished and finite(cli.model.state_dict())
+
+
+def test_a_skipped_step_leaves_the_batch_norm_statistics_as_they_were(tmp_path):
+    """A NaN image makes its batch's forward NaN, batch norm running statistics included; ``skip`` skips the
+    update and puts the statistics back, so the run trains on instead of stopping as diverged."""
+    from tests.helpers.faults import finite
+
+    cli = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.max_epochs=2", "--model.nonfinite_loss=skip",
+                  "--data.dataset=tests.helpers.faults.NaNImageShapes")  # fmt: skip
+    assert cli.trainer.state.finished and cli.trainer.global_step == 4 and finite(cli.model.state_dict())
+    assert cli.trainer.callback_metrics["train/skipped_steps"] == 1  # the last epoch's batch with the NaN image
 
 
 def test_checkpoint_of_another_class_count_or_head_is_refused(tmp_path):

@@ -120,14 +120,17 @@ def test_options_that_define_the_model_are_refused_on_resume():
 FIVE = [*BASE, "--data.dataset_args.num_samples=20", "--trainer.max_epochs=-1"]  # 5 steps per epoch
 
 
-def test_the_end_of_fit_saves_the_final_step_after_the_last_validation():
+def test_the_end_of_fit_saves_the_final_step_after_the_last_validation(caplog, recwarn):
     """Validations at steps 2, 4, 7; fit ends at step 8 mid-epoch: last.ckpt holds step 8, and a resume to 13
-    trains exactly the 5 added steps."""
+    trains exactly the 5 added steps, saying plainly that the rest of the epoch is reshuffled (in place of
+    Lightning's warnings about loaders and about log files it would delete, which attnseg keeps)."""
     run_cli("fit", *FIVE, "--trainer.max_steps=8", "--trainer.val_check_interval=2")
     last = runs()[0] / "checkpoints/last.ckpt"
     assert step(last) == 8
     cli = run_cli("fit", *FIVE, "--trainer.max_steps=13", "--trainer.val_check_interval=2", "--ckpt_path", "last")
     assert cli.trainer.global_step == 13 and step(last) == 13 and len(runs()) == 1
+    assert "after 3 of its batches: the rest of the epoch is drawn in a new random order" in caplog.text
+    assert not [w for w in recwarn if "not resumable" in str(w.message) or "will be deleted" in str(w.message)]
 
 
 @pytest.mark.parametrize("more", [["--trainer.max_steps=15"], ["--trainer.max_epochs=3", "--trainer.max_steps=-1"]])

@@ -21,10 +21,12 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,10 +40,18 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from attnseg.constants import STOP_SIGNALS
-from attnseg.lightning_internals import close_saved_epoch, last_step_saved, save_last, saves_on_train_epoch_end
+from attnseg.lightning_internals import (
+    batches_done_in_epoch,
+    close_saved_epoch,
+    last_step_saved,
+    save_last,
+    saves_on_train_epoch_end,
+)
 
 
 TMP_PATTERN = ".*.ckpt.*.tmp"  # AtomicCheckpointIO's temporary files
+# Lightning's warning about resuming mid-epoch, replaced by Checkpoint.on_load_checkpoint's plain line
+MID_EPOCH_WARNING = r"You're resuming from a checkpoint that ended before the epoch ended"
 
 
 def _umask() -> int:
@@ -67,6 +77,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as error:  # torch's own message names neither the file nor the disk
+            Path(tmp).unlink(missing_ok=True)
+            free = shutil.disk_usage(path.parent).free / 2**20
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise OSError(
+                f"{path}: writing the checkpoint failed ({reason}); the disk holding {path.parent} has {free:.0f} MiB "
+                "free. The checkpoints written before are kept."
+            ) from error
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -105,8 +123,17 @@ class Checkpoint(ModelCheckpoint):
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         """A run saved at the end of an epoch continues with the next epoch, training exactly the steps that a
-        larger ``max_steps`` or ``max_epochs`` adds."""
-        close_saved_epoch(checkpoint)
+        larger ``max_steps`` or ``max_epochs`` adds. One saved in the middle of an epoch continues that epoch with
+        its remaining number of batches, drawn in a new random order (said here, in place of Lightning's warning
+        about loaders that cannot resume)."""
+        if close_saved_epoch(checkpoint) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        done = batches_done_in_epoch(checkpoint)
+        if done:
+            rank_zero_info(
+                f"resuming in the middle of epoch {checkpoint.get('epoch', '?')} after {done} of its batches: the "
+                "rest of the epoch is drawn in a new random order (the loader's position is not saved)"
+            )
 
     def on_train_end(self, trainer, pl_module) -> None:
         """The end of ``fit`` saves the final state: the steps after the last validation are not lost."""
@@ -313,20 +340,24 @@ def _run_config(run: Path) -> Optional[dict]:
     return config if isinstance(config, dict) else None
 
 
-def last_checkpoints(runs_root: Path, config: dict, defaults: Optional[dict] = None) -> tuple[list[Path], int]:
+def last_checkpoints(
+    runs_root: Path, config: dict, defaults: Optional[dict] = None
+) -> tuple[list[Path], int, list[Path]]:
     """The ``last.ckpt`` of every run under ``runs_root`` of the same experiment as ``config`` (newest first;
-    ``same_experiment`` with ``defaults``), and how many other runs with a ``last.ckpt`` belong to other
-    experiments."""
-    mine, others = [], 0
+    ``same_experiment`` with ``defaults``), how many runs with a ``last.ckpt`` belong to other experiments, and the
+    run folders with a ``last.ckpt`` but no readable ``config.yaml`` (which cannot be compared)."""
+    mine, others, unreadable = [], 0, []
     for last in runs_root.glob("*/checkpoints/last.ckpt"):
         if not last.is_file():
             continue
         saved = _run_config(last.parent.parent)
-        if saved is not None and same_experiment(saved, config, defaults):
+        if saved is None:
+            unreadable.append(last.parent.parent)
+        elif same_experiment(saved, config, defaults):
             mine.append(last)
         else:
             others += 1
-    return sorted(mine, key=lambda p: p.stat().st_mtime, reverse=True), others
+    return sorted(mine, key=lambda p: p.stat().st_mtime, reverse=True), others, sorted(unreadable)
 
 
 def run_of_checkpoint(path: Path) -> Optional[str]:
@@ -354,7 +385,9 @@ def keep_csv_history(trainer: Trainer, before_step: int) -> None:
             reader = csv.DictReader(f)
             header = list(reader.fieldnames or [])
             rows = list(reader)
-        writer = logger.experiment  # opening it deletes metrics.csv: the rows are in memory and written back here
+        with warnings.catch_warnings():  # Lightning warns that the file will be deleted: it is written back
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+            writer = logger.experiment  # opening it deletes metrics.csv: the rows are in memory, written back here
         _write_rows(path, header, rows)
         writer.metrics_keys = header  # the columns it appends under (new ones make it rewrite the file)
         trainer.callbacks.append(_TrimCsvHistory(path, before_step, len(rows)))

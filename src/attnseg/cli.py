@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -28,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from attnseg import runlock
 from attnseg.callbacks import ClassTables, Complexity, LearningRateMonitor, PredictionOverlays, Throughput
 from attnseg.checkpoint import (
+    MID_EPOCH_WARNING,
     AtomicCheckpointIO,
     Checkpoint,
     Interruption,
@@ -149,7 +151,9 @@ class AttnSegCLI(LightningCLI):
             defaults = subcommand_parser(self, subcommand).get_defaults()
             defaults = yaml.safe_load(subcommand_parser(self, subcommand).dump(defaults, skip_none=False))
             _normalise_like_the_encoder(defaults)
-            found, others = last_checkpoints(root, resolved, defaults)
+            found, others, unreadable = last_checkpoints(root, resolved, defaults)
+            for run in unreadable:
+                rank_zero_warn(f"--ckpt_path last: passed over {run}: it has a last.ckpt but no readable config.yaml")
             if not found:
                 elsewhere = f" ({others} run(s) there belong to other experiments)" if others else ""
                 rank_zero_warn(
@@ -165,8 +169,7 @@ class AttnSegCLI(LightningCLI):
                 )
             rank_zero_info(f"--ckpt_path last: resuming this experiment (fingerprint {fingerprint}) from {found[0]}")
             config.ckpt_path = str(found[0])
-        if not Path(config.ckpt_path).is_file():
-            raise FileNotFoundError(f"--ckpt_path {config.ckpt_path}: no such checkpoint file")
+        _check_checkpoint_path(config.ckpt_path)
         self._check_checkpoint_matches_config(subcommand, config)
         run = run_of_checkpoint(Path(config.ckpt_path))
         if subcommand == "fit" and run:
@@ -242,7 +245,9 @@ class AttnSegCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:  # the one override of a private method (lightning_internals)
         try:
-            run_subcommand(self, subcommand)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=MID_EPOCH_WARNING)  # said plainly by Checkpoint
+                run_subcommand(self, subcommand)
         finally:  # close the W&B run, so a later run in this process (a sweep, a test) starts its own
             runlock.release_all()
             wandb = sys.modules.get("wandb")
@@ -346,6 +351,32 @@ def _name_wandb_runs(config, subcommand: Optional[str]) -> None:
         if subcommand != "fit" and ckpt:
             linked = {"fit_run": run_of_checkpoint(Path(ckpt)), "fit_checkpoint": str(ckpt)}
             args.config = {**(_plain(args.get("config")) or {}), **linked}
+
+
+def _check_checkpoint_path(path: str) -> None:
+    """A ``--ckpt_path`` that is a checkpoint file written by ``fit``, or an error that says what was found."""
+    target = Path(path)
+    if target.is_file():
+        saved = _load_checkpoint(path)
+        wanted = ("state_dict", "pytorch-lightning_version")
+        missing = [key for key in wanted if key not in saved] if isinstance(saved, dict) else list(wanted)
+        if missing:
+            keys = ", ".join(sorted(map(str, saved))[:8]) if isinstance(saved, dict) else type(saved).__name__
+            raise ValueError(
+                f"--ckpt_path {path}: not a checkpoint written by attnseg fit (no {' or '.join(missing)}; it holds "
+                f"{keys}); pass a .ckpt from a run's checkpoints/ folder"
+            )
+        return
+    if target.is_dir():
+        found = sorted(str(p) for p in target.rglob("*.ckpt"))
+        listing = ": " + ", ".join(found[:6]) + (" ..." if len(found) > 6 else "") if found else " (none inside)"
+        raise ValueError(f"--ckpt_path {path}: a directory; pass one checkpoint file in it{listing}")
+    if path in ("best", "hpc", "registry"):
+        raise ValueError(
+            f"--ckpt_path {path}: names the best checkpoint of a fit in the same process only; from the command "
+            "line pass the file (runs/<project>/<run>/checkpoints/best-*.ckpt) or `last` (this experiment's last.ckpt)"
+        )
+    raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file")
 
 
 def _load_checkpoint(path: str) -> dict:

@@ -73,6 +73,14 @@ def close_saved_epoch(checkpoint: dict) -> bool:
     return True
 
 
+def batches_done_in_epoch(checkpoint: dict) -> int:
+    """How many training batches of its current epoch a checkpoint had done (0 at an epoch's start or end)."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    if progress.get("is_last_batch"):
+        return 0
+    return int(progress.get("current", {}).get("completed", 0))
+
+
 def _zero(counts: dict) -> None:
     for key in counts:
         counts[key] = 0

@@ -82,7 +82,7 @@ class SegmentationTask(LightningModule):
         inference: evaluation mode: ``attnseg.inference.Whole``, ``SlidingWindow`` or ``MultiScaleFlip``.
         nonfinite_loss: what a NaN or infinite training loss does: ``raise`` stops training with a message naming
             the step and the loss terms (checkpoints already written are kept); ``skip`` skips that step's update
-            (single process only).
+            and puts back the batch norm statistics its forward changed (single process only).
         divergence_factor: a training loss above this many times the loss of the first step of the fit stops
             training as diverged (None: no check). Whatever this is, training stops when a parameter or buffer
             becomes non-finite (checked before each validation) and no checkpoint with a non-finite tensor is
@@ -267,12 +267,17 @@ class SegmentationTask(LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
+        skipping = self.hparams.nonfinite_loss == "skip" and self.trainer.world_size == 1
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers() if b.is_floating_point()] if skipping else []
         terms = self.compute_losses(self.model(images), masks)
         loss = sum(terms.values())
         value = float(loss.detach())
         if not math.isfinite(value):
             detail = ", ".join(f"{name}={float(t.detach()):.4g}" for name, t in terms.items())
-            if self.hparams.nonfinite_loss == "skip" and self.trainer.world_size == 1:
+            if skipping:  # nor do the batch norm statistics of this forward stay
+                with torch.no_grad():
+                    for buffer, before in buffers:
+                        buffer.copy_(before)
                 rank_zero_warn(f"non-finite loss at step {self.global_step} ({detail}): step skipped")
                 self.log("train/skipped_steps", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
                 return None

@@ -157,3 +157,18 @@ class StopSignalThenError(Callback):
             self.flag.touch()
             os.kill(os.getpid(), signal.SIGTERM)
             raise RuntimeError("DataLoader worker (pid(s) 12345) exited unexpectedly")
+
+
+class NaNImageShapes(SyntheticShapes):
+    """SyntheticShapes whose training sample ``bad_index`` is all NaN after its transforms (a corrupt decode): the
+    forward of its batch is NaN, batch norm statistics included."""
+
+    def __init__(self, *args, bad_index: int = 1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bad_index = bad_index
+
+    def __getitem__(self, index: int):
+        image, mask = super().__getitem__(index)
+        if index == self.bad_index and self.split == "train":
+            image = image.float() * float("nan")
+        return image, mask
