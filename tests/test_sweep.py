@@ -450,3 +450,20 @@ def test_a_stop_signal_ends_the_sweep_even_when_its_run_fails_first(tmp_path):
     assert sorted(p.name for p in (out / "folders").iterdir()) == ["num_convs=1,seed=0.txt"]  # run 2 never started
     assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 0  # and a re-run finishes both
     assert [r["status"] for r in csv.DictReader(open(out / "results.csv"))] == ["ok", "ok"]
+
+
+def test_a_grid_option_that_does_not_parse_is_refused_before_anything_runs(tmp_path, capsys):
+    """A misspelt option fails --dry-run and the sweep itself up front, one line per grid point (no traceback,
+    no run folder); a YAML error names the sweep file and the line."""
+    sweep = write_sweep(tmp_path / "sw.yaml", "grid:\n  model.head.init_args.num_conv: [1, 2]\n")
+    for dry in (["--dry-run"], []):
+        assert main_code("sweep", str(sweep), "--out", str(tmp_path / "out"), *dry) == 2
+        err = capsys.readouterr().err
+        assert "2 grid point(s) do not parse; nothing was run" in err and "Traceback" not in err
+        assert "num_conv=1: " in err and "Option 'num_conv' is not accepted" in err
+    assert not (tmp_path / "out").exists() and not Path("runs").exists()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("base: [quickstart\ngrid: {a: [1]}\n")
+    assert main_code("sweep", str(broken), "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert f"{broken}: not valid YAML" in err and f'in "{broken}", line 2' in err

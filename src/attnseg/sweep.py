@@ -57,11 +57,14 @@ base configs are named by their short names, so the file works wherever attnseg 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import gc
+import io
 import itertools
 import json
+import logging
 import statistics
 import sys
 import time
@@ -110,7 +113,11 @@ class Sweep:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"sweep file {path}: no such file")
-        spec = yaml.safe_load(path.read_text()) or {}
+        try:
+            with open(path) as f:  # YAML's messages then name the file
+                spec = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(spec, dict):
             raise ValueError(f"{path}: expected a mapping with keys {SWEEP_KEYS}")
         unknown = sorted(set(spec) - set(SWEEP_KEYS))
@@ -340,6 +347,37 @@ def unfinished_checkpoint(out: Path, point: dict[str, Any], seed: Optional[int])
         return None
     last = Path(note.read_text().strip()) / "last.ckpt"
     return last if last.is_file() else None
+
+
+class _ParseOnlyCLI(AttnSegCLI):
+    """Parses one run's arguments as ``fit`` would, instantiating nothing (``check_points``)."""
+
+    def __init__(self, args: Sequence[str]) -> None:
+        super().__init__(args=args, run=False, parser_kwargs={"exit_on_error": False})
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def check_points(sweep: Sweep, extra: Sequence[str] = ()) -> list[str]:
+    """Parse every grid point's ``fit`` arguments before anything runs; one line per point that does not parse
+    (a misspelt option, a value of the wrong type), naming the point and the parser's complaint."""
+    problems = []
+    for point in sweep.points():
+        args = sweep.arguments(point, extra, sweep.seeds[0])[1:]  # without "fit": a parser without subcommands
+        try:
+            logging.disable(logging.INFO)  # "Seed set to ..." and the like, for every point
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                _ParseOnlyCLI(args)
+        except (Exception, SystemExit) as err:  # noqa: BLE001 (the parser's message is the report)
+            message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            problems.append(f"{point_label(point)}: {message or type(err).__name__}"[:600])
+        finally:
+            logging.disable(logging.NOTSET)
+    return problems
 
 
 def run_point(
@@ -728,6 +766,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     runs = sweep.runs()
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
+    problems = check_points(sweep, extra)
+    if problems:
+        print(f"attnseg sweep: {sweep.path}: {len(problems)} grid point(s) do not parse; nothing was run:",
+              *problems, sep="\n  ", file=sys.stderr)  # fmt: skip
+        return 2
     if args.dry_run:
         then = ", then test on the best checkpoint" if sweep.test else ""
         points = len(runs) // len(sweep.seeds)
