@@ -143,3 +143,20 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits_in_every_reader(tmp_path)
     Image.fromarray(values.astype(np.float32) / 65535).save(tmp_path / "depth.tiff")
     with pytest.raises(ValueError, match=rf"{tmp_path / 'depth.tiff'}: floating-point image \(mode F\)"):
         read_image(tmp_path / "depth.tiff")
+
+
+def test_unreadable_images_are_all_listed_before_anything_is_written(images, tmp_path):
+    """Two broken files among the images: predict names both and writes nothing (so a rerun needs no overwrite);
+    a sub-folder is named in a warning; a failed predict leaves no run folder behind."""
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    (images / "zz.jpg").write_text("not a jpeg")
+    (images / "more").mkdir()
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"2 of 4 images cannot be read, so nothing was predicted: .*broken.png.*zz.jpg"):
+        run_cli("predict", "--config", QUICKSTART, *FAST, "--config", CONFIGS / "logger/csv.yaml",
+                "--data.predict_dir", images, "--prediction.output_dir", out)  # fmt: skip
+    assert not out.exists() and not list(Path("runs/attnseg").glob("*"))
+    (images / "broken.png").unlink()
+    (images / "zz.jpg").unlink()
+    with pytest.warns(UserWarning, match=r"sub-folders are not predicted .*: more"):
+        assert len(ImageFolder(images)) == 2

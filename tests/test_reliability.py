@@ -204,6 +204,22 @@ def test_config_errors_name_the_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli("fit", "--config", QUICKSTART, *FAST, "--model.head=attnseg.heads.NoSuchHead")
     assert "NoSuchHead" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"data.std=\[0.0, 0.0, 0.0\]: expected three positive numbers"):
+        run_cli("fit", "--config", QUICKSTART, *FAST, "--data.std=[0,0,0]")
+    Path("m3.yaml").write_text("model: 3\n")
+    with pytest.raises(ValueError, match=r"--config \S*m3.yaml: 'model' is 3; expected a mapping of its options"):
+        run_cli("fit", "--config", QUICKSTART, "--config", "m3.yaml")
+    Path("adir").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"--config adir: a directory; pass one YAML file"):
+        run_cli("fit", "--config", "adir")
+
+
+def test_a_misspelt_command_lists_every_command(capsys):
+    from attnseg.__main__ import run
+
+    assert run(["trian"]) == 2
+    assert "unknown command 'trian' (did you mean fit?); commands: fit, validate, test, predict, sweep, check-data, " \
+        "configs" in capsys.readouterr().err
 
 
 def test_batch_errors_name_the_option(tmp_path):

@@ -10,6 +10,7 @@ traceback; ``ATTNSEG_TRACEBACK=1`` shows the traceback. Argument errors are json
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import warnings
@@ -40,6 +41,7 @@ example:
 """
 
 LIGHTNING = ("fit", "validate", "test", "predict")
+COMMANDS = (*LIGHTNING, "sweep", "check-data", "configs")
 
 
 def bare(command: str) -> str:
@@ -75,6 +77,12 @@ def run(argv: list[str]) -> int:
         return check_data(argv[1:])
     if argv and argv[0] == "configs":
         return configs_command(argv[1:])
+    if not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        words = {**{c: c for c in COMMANDS}, "train": "fit", "eval": "validate", "evaluate": "validate", "infer": "predict"}
+        close = difflib.get_close_matches(argv[0], list(words), n=1)
+        hint = f" (did you mean {words[close[0]]}?)" if close else ""
+        print(f"attnseg: unknown command '{argv[0]}'{hint}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
     if argv[0] in LIGHTNING and len(argv) == 1:
         print(bare(argv[0]), end="", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -244,10 +245,14 @@ class AttnSegCLI(LightningCLI):
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:  # the one override of a private method (lightning_internals)
+        before = _run_folders(self.trainer)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=MID_EPOCH_WARNING)  # said plainly by Checkpoint
                 run_subcommand(self, subcommand)
+        except BaseException:
+            _remove_empty_new_runs(self.trainer, before)
+            raise
         finally:  # close the W&B run, so a later run in this process (a sweep, a test) starts its own
             runlock.release_all()
             wandb = sys.modules.get("wandb")
@@ -270,6 +275,24 @@ class AttnSegCLI(LightningCLI):
             return
         print(f"Best val/mIoU: {float(callback.best_model_score):.4f}")
         print(f"Best checkpoint: {callback.best_model_path}")
+
+
+RUN_FOLDER_SETUP = {"config.yaml", "hparams.yaml", runlock.LOCK_FILE}  # what a run folder holds before any result
+
+
+def _run_folders(trainer: Trainer) -> set[Path]:
+    """The run folders under the trainer's logger directory (``<save_dir>/<name>``) now."""
+    logger = trainer.logger
+    root = Path(getattr(logger, "save_dir", None) or "") / str(getattr(logger, "name", None) or "") if logger else None
+    return set(root.iterdir()) if root is not None and root.is_dir() else set()
+
+
+def _remove_empty_new_runs(trainer: Trainer, before: set[Path]) -> None:
+    """A command that failed before any result leaves no run folder behind (one holding only its config)."""
+    for folder in _run_folders(trainer) - before:
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        if folder.is_dir() and all(p.parent == folder and p.name in RUN_FOLDER_SETUP for p in files):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _choose_cpu_fast_path(config) -> None:
@@ -407,12 +430,19 @@ def _check_config_files(argv: list[str]) -> None:
         if not path.is_file():
             continue  # jsonargparse says so, and --config also takes inline YAML
         try:
-            yaml.safe_load(path.read_text())
+            config = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(error, "problem", None) or str(error).splitlines()[0]
             raise ValueError(f"--config {name}: not valid YAML{where}: {problem}") from error
+        for section in ("model", "data", "trainer"):
+            value = config.get(section) if isinstance(config, dict) else None
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(
+                    f"--config {name}: '{section}' is {value!r}; expected a mapping of its options, e.g. "
+                    f"{section}:\n  {'lr: 0.01' if section == 'model' else 'batch_size: 8'}"
+                )
 
 
 # Model options that define the network a checkpoint holds (what validate / test / predict must match).

@@ -57,6 +57,10 @@ def resolve(name: str, relative_to: Optional[Path] = None) -> Path:
     if found.is_file():
         return found
     where = f" (relative to {relative_to})" if relative_to is not None else ""
+    if any(candidate.is_dir() for candidate in candidates):
+        inside = sorted(p.name for c in candidates if c.is_dir() for p in c.glob(f"*{SUFFIX}"))[:5]
+        hint = f", such as {', '.join(inside)} in it" if inside else ""
+        raise FileNotFoundError(f"--config {name}: a directory{where}; pass one YAML file{hint}")
     group = short.rpartition("/")[0]
     names = [n for n in shipped() if n.startswith(f"{group}/")] if group else shipped()
     raise FileNotFoundError(

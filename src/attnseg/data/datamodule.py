@@ -161,6 +161,12 @@ class SegDataModule(LightningDataModule):
         self.ignore_index = IGNORE_INDEX
         self.mean = tuple(mean) if mean is not None else IMAGENET_MEAN
         self.std = tuple(std) if std is not None else IMAGENET_STD
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or (name == "std" and min(values) <= 0):
+                raise ValueError(
+                    f"data.{name}={list(values)}: expected three {'positive ' if name == 'std' else ''}numbers, one "
+                    "per RGB channel in 0-1 units (null: the encoder's)"
+                )
         if num_classes is not None and num_classes != len(self.class_names):
             raise ValueError(
                 f"data.num_classes={num_classes} but {dataset} has {len(self.class_names)} classes "

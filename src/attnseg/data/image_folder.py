@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -14,7 +15,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """Every image file directly inside ``root`` (sorted by name).
+    """Every image file directly inside ``root`` (sorted by name). Every one is read once when the folder is
+    opened: unreadable files are all listed in one error before anything is predicted; sub-folders are named in a
+    warning (their images are not read).
 
     ``ds[i]`` is ``(image (3, H, W), info)`` where the image went through ``transforms`` (the datamodule passes its
     evaluation normalisation) and ``info = {"path": str, "name": file stem, "size": (H, W)}`` of the original.
@@ -36,6 +39,24 @@ class ImageFolder(torch.utils.data.Dataset):
         twins = sorted({s for s in stems if stems.count(s) > 1})
         if twins:
             raise ValueError(f"{option}={str(root)!r}: several images share the names {twins}; outputs would clash")
+        unreadable = []
+        for path in self.files:  # every image, before anything is written
+            try:
+                read_image(path)
+            except ValueError as err:
+                unreadable.append(str(err))
+        if unreadable:
+            raise ValueError(
+                f"{option}={str(root)!r}: {len(unreadable)} of {len(self.files)} images cannot be read, so nothing "
+                "was predicted: " + "; ".join(unreadable[:10]) + (" ..." if len(unreadable) > 10 else "")
+            )
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if folders:
+            warnings.warn(
+                f"{option}={str(root)!r}: the images in its sub-folders are not predicted (only those directly "
+                f"inside): {', '.join(folders[:10])}; pass each folder as {option} to predict them",
+                stacklevel=2,
+            )
         self.transforms = transforms
 
     def __len__(self) -> int:
