@@ -4,6 +4,7 @@ and checkpoint files are left clean and readable."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -208,3 +209,19 @@ def test_a_restored_checkpoint_callback_names_last_ckpt_in_its_own_folder(tmp_pa
     elsewhere.load_state_dict({"dirpath": str(tmp_path / "other"), "best_model_score": None, "best_model_path": "",
                                "last_model_path": ""})  # fmt: skip
     assert elsewhere.last_model_path == ""  # another folder's state: Lightning's rule (nothing restored)
+
+
+def test_a_stop_signal_during_validation_stops_there_and_the_resume_validates_whole(capsys):
+    """SIGTERM at the second batch of the first validation (after step 4): the fit stops there (143) without
+    finishing that validation, saves step 4, and the resumed fit trains on and validates every later epoch whole."""
+    base = ["--config", QUICKSTART, *FAST, *CSV, "--data.dataset_args.num_samples=16", "--trainer.max_epochs=3"]
+    with pytest.raises(SystemExit) as stop:
+        run_cli("fit", *base, "--trainer.callbacks+=tests.helpers.faults.StopDuringValidation")
+    assert stop.value.code == 143 and "SIGTERM received: stopped at step 4" in capsys.readouterr().out
+    last = next(Path("runs/attnseg").glob("*/checkpoints/last.ckpt"))
+    assert step(last) == 4
+    cli = run_cli("fit", *base, "--ckpt_path", "last")
+    assert cli.trainer.global_step == 12 and step(last) == 12
+    rows = [r for r in csv.DictReader(open(last.parent.parent / "metrics.csv")) if r["val/mIoU"]]
+    assert [r["epoch"] for r in rows] == ["1", "2"]  # epoch 0's validation was dropped, not logged in part
+    assert cli.trainer.fit_loop.epoch_loop.val_loop.batch_progress.current.completed == 4  # 16 images, batches of 4

@@ -199,6 +199,15 @@ class Interruption(Callback):
         self.received = _stop_received = number
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._stop_if_told(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        """A long validation does not hold the stop up: the training step before it is saved and the validation,
+        unfinished, is dropped (the resumed run validates at its next validation point)."""
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._stop_if_told(trainer)
+
+    def _stop_if_told(self, trainer) -> None:
         if self.received is None:
             return
         number, self.received = self.received, None

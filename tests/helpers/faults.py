@@ -172,3 +172,14 @@ class NaNImageShapes(SyntheticShapes):
         if index == self.bad_index and self.split == "train":
             image = image.float() * float("nan")
         return image, mask
+
+
+class StopDuringValidation(Callback):
+    """Sends this process SIGTERM at validation batch ``batch`` of the validation after training step ``step``."""
+
+    def __init__(self, step: int = 4, batch: int = 1) -> None:
+        self.step, self.batch = step, batch
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking and trainer.global_step == self.step and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
