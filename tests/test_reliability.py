@@ -182,9 +182,9 @@ def test_checkpoint_of_another_class_count_or_head_is_refused(tmp_path):
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     with pytest.raises(ValueError, match=r"last.ckpt.*7 classes.*8 classes"):
         run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--data.dataset=tests.helpers.faults.ExtraClassShapes")
-    with pytest.raises(ValueError, match=r"last.ckpt.*num_convs=1 \(checkpoint: 2\)"):
+    with pytest.raises(ValueError, match=r"last.ckpt.*num_convs=1 \(checkpoint: 2; set on the command line\)"):
         run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--model.head.num_convs=1")
-    with pytest.raises(ValueError, match=r"encoder.name=resnet34 \(checkpoint: resnet18\)"):
+    with pytest.raises(ValueError, match=r"encoder.name=resnet34 \(checkpoint: resnet18; set on the command line\)"):
         run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--model.encoder.name=resnet34")
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", "nope.ckpt")
@@ -212,6 +212,19 @@ def test_config_errors_name_the_option(tmp_path, capsys):
     Path("adir").mkdir()
     with pytest.raises(FileNotFoundError, match=r"--config adir: a directory; pass one YAML file"):
         run_cli("fit", "--config", "adir")
+
+
+def test_an_evaluation_without_a_config_is_refused_naming_the_runs_own(tmp_path):
+    cli = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.max_epochs=1", "--trainer.limit_val_batches=1",
+                  "--config", REPO / "configs/logger/csv.yaml")  # fmt: skip
+    ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
+    saved = ckpt.parent.parent / "config.yaml"
+    with pytest.raises(ValueError, match=rf"no --config given, .*; pass --config {saved} \(the run's own\)"):
+        run_cli("validate", "--ckpt_path", ckpt)
+    Path("wide.yaml").write_text("model:\n  head:\n    init_args:\n      num_convs: 1\n")
+    with pytest.raises(ValueError, match=r"num_convs=1 \(checkpoint: 2; set in --config \S*quickstart.yaml, \S*wide.yaml\)"):
+        run_cli("validate", "--config", QUICKSTART, "--config", "wide.yaml", *FAST, "--ckpt_path", ckpt)
+    assert run_cli("validate", "--config", saved, "--ckpt_path", ckpt, "--trainer.limit_val_batches=1").trainer.state.finished
 
 
 def test_a_misspelt_command_lists_every_command(capsys):

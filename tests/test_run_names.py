@@ -4,10 +4,12 @@ Read back from offline runs with wandb's own record format (tests.helpers.wandb_
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from attnseg.cli import AttnSegCLI, run_identity
+from attnseg.cli import AttnSegCLI
+from attnseg.run_names import run_identity
 from tests.helpers.cli import FAST, QUICKSTART, run_cli
 from tests.helpers.wandb_offline import read_run, records, wandb_in
 
@@ -34,8 +36,20 @@ def identity(*args: str):
 def test_names_say_head_switches_encoder_and_seed(args, name, tags):
     got_name, group, got_tags = identity(*args)
     assert got_name == name
-    assert group == name.rpartition("-s")[0]  # the seeds of one variant share a group
-    assert set(tags) <= set(got_tags)
+    assert group.startswith(name.rpartition("-s")[0] + "-syntheticshapes-far-")  # head, encoder, data, recipe
+    assert set(tags) <= set(got_tags) and "far" in got_tags
+
+
+def test_a_group_holds_the_seeds_of_one_experiment_and_nothing_else():
+    """Seeds share a group; other data (variant, dataset size), another recipe (learning rate, length) or another
+    pretrained start never do, though their names may be equal."""
+    _, group, _ = identity()
+    assert identity("--seed_everything=3")[1] == group
+    others = [["--data.dataset_args.variant=two_hop"], ["--data.dataset_args.image_size=64"], ["--model.lr=0.01"],
+              ["--trainer.max_epochs=9"], ["--config", "experiment/context"]]  # fmt: skip
+    groups = {tuple(args): identity(*args)[1] for args in others}
+    assert group not in groups.values() and len(set(groups.values())) == len(others)
+    assert identity("--data.num_workers=0")[1] == group  # how fast the data loads is not the experiment
 
 
 def run_record(run_dir):
@@ -59,7 +73,8 @@ def test_fit_run_is_named_and_test_joins_its_group(tmp_path):
     fit = run_cli("fit", *common)
     (fit_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
     record = run_record(fit_dir)
-    assert record.display_name == "danet-pam-r18-s0" and record.run_group == "danet-pam-r18"
+    group = record.run_group
+    assert record.display_name == "danet-pam-r18-s0" and group.startswith("danet-pam-r18-syntheticshapes-far-")
     assert record.job_type == "fit"
     assert {"danet", "pam", "resnet18", "SyntheticShapes", "seed0"} <= set(record.tags)
     fit_id = record.run_id
@@ -68,10 +83,20 @@ def test_fit_run_is_named_and_test_joins_its_group(tmp_path):
     run_cli("test", *common, "--ckpt_path", ckpt)
     (test_dir,) = [d for d in (tmp_path / "runs" / "wandb").glob("offline-run-*") if d != fit_dir]
     record = run_record(test_dir)
-    assert record.run_group == "danet-pam-r18" and record.job_type == "test" and record.run_id != fit_id
+    assert record.run_group == group and record.job_type == "test" and record.run_id != fit_id
+    assert record.display_name == "danet-pam-r18-s0-test"
     offline = read_run(test_dir)
     assert offline["config"]["fit_run"] == fit_id and offline["config"]["fit_checkpoint"] == ckpt
     assert "test/mIoU" in offline["summary"]
+
+    # README's own evaluation command: the run's saved config (job_type: fit, the fit's name in it) and its checkpoint
+    saved = Path(fit.trainer.checkpoint_callback.dirpath).parent / "config.yaml"
+    before = set((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    run_cli("validate", "--config", saved, *FAST, "--trainer.limit_val_batches=1", "--ckpt_path", ckpt)
+    (validate_dir,) = set((tmp_path / "runs" / "wandb").glob("offline-run-*")) - before
+    record = run_record(validate_dir)
+    assert (record.job_type, record.display_name, record.run_group) == ("validate", "danet-pam-r18-s0-validate", group)
+    assert record.run_id != fit_id
 
 
 def test_names_given_by_the_user_are_kept(tmp_path):

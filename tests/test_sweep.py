@@ -76,10 +76,15 @@ def test_sweep_runs_every_point_and_seed_and_survives_a_failing_point(tmp_path, 
     assert not Path(rows[2]["curve"]).exists()  # the failed run validated nothing
     assert Image.open("results/learning_curves.png").size[0] > 100
 
-    # one W&B run per successful run, in one group, named after the point and seed, holding val and test metrics
+    # one W&B run per successful run, one group per grid point (its seeds), all with the sweep's tag, named after the
+    # point and seed, holding val and test metrics
     runs = [read_run(d) for d in sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))]
     assert len(runs) == 4
-    assert len({r["group"] for r in runs}) == 1 and runs[0]["group"].startswith("tiny-")
+    by_point = {r["name"].partition(",")[0]: set() for r in runs}
+    for r in runs:
+        by_point[r["name"].partition(",")[0]].add(r["group"])
+    assert all(len(groups) == 1 for groups in by_point.values()) and len(set().union(*by_point.values())) == 2
+    assert len({tag for r in runs for tag in r["tags"] if tag.startswith("tiny-")}) == 1
     assert sorted(r["name"] for r in runs) == [f"num_convs={c},seed={s}" for c in (1, 2) for s in (0, 1)]
     assert all("val/mIoU" in r["summary"] and "test/IoU_table" in r["summary"] for r in runs)
     by_name = {r["name"]: r["summary"] for r in runs}

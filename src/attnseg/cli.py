@@ -11,7 +11,6 @@ overlays to ``--prediction.output_dir``). The ``attnseg`` command itself is ``at
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import sys
@@ -46,6 +45,7 @@ from attnseg.distributed import SyncBatchNormPlugin
 from attnseg.hardware import cpu_bf16_flags
 from attnseg.lightning_internals import run_subcommand, subcommand_parser
 from attnseg.predict import PredictionWriter
+from attnseg.run_names import name_wandb_runs, plain
 from attnseg.task import SegmentationTask
 from attnseg.weights import input_normalization
 
@@ -126,6 +126,8 @@ class AttnSegCLI(LightningCLI):
         self._resumed_run: Optional[Path] = None  # and that folder
         args = expand_config_args(sys.argv[1:] if args is None else list(args))  # short names and base: lists
         _check_config_files(args)
+        _evaluation_needs_a_config(args)
+        self._args = list(args)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand and "base" in self.config[subcommand]:
@@ -193,9 +195,9 @@ class AttnSegCLI(LightningCLI):
         if not saved:
             return
         defaults = subcommand_parser(self, subcommand).get_defaults()
-        ours = _flatten(_plain(config.model), "model")
-        default = _flatten(_plain(defaults.model), "model")
-        theirs = _flatten(_plain(saved), "model")
+        ours = _flatten(plain(config.model), "model")
+        default = _flatten(plain(defaults.model), "model")
+        theirs = _flatten(plain(saved), "model")
         conflicts = []
         for key, value in ours.items():
             given = self._given is not None and self._given.get(f"{subcommand}.{key}") is not None
@@ -205,12 +207,12 @@ class AttnSegCLI(LightningCLI):
             if option in RESUMABLE:
                 self._kept_on_resume[key] = (value, theirs[key])
             elif subcommand == "fit" or option in MODEL_DEFINING:  # evaluation ignores the training options
-                conflicts.append(f"{key}={value} (checkpoint: {theirs[key]})")
+                conflicts.append(f"{key}={value} (checkpoint: {theirs[key]}{_where_set(self._args, key)})")
         if conflicts:
             raise ValueError(
                 f"--ckpt_path {config.ckpt_path}: the checkpoint was trained with a different model: "
                 + ", ".join(conflicts)
-                + ". Drop these options to use the checkpoint as trained, or pass a matching checkpoint."
+                + ". Change or drop these options to use the checkpoint as trained, or pass a matching checkpoint."
             )
 
     def before_instantiate_classes(self) -> None:
@@ -224,7 +226,7 @@ class AttnSegCLI(LightningCLI):
             )
         _choose_cpu_fast_path(config)
         _normalise_like_the_encoder(config)
-        _name_wandb_runs(config, self.subcommand)
+        name_wandb_runs(config, self.subcommand)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer") or {}
@@ -328,52 +330,35 @@ def _normalise_like_the_encoder(config) -> None:
     data["mean"], data["std"] = (list(v) for v in input_normalization(name, pretrained, data["mean"], data["std"]))
 
 
-ENCODER_SHORT = {"resnet18": "r18", "resnet34": "r34", "resnet50": "r50", "resnet101": "r101", "resnet152": "r152"}
+def _config_files(argv: Sequence[str]) -> list[str]:
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    return files + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
 
 
-def run_identity(config) -> tuple[str, str, list[str]]:
-    """A run's W&B name, group and tags from its config: head, the head's switches (``SegHead.switches``), encoder
-    (and output stride where not 8), seed; e.g. ``danet-pam-cam-r18-s0`` in group ``danet-pam-cam-r18`` (the seeds of
-    one variant together) with tags ``[danet, pam, cam, resnet18, SyntheticShapes, seed0]``."""
-    head = config.model.head
-    class_path = head.class_path if hasattr(head, "class_path") else f"{head.__module__}.{head.__qualname__}"
-    options = _plain(head.init_args) if hasattr(head, "init_args") and head.init_args is not None else {}
-    try:
-        module, _, attribute = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module), attribute)
-        switches = cls.switches(options or {}) if hasattr(cls, "switches") else []
-    except (ImportError, AttributeError, ValueError):  # jsonargparse reports a bad class path itself
-        cls, switches = None, []
-    short = getattr(cls, "short_name", None) or class_path.rpartition(".")[2].removesuffix("Head").lower()
-    encoder = config.model.encoder
-    name = encoder.name if hasattr(encoder, "name") else encoder["name"]
-    stride = encoder.output_stride if hasattr(encoder, "output_stride") else encoder.get("output_stride", 8)
-    parts = [short, *switches, ENCODER_SHORT.get(name, name), *([f"os{stride}"] if stride != 8 else [])]
-    seed = config.get("seed_everything")
-    seed_part = [f"s{seed}"] if isinstance(seed, int) and not isinstance(seed, bool) else []
-    dataset = (config.get("data") or {}).get("dataset") or "data"
-    tags = [short, *switches, name, str(dataset), *([f"seed{seed}"] if seed_part else [])]
-    return "-".join(parts + seed_part), "-".join(parts), tags
+def _where_set(argv: Sequence[str], key: str) -> str:
+    """Where an option's value came from, for a message: the command line, else the config files given."""
+    short = key.replace(".init_args.", ".")  # --model.head.num_convs sets model.head.init_args.num_convs
+    if any(a.split("=", 1)[0].replace(".init_args.", ".") == f"--{short}" for a in argv):
+        return "; set on the command line"
+    files = _config_files(argv)
+    return f"; set in --config {', '.join(files)}" if files else ""
 
 
-def _name_wandb_runs(config, subcommand: Optional[str]) -> None:
-    """Name, group and tag a W&B logger left unnamed (``run_identity``); its job type is the subcommand. An
-    evaluation of a checkpoint joins the group of the run that trained it and records that run's id in its config
-    (``fit_run``, ``fit_checkpoint``). Values set in a config file or on the command line are kept."""
-    loggers = config.trainer.logger
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        if not getattr(logger, "class_path", "").endswith("WandbLogger") or logger.init_args is None:
-            continue
-        args = logger.init_args
-        name, group, tags = run_identity(config)
-        args.name = args.get("name") or name
-        args.group = args.get("group") or group
-        args.tags = args.get("tags") or tags
-        args.job_type = args.get("job_type") or subcommand or "fit"
-        ckpt = config.get("ckpt_path")
-        if subcommand != "fit" and ckpt:
-            linked = {"fit_run": run_of_checkpoint(Path(ckpt)), "fit_checkpoint": str(ckpt)}
-            args.config = {**(_plain(args.get("config")) or {}), **linked}
+def _evaluation_needs_a_config(argv: Sequence[str]) -> None:
+    """``validate`` / ``test`` / ``predict --ckpt_path X`` without any ``--config``: the data would be the code's
+    defaults, not what the checkpoint was trained on. Refuse, naming the run's own saved config."""
+    if not argv or argv[0] not in ("validate", "test", "predict") or _config_files(argv):
+        return
+    ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
+    ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
+    if ckpt is None:
+        return
+    saved = Path(ckpt).parent.parent / "config.yaml"
+    hint = f"--config {saved} (the run's own)" if saved.is_file() else "the --config files it was trained with"
+    raise ValueError(
+        f"attnseg {argv[0]} --ckpt_path {ckpt}: no --config given, so the data would be the defaults rather than what "
+        f"the checkpoint was trained on; pass {hint}"
+    )
 
 
 def _check_checkpoint_path(path: str) -> None:
@@ -423,9 +408,7 @@ def _load_checkpoint(path: str) -> dict:
 def _check_config_files(argv: list[str]) -> None:
     """Every ``--config FILE`` exists and is valid YAML: an error names the file, line and column (jsonargparse's
     own message names neither the file nor, among several, which one)."""
-    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
-    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    for name in files:
+    for name in _config_files(argv):
         path = Path(name)
         if not path.is_file():
             continue  # jsonargparse says so, and --config also takes inline YAML
@@ -455,15 +438,6 @@ RESUMABLE = {"lr", "momentum", "weight_decay", "head_lr_mult", "poly_power", "mi
 def _same(a, b) -> bool:
     """Equal as configuration values (tuples and lists alike)."""
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-
-
-def _plain(value):
-    """A jsonargparse Namespace / dataclass / dict as plain nested dicts."""
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if hasattr(value, "__dataclass_fields__"):
-        return dict(vars(value))
-    return value
 
 
 def _flatten(value, prefix: str) -> dict:

@@ -26,7 +26,8 @@ Each run is ``attnseg fit --config <base>... --<fixed>... <EXTRA> --<grid point>
 (later arguments win, so the grid point and the seed always hold), run in this process with a fresh CLI. The seed
 sets the model's initialisation, the data order and the augmentation; the dataset itself stays the one the
 configs name. A run that fails is recorded with its error and the sweep goes on. The W&B runs of one sweep share a
-group (``<name>-<date>-<time>``) and are named after their grid point and seed. ``DIR`` (default
+tag (``<name>-<date>-<time>``), are named after their grid point and seed, and each grid point's seeds form one W&B
+group (``attnseg.run_names``). ``DIR`` (default
 ``runs/sweeps/<name>``) receives, rewritten after every run:
 
 - ``results.csv``: one row per run (grid point, seed, status, scores, time, run folder, error);
@@ -271,12 +272,12 @@ def point_label(point: dict[str, Any]) -> str:
 
 
 class SweepRunCLI(AttnSegCLI):
-    """The CLI of one sweep run: names its W&B run and group, tests the best checkpoint after fitting, and raises
+    """The CLI of one sweep run: names and tags its W&B run, tests the best checkpoint after fitting, and raises
     argument errors instead of exiting.
 
     Args:
         args: the ``fit`` arguments.
-        group: W&B group of the sweep's runs.
+        group: the sweep's W&B tag, on every run of this invocation (each grid point is its own W&B group).
         label: W&B name of this run.
         test: test the best checkpoint (the last weights where there is none) after fitting.
         context_classes: class names the sweep reports; checked against the dataset's before fitting.
@@ -297,11 +298,13 @@ class SweepRunCLI(AttnSegCLI):
 
     def before_instantiate_classes(self) -> None:
         loggers = self.config[self.subcommand].trainer.logger
-        for logger in loggers if isinstance(loggers, list) else [loggers]:
-            if getattr(logger, "class_path", "").rpartition(".")[2] == WandbLogger.__name__:
-                logger.init_args.group = logger.init_args.get("group") or self.group
-                logger.init_args.name = logger.init_args.get("name") or self.label
-        super().before_instantiate_classes()  # then the tags (and any name still unset) from the config
+        loggers = [lg for lg in (loggers if isinstance(loggers, list) else [loggers])
+                   if getattr(lg, "class_path", "").rpartition(".")[2] == WandbLogger.__name__]  # fmt: skip
+        for logger in loggers:
+            logger.init_args.name = logger.init_args.get("name") or self.label
+        super().before_instantiate_classes()  # the group (one per grid point: its seeds) and tags from the config
+        for logger in loggers:
+            logger.init_args.tags = [*(logger.init_args.get("tags") or []), self.group]
 
     def before_fit(self) -> None:
         missing = [c for c in self.context_classes if c not in self.model.class_names]
@@ -520,7 +523,7 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
         f"# Sweep `{sweep.name}`",
         "",
         f"Sweep file: `{sweep.path}`; base: {', '.join(f'`{b.name}`' for b in sweep.base)}; seeds: {sweep.seeds}; "
-        f"W&B group: `{group}`" + (f"; extra arguments: `{' '.join(extra)}`" if extra else ""),
+        f"W&B tag: `{group}` (each grid point a W&B group)" + (f"; extra arguments: `{' '.join(extra)}`" if extra else ""),
         "",
         "Mean ± standard deviation over the seeds of each grid point. val mIoU: the best validation score, whose "
         "checkpoint the test scores come from."

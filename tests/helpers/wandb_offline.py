@@ -57,14 +57,16 @@ def _apply(target: dict, item) -> None:
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """``{"summary": {...}, "config": {...}, "group": str, "name": str, "history_keys": set, "history": [{...}]}`` of
+    """``{"summary": {...}, "config": {...}, "group": str, "name": str, "tags": [...], "history_keys": set,
+    "history": [{...}]}`` of
     one offline run; ``history`` has one dict (key: value) per ``log`` call, in order."""
     (path,) = Path(run_dir).glob("run-*.wandb")
-    out: dict[str, Any] = {"summary": {}, "config": {}, "group": "", "name": "", "history_keys": set(), "history": []}
+    out: dict[str, Any] = {"summary": {}, "config": {}, "group": "", "name": "", "tags": [], "history_keys": set(),
+                           "history": []}  # fmt: skip
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            out["group"], out["name"] = record.run.run_group, record.run.display_name
+            out["group"], out["name"], out["tags"] = record.run.run_group, record.run.display_name, list(record.run.tags)
             for item in record.run.config.update:
                 _apply(out["config"], item)
         elif kind == "config":

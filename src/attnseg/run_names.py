@@ -1,0 +1,127 @@
+"""W&B run names, groups, tags and job types, from a run's resolved config.
+
+- The **name** says what a reader compares: head, the head's switches (``SegHead.switches``), encoder (and output
+  stride where not 8), seed: ``danet-pam-r18-s0``.
+- The **group** holds the seeds of one experiment and nothing else: the name without the seed, the data (dataset and
+  its variant) and ``recipe_key``, a short hash of everything the run trains and how (model, data, augmentation,
+  optimiser, schedule, length; not the seed, paths, loader or speed options), so that runs of other data or another
+  recipe never share a group: ``danet-pam-r18-syntheticshapes-far-1a2b3c``. A sweep's grid points are thereby one
+  group each, whose W&B mean ± std is over that point's seeds.
+- The **tags** list the words of the name, the encoder, the dataset and variant, and the seed.
+- The **job type** is the subcommand. An evaluation (``validate``, ``test``, ``predict``) of a checkpoint joins the
+  group of the run that trained it, is named ``<name>-<subcommand>``, records the training run's id and checkpoint
+  in its config (``fit_run``, ``fit_checkpoint``) and never writes into the training run (an ``id`` in the config it
+  was given, as a resumed run's saved config has, is dropped).
+
+Values set in a config file or on the command line are kept, except, in an evaluation, the job type, name and id
+that a saved run's config holds (``job_type: fit`` and the like).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from attnseg.checkpoint import experiment_identity, run_of_checkpoint
+
+ENCODER_SHORT = {"resnet18": "r18", "resnet34": "r34", "resnet50": "r50", "resnet101": "r101", "resnet152": "r152"}
+# how a run is trained, beyond what it is (checkpoint.experiment_identity): part of the recipe
+RECIPE_MODEL = ("optimizer", "lr", "momentum", "weight_decay", "no_decay_norm_bias", "head_lr_mult", "poly_power",
+                "min_lr", "warmup_iters", "warmup_ratio")  # fmt: skip
+RECIPE_TRAINER = ("max_epochs", "max_steps", "accumulate_grad_batches")
+# filled from the data when the classes are instantiated (cli.py links them): in a saved config, not before
+LINKED = ("model.num_classes", "model.class_names", "model.ignore_index")
+EVALUATIONS = ("validate", "test", "predict")
+
+
+def plain(value: Any) -> Any:
+    """A jsonargparse Namespace / dataclass / dict as plain nested dicts."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if hasattr(value, "__dataclass_fields__"):
+        return dict(vars(value))
+    return value
+
+
+def recipe_key(config: Any) -> str:
+    """6 hex digits naming what a config trains and how, without its seed (``experiment_identity`` plus the
+    optimiser, schedule and length options and the kind of pretrained weights)."""
+    config = plain(config) or {}
+    items = experiment_identity(config)
+    for key in ("seed", *LINKED):
+        items.pop(key, None)
+    model, trainer = config.get("model") or {}, config.get("trainer") or {}
+    for key in RECIPE_MODEL:
+        items[f"model.{key}"] = json.dumps(plain(model.get(key)), sort_keys=True, default=str)
+    for key in RECIPE_TRAINER:
+        items[f"trainer.{key}"] = json.dumps(trainer.get(key), default=str)
+    pretrained = (model.get("encoder") or {}).get("pretrained")
+    items["model.encoder.pretrained"] = Path(str(pretrained)).name if pretrained else "none"
+    return hashlib.sha1(json.dumps(items, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def _get(node: Any, key: str, default: Any = None) -> Any:
+    if node is None:
+        return default
+    if hasattr(node, key):
+        return getattr(node, key)
+    return node.get(key, default) if hasattr(node, "get") else default
+
+
+def run_identity(config: Any) -> tuple[str, str, list[str]]:
+    """A run's W&B name, group and tags (see the module's docstring), e.g. ``danet-pam-cam-r18-s0`` in group
+    ``danet-pam-cam-r18-syntheticshapes-far-<recipe>`` with tags ``[danet, pam, cam, resnet18, SyntheticShapes, far,
+    seed0]``."""
+    head = config.model.head
+    class_path = head.class_path if hasattr(head, "class_path") else f"{head.__module__}.{head.__qualname__}"
+    options = plain(head.init_args) if hasattr(head, "init_args") and head.init_args is not None else {}
+    try:
+        module, _, attribute = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), attribute)
+        switches = cls.switches(options or {}) if hasattr(cls, "switches") else []
+    except (ImportError, AttributeError, ValueError):  # jsonargparse reports a bad class path itself
+        cls, switches = None, []
+    short = getattr(cls, "short_name", None) or class_path.rpartition(".")[2].removesuffix("Head").lower()
+    encoder = config.model.encoder
+    name = _get(encoder, "name")
+    stride = _get(encoder, "output_stride", 8)
+    parts = [short, *switches, ENCODER_SHORT.get(name, name), *([f"os{stride}"] if stride != 8 else [])]
+    seed = config.get("seed_everything")
+    seed_part = [f"s{seed}"] if isinstance(seed, int) and not isinstance(seed, bool) else []
+    data = config.get("data") or {}
+    dataset = str(_get(data, "dataset") or "data").rpartition(".")[2]
+    variant = _get(_get(data, "dataset_args") or {}, "variant")
+    data_words = [dataset.lower(), *([str(variant)] if variant else [])]
+    tags = [short, *switches, name, dataset, *([str(variant)] if variant else []), *([f"seed{seed}"] if seed_part else [])]
+    group = "-".join(parts + data_words + [recipe_key(config)])
+    return "-".join(parts + seed_part), group, tags
+
+
+def name_wandb_runs(config: Any, subcommand: Optional[str]) -> None:
+    """Name, group, tag and type every W&B logger of a subcommand's config (see the module's docstring)."""
+    loggers = config.trainer.logger
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if not getattr(logger, "class_path", "").endswith("WandbLogger") or logger.init_args is None:
+            continue
+        args = logger.init_args
+        name, group, tags = run_identity(config)
+        evaluation = subcommand not in (None, "fit")
+        ours = (None, name, *(f"{name}-{command}" for command in EVALUATIONS))  # a saved run's own
+        if evaluation and args.get("name") in ours:
+            args.name = f"{name}-{subcommand}"
+        args.name = args.get("name") or name
+        args.group = args.get("group") or group
+        args.tags = args.get("tags") or tags
+        if evaluation and args.get("job_type") in (None, "fit", *EVALUATIONS):
+            args.job_type = subcommand
+        args.job_type = args.get("job_type") or subcommand or "fit"
+        ckpt = config.get("ckpt_path")
+        if evaluation and args.get("id"):  # a resumed fit's saved config: never write into the training run
+            args.id = None
+            args.resume = None
+        if evaluation and ckpt:
+            linked = {"fit_run": run_of_checkpoint(Path(ckpt)), "fit_checkpoint": str(ckpt)}
+            args.config = {**(plain(args.get("config")) or {}), **linked}
