@@ -42,6 +42,7 @@ CASES = {
         "--config", QUICKSTART, "--config", CONFIGS / "trainer/fast_gpu.yaml", *FAST,
         "--trainer.accelerator=cpu", "--data.num_workers=1",
     ],  # fmt: skip
+    "trainer/smoke.yaml": quickstart_with("trainer/smoke.yaml"),
     "model/fcn.yaml": quickstart_with("model/fcn.yaml"),
     "model/danet.yaml": quickstart_with("model/danet.yaml"),
     "model/ccnet.yaml": quickstart_with("model/ccnet.yaml"),
@@ -185,3 +186,16 @@ def test_help_lists_every_command_with_a_line_each():
     assert bare.returncode == 2 and bare.stdout == proc.stdout  # says what to pass instead of failing obscurely
     sweep = subprocess.run([attnseg, "sweep", "--help"], capture_output=True, text=True, timeout=120)
     assert sweep.returncode == 0 and "usage:" in sweep.stdout
+
+
+def test_the_smoke_recipe_validates_and_writes_inside_its_run_folder(capsys):
+    """trainer/smoke over the quickstart at full size: 4 steps, one validation with a printed result, the checkpoint
+    and the logs in the run's own folder and nothing in the working folder besides runs/."""
+    run_cli("fit", "--config", QUICKSTART, "--config", CONFIGS / "logger/csv.yaml", "--config", "trainer/smoke",
+            "--data.num_workers=0", "--trainer.enable_progress_bar=false")  # fmt: skip
+    assert "Best val/mIoU: " in capsys.readouterr().out
+    (run,) = Path("runs/attnseg").iterdir()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert "val/mIoU" in rows[0] and any(line.split(",")[0] for line in rows[1:])
+    assert sorted(p.name for p in Path(".").iterdir()) == ["runs"]
