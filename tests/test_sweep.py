@@ -327,7 +327,8 @@ def test_wandb_sweep_file_runs_the_same_grid(name, tmp_path):
         args = create_sweep_command_args({"args": {k: {"value": v} for k, v in choice.items()}})["args"]
         command = [part for c in create_sweep_command(spec["command"]) for part in (args if c == "${args}" else [c])]
         assert command[:2] == ["attnseg", "fit"]
-        ours = parser.parse_args(expand(sweep.arguments(point, seed=seed)[1:]))
+        online = ["--trainer.logger.init_args.offline=false"]  # an agent's runs report to the W&B server
+        ours = parser.parse_args(expand(sweep.arguments(point, online, seed=seed)[1:]))
         theirs = parser.parse_args(expand(command[2:]))
         assert yaml.safe_load(parser.dump(theirs)) == yaml.safe_load(parser.dump(ours)), f"{name}: {point}, seed {seed}"
 
@@ -472,3 +473,23 @@ def test_a_grid_option_that_does_not_parse_is_refused_before_anything_runs(tmp_p
     assert main_code("sweep", str(broken), "--dry-run") == 2
     err = capsys.readouterr().err
     assert f"{broken}: not valid YAML" in err and f'in "{broken}", line 2' in err
+
+
+def test_short_names_one_seed_without_spread_and_an_online_wandb_sweep(tmp_path, capsys):
+    """`attnseg sweep ablation/danet` finds the shipped file; one seed prints its value alone (no "± 0.0" nor
+    "± nan"); the W&B sweep file's runs report online."""
+    import yaml
+
+    assert main_code("sweep", "ablation/danet", "--dry-run") == 0
+    assert "Sweep danet: " in capsys.readouterr().out
+    assert main_code("sweep", "ablation/nothing", "--dry-run") == 2
+    assert "no shipped sweep of that name" in capsys.readouterr().err
+    sweep = write_sweep(tmp_path / "sw.yaml", "grid:\n  model.lr: [0.1, 0.2]\n")
+    rows = [{"run": k, "model.lr": lr, "seed": 0, "status": "ok", "val_mIoU": 0.5 + k / 10, "test_mIoU": 0.4}
+            for k, lr in enumerate((0.1, 0.2))]  # fmt: skip
+    write_results(Sweep.from_file(sweep), rows, tmp_path / "out", "g", [])
+    summary = (tmp_path / "out" / "results.md").read_text().split("Every run:")[0]
+    assert "| 0.1 | 50.0 | 40.0 |" in summary and "±" not in summary.split("|---")[1]
+    spec = tmp_path / "w.yaml"
+    assert main_code("sweep", str(sweep), "--wandb-sweep", str(spec)) == 0
+    assert "--trainer.logger.init_args.offline=false" in yaml.safe_load(spec.read_text().split("\n", 1)[1])["command"]

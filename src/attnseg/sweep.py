@@ -66,6 +66,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import statistics
 import sys
 import time
@@ -112,8 +113,14 @@ class Sweep:
     @classmethod
     def from_file(cls, path: str | Path) -> "Sweep":
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"sweep file {path}: no such file")
+        if not path.is_file():  # a shipped sweep's short name, as --config takes them: ablation/danet
+            try:
+                path = resolve_config(str(path))
+            except FileNotFoundError:
+                raise ValueError(
+                    f"sweep file {path}: no such file and no shipped sweep of that name (attnseg configs lists "
+                    "ablation/*)"
+                ) from None
         try:
             with open(path) as f:  # YAML's messages then name the file
                 spec = yaml.safe_load(f) or {}
@@ -240,7 +247,8 @@ def wandb_sweep(sweep: Sweep, extra: Sequence[str] = ()) -> dict[str, Any]:
         "method": "grid",
         "metric": {"name": "val/mIoU", "goal": "maximize"},
         "parameters": parameters,
-        "command": ["attnseg", "fit", *configs, *override_args(sweep.fixed), *extra, "${args}"],
+        "command": ["attnseg", "fit", *configs, *override_args(sweep.fixed), "--trainer.logger.init_args.offline=false",
+                    *extra, "${args}"],  # fmt: skip  # an agent reports to the W&B server, not to offline files
     }
 
 
@@ -464,8 +472,8 @@ def _format(value: Any, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean and sample standard deviation (NaN for a single value: there is no spread to show)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def summarise(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -497,7 +505,8 @@ def _pm(value: Optional[tuple[float, float]], scale: float = 100.0, digits: int 
     if value is None:
         return "-"
     mean, std = value
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+    spread = f" ± {std * scale:.{digits}f}" if not math.isnan(std) else ""  # one seed: its value alone
+    return f"{mean * scale:.{digits}f}{spread}"
 
 
 def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: str, extra: Sequence[str]) -> None:
@@ -619,8 +628,10 @@ def results_figure(summary: list[dict[str, Any]], keys: Sequence[str], title: st
         offset = (s - (len(series) - 1) / 2) * width
         means = [100 * e[key][0] if e.get(key) else 0.0 for e in summary]
         stds = [100 * e[key][1] if e.get(key) else 0.0 for e in summary]
-        bars = ax.bar([i + offset for i in range(len(summary))], means, width, yerr=stds, capsize=3, label=label)
-        ax.bar_label(bars, labels=[f"{m:.1f}±{d:.1f}" if m else "" for m, d in zip(means, stds)], fontsize=7,
+        bars = ax.bar([i + offset for i in range(len(summary))], means, width,
+                      yerr=[0.0 if math.isnan(d) else d for d in stds], capsize=3, label=label)  # fmt: skip
+        texts = [(f"{m:.1f}" if math.isnan(d) else f"{m:.1f}±{d:.1f}") if m else "" for m, d in zip(means, stds)]
+        ax.bar_label(bars, labels=texts, fontsize=7,
                      padding=2)  # fmt: skip
     for i, entry in enumerate(summary):
         if entry["status"] != "ok":
@@ -710,6 +721,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("sweep", help="sweep file (YAML with base, grid, and optionally fixed, name, test)")
     parser.add_argument("--out", default=None, help="folder for the results (default: runs/sweeps/<name>)")
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the sweep in --out (what a re-run does anyway): finished runs are kept, failed "
+                             "and unfinished ones run again, the latter from their last.ckpt")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="run every grid point once per seed (overrides the file's seeds), e.g. --seeds 0 1 2")  # fmt: skip
     parser.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
@@ -793,6 +807,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     planned = {run_key(point, seed) for point, seed in runs}
     table = dict(earlier)  # every earlier row, replaced run by run: a write after any run keeps the rest
+    if args.resume and not earlier:
+        print(f"Sweep {sweep.name}: --resume: no results in {out} yet; starting the sweep")
     if earlier:
         kept = sum(row.get("status") == "ok" for key, row in earlier.items() if key in planned)
         print(f"Sweep {sweep.name}: continuing {out}/results.csv ({kept} of {len(runs)} runs finished earlier)")
