@@ -270,3 +270,15 @@ def test_two_resumes_of_one_run_one_writes_the_other_is_refused(tmp_path):
     last = run / "checkpoints/last.ckpt"
     attnseg("fit", *base, f"--trainer.max_epochs={step_of(last) // 2 + 1}", "--ckpt_path", "last")  # not stale
     assert step_of(last) % 2 == 0 and step_of(last) >= 6
+
+
+def test_the_help_of_a_command_is_short_and_points_to_each_group(capsys):
+    from attnseg.__main__ import run
+
+    assert run(["fit", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert len(text.splitlines()) < 40 and "--model.head.help CCNetHead" in text and "--help-all" in text
+    assert run(["test", "-h"]) == 0 and "the checkpoint to evaluate" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run(["fit", "--help-all"])
+    assert len(capsys.readouterr().out.splitlines()) > 1000  # every option of every group

@@ -28,7 +28,7 @@ attnseg: attention heads for semantic segmentation (DANet, CCNet, FLANet, DFN) o
 trained and evaluated with Lightning.
 
 commands:
-  fit          train a model (then: attnseg fit --help for every option)
+  fit          train a model (then: attnseg fit --help for its groups of options)
   validate     evaluate a checkpoint on the validation split
   test         evaluate a checkpoint on the test split
   predict      write class masks and overlays for a folder of images
@@ -42,6 +42,41 @@ example:
 
 LIGHTNING = ("fit", "validate", "test", "predict")
 COMMANDS = (*LIGHTNING, "sweep", "check-data", "configs")
+
+
+def short_help(command: str) -> str:
+    """``attnseg <command> --help``: the groups of options and where each one's full help is (the full listing,
+    ``--help-all``, is thousands of lines: it names every class a class option could take)."""
+    evaluate = command != "fit"
+    return f"""usage: attnseg {command} [--config FILE]... [--GROUP.OPTION VALUE]... [--ckpt_path PATH{'' if evaluate else '|last'}]
+
+{"Evaluate or apply a checkpoint" if evaluate else "Train a model"}. Options come in groups; set them in YAML files
+(--config, later files win; shipped ones by short name, listed by `attnseg configs`) or on the command line
+(--group.option value).
+
+  --config FILE          a config file or a shipped config's short name (quickstart, model/danet, ...)
+  --ckpt_path PATH       {"the checkpoint to evaluate (with the run's config.yaml as --config)" if evaluate else
+                          "continue a run from a checkpoint; `last`: this experiment's last.ckpt"}
+  --seed_everything N    seed of initialisation, data order and augmentation
+  --print_config         print the resolved config of the given options and exit
+  --help-all             every option of every group (thousands of lines)
+
+groups (`attnseg {command} --help-all` lists each in full):
+  --model.*              the task: encoder, head, losses, optimiser, schedule, inference mode
+  --model.head           a head: --model.head.help CCNetHead shows its options (FCNHead, DANetHead, CCNetHead,
+                         FLANetHead, DFNHead, ASPPHead, PSPHead)
+  --model.encoder.*      timm encoder: name, output_stride, out_indices, pretrained (a file or package:NAME)
+  --model.loss           the loss: --model.loss.help CrossEntropy (OHEMCrossEntropy, DiceLoss, FocalLoss, ...)
+  --model.inference      evaluation: --model.inference.help SlidingWindow (Whole, SlidingWindow, MultiScaleFlip)
+  --data.*               dataset, root, batch sizes, crop and augmentation, workers
+  --trainer.*            Lightning's Trainer: max_epochs / max_steps, precision, devices, logger, val_check_interval
+  --checkpoint.*         best and last checkpoints    --interruption.*  stop signals (SIGTERM, SIGUSR1)
+  --overlays.* --tables.* --complexity.* --throughput.* --lr_monitor.*   what the dashboard gets
+  --prediction.*         predict's output folder and overlays
+
+example:
+  attnseg {command} --config quickstart{' --ckpt_path PATH' if evaluate else ''}
+"""
 
 
 def bare(command: str) -> str:
@@ -83,6 +118,11 @@ def run(argv: list[str]) -> int:
         hint = f" (did you mean {words[close[0]]}?)" if close else ""
         print(f"attnseg: unknown command '{argv[0]}'{hint}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    if argv[0] in LIGHTNING and any(a in ("-h", "--help") for a in argv[1:]) and "--help-all" not in argv:
+        print(short_help(argv[0]), end="")
+        return 0
+    if argv[0] in LIGHTNING and "--help-all" in argv:
+        argv = [("--help" if a == "--help-all" else a) for a in argv]
     if argv[0] in LIGHTNING and len(argv) == 1:
         print(bare(argv[0]), end="", file=sys.stderr)
         return 2
