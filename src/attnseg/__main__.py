@@ -1,7 +1,7 @@
 """The ``attnseg`` command (console script and ``python -m attnseg``): ``fit``, ``validate``, ``test`` and ``predict``
 go to the Lightning CLI (``attnseg.cli``), ``sweep`` to ``attnseg.sweep``, ``check-data`` reads every sample of a
 config's datasets once (``attnseg.data.check``), ``configs`` lists, shows and copies the shipped configs
-(``attnseg.configs``). A Lightning subcommand with no option at all says what to pass instead of training the code's
+(``attnseg.configs``), ``export`` writes a checkpoint for other programs (``attnseg.segmenter``). A Lightning subcommand with no option at all says what to pass instead of training the code's
 defaults.
 
 An error ends the command with its message on one line (``attnseg: error: ...``) and exit status 1, not a
@@ -35,13 +35,14 @@ commands:
   sweep        run a grid of fits over seeds and options from a sweep file, and summarise it
   check-data   read every sample of a config's datasets once and list every problem
   configs      list, show or copy the shipped configs (--config takes their short names)
+  export       write a checkpoint as TorchScript or a torch.export program (normalisation included)
 
 example:
   attnseg fit --config quickstart
 """
 
 LIGHTNING = ("fit", "validate", "test", "predict")
-COMMANDS = (*LIGHTNING, "sweep", "check-data", "configs")
+COMMANDS = (*LIGHTNING, "sweep", "check-data", "configs", "export")
 
 
 def short_help(command: str) -> str:
@@ -102,6 +103,28 @@ def check_data(argv: list[str]) -> int:
     return 1 if problems else 0
 
 
+def export_command(argv: list[str]) -> int:
+    """``attnseg export --ckpt_path X --output FILE [--format torchscript|export] [--size H W]``."""
+    import argparse
+
+    from attnseg.segmenter import Segmenter, export
+
+    parser = argparse.ArgumentParser(
+        prog="attnseg export",
+        description="Write a checkpoint's whole-image forward (normalisation included: float RGB 0-255 in, logits "
+        "out) as TorchScript (any size) or a torch.export program (one image of --size), checked against the model.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by attnseg fit")
+    parser.add_argument("--output", required=True, help="the file to write (e.g. model.pt, model.pt2)")
+    parser.add_argument("--format", default="torchscript", choices=["torchscript", "export"])
+    parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
+                        help="the image size traced at (torchscript) or fixed (export); default 512 512")  # fmt: skip
+    args = parser.parse_args(argv)
+    path = export(Segmenter(args.ckpt_path), args.output, tuple(args.size), args.format)
+    print(f"wrote {path} ({args.format}; checked against the model)")
+    return 0
+
+
 def run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
@@ -112,6 +135,8 @@ def run(argv: list[str]) -> int:
         return check_data(argv[1:])
     if argv and argv[0] == "configs":
         return configs_command(argv[1:])
+    if argv and argv[0] == "export":
+        return export_command(argv[1:])
     if not argv[0].startswith("-") and argv[0] not in COMMANDS:
         words = {**{c: c for c in COMMANDS}, "train": "fit", "eval": "validate", "evaluate": "validate", "infer": "predict"}
         close = difflib.get_close_matches(argv[0], list(words), n=1)

@@ -95,11 +95,17 @@ class _CrissCrossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, q, k, v, gamma, fast: bool):
-        with bf16_products(fast):
-            column, row = _softmax(*_energies(q, k))
+        out, column, row = _CrissCrossFunction.compute(x, q, k, v, gamma, fast)
         ctx.save_for_backward(q, k, v, column, row, gamma)
         ctx.fast = fast
-        return torch.addcmul(x, gamma, _aggregate(column, row, v, False, fast))
+        return out
+
+    @staticmethod
+    def compute(x, q, k, v, gamma, fast: bool):
+        """The forward's output and attention, as plain tensor operations (what inference and export run)."""
+        with bf16_products(fast):
+            column, row = _softmax(*_energies(q, k))
+        return torch.addcmul(x, gamma, _aggregate(column, row, v, False, fast)), column, row
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
@@ -157,7 +163,10 @@ class CrissCrossAttention(QKVAttention):
         with _full_precision(x):
             # fp32 queries and keys for fp32 energies; on the fast path the values stay bf16 (the products' dtype)
             q, k, v = q.float(), k.float(), v.to(torch.bfloat16 if fast else torch.float32)
-            out = _CrissCrossFunction.apply(lines.float(), q, k, v, self.gamma, fast).to(x.dtype)
+            if torch.is_grad_enabled():
+                out = _CrissCrossFunction.apply(lines.float(), q, k, v, self.gamma, fast).to(x.dtype)
+            else:  # no backward to prepare: plain operations (exportable)
+                out = _CrissCrossFunction.compute(lines.float(), q, k, v, self.gamma, fast)[0].to(x.dtype)
         return out.permute(0, 3, 1, 2).contiguous(memory_format=layout)
 
     @torch.no_grad()

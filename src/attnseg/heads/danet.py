@@ -45,6 +45,14 @@ class _QueryBlockAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
+        out, lse = _QueryBlockAttention.compute(q, k, v, block)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.block = block
+        return out
+
+    @staticmethod
+    def compute(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward's output and log-sum-exp, as plain tensor operations (what inference and export run)."""
         # q, k (B, C', N); v (B, C, N) -> out (B, C, N) with out[:, :, i] = sum_j S[i, j] v[:, :, j]
         out = torch.empty_like(v)
         lse = q.new_empty(q.shape[0], q.shape[2], 1)  # (B, N, 1): log sum_j exp(energy[i, j])
@@ -56,9 +64,7 @@ class _QueryBlockAttention(torch.autograd.Function):
             total = weights.sum(dim=-1, keepdim=True)  # (B, n, 1)
             out[:, :, rows] = torch.bmm(v, weights.transpose(1, 2)).div_(total.transpose(1, 2))
             lse[:, rows] = total.log_().add_(top)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.block = block
-        return out
+        return out, lse
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -115,6 +121,8 @@ class PositionAttention(QKVAttention):
             q, k, v = (t.transpose(1, 2).contiguous()[:, None] for t in (q, k, v))
             return F.scaled_dot_product_attention(q, k, v, scale=1.0)[:, 0].transpose(1, 2)
         block = max(1, _BLOCK_ELEMENTS // q.shape[2])  # queries per block
+        if not torch.is_grad_enabled():  # no backward to prepare: plain operations (exportable)
+            return _QueryBlockAttention.compute(q, k, v, block)[0]
         return _QueryBlockAttention.apply(q, k, v, block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,6 +171,14 @@ class _ChannelAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, gamma: torch.Tensor, max_minus: bool, fast: bool) -> torch.Tensor:
+        out, weights = _ChannelAttentionFunction.compute(a, gamma, max_minus, fast)
+        ctx.save_for_backward(a, weights, gamma)
+        ctx.max_minus, ctx.fast = max_minus, fast
+        return out
+
+    @staticmethod
+    def compute(a: torch.Tensor, gamma: torch.Tensor, max_minus: bool, fast: bool):
+        """The forward's output and attention, as plain tensor operations (what inference and export run)."""
         # a (B, C, N) -> (B, C, N)
         with bf16_products(fast):
             energy = torch.bmm(a, a.transpose(1, 2))  # (B, C, C)
@@ -170,9 +186,7 @@ class _ChannelAttentionFunction(torch.autograd.Function):
                 top = energy.amax(dim=-1, keepdim=True)
                 energy = energy.neg_().add_(top)
             weights = _flushed_softmax(energy)
-            ctx.save_for_backward(a, weights, gamma)
-            ctx.max_minus, ctx.fast = max_minus, fast
-            return torch.bmm(weights, a).mul_(gamma).add_(a)
+            return torch.bmm(weights, a).mul_(gamma).add_(a), weights
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
@@ -227,7 +241,10 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, fast = x.flatten(2).float().contiguous(), bf16_autocast(x)  # (B, C, N), channels-last input copied
         with _full_precision(x):
-            out = _ChannelAttentionFunction.apply(a, self.gamma, self.energy == "max_minus", fast)
+            if torch.is_grad_enabled():
+                out = _ChannelAttentionFunction.apply(a, self.gamma, self.energy == "max_minus", fast)
+            else:  # no backward to prepare: plain operations (exportable)
+                out = _ChannelAttentionFunction.compute(a, self.gamma, self.energy == "max_minus", fast)[0]
             return out.view(x.shape).to(x.dtype)
 
     @torch.no_grad()
