@@ -493,3 +493,40 @@ def test_short_names_one_seed_without_spread_and_an_online_wandb_sweep(tmp_path,
     spec = tmp_path / "w.yaml"
     assert main_code("sweep", str(sweep), "--wandb-sweep", str(spec)) == 0
     assert "--trainer.logger.init_args.offline=false" in yaml.safe_load(spec.read_text().split("\n", 1)[1])["command"]
+
+
+def test_a_real_ctrl_c_stops_the_sweep_and_a_rerun_continues_it(tmp_path):
+    """SIGINT to a running `attnseg sweep` process (the terminal's Ctrl+C): exit status 130, the run recorded as
+    interrupted with its last.ckpt saved; the same command again continues that run and finishes the sweep."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 6\n"
+                        "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
+    out = tmp_path / "out"
+    command = [str(Path(sys.executable).parent / "attnseg"), "sweep", str(sweep), "--out", str(out), "--", *FAST,
+               "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", *wandb_in(tmp_path / "runs"),
+               "--trainer.callbacks+=tests.helpers.faults.Slow"]  # fmt: skip
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "PYTHONPATH": str(CONFIGS.parent),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    note, deadline = out / "folders" / "num_convs=1,seed=0.txt", time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if note.is_file() and (Path(note.read_text().strip()) / "last.ckpt").is_file():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert [r["status"] for r in csv.DictReader(open(out / "results.csv"))] == ["interrupted"]
+    last = Path(note.read_text().strip()) / "last.ckpt"
+    stopped = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    assert 2 <= stopped < 12
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"continuing from {last}" in again.stdout
+    assert [r["status"] for r in csv.DictReader(open(out / "results.csv"))] == ["ok", "ok"]
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 12

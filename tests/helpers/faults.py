@@ -183,3 +183,15 @@ class StopDuringValidation(Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         if not trainer.sanity_checking and trainer.global_step == self.step and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Slow(Callback):
+    """Sleeps ``seconds`` after every training step, so that a test can signal a run in the middle of it."""
+
+    def __init__(self, seconds: float = 0.3) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        time.sleep(self.seconds)
