@@ -407,8 +407,8 @@ def test_a_sweep_run_again_continues_the_interrupted_run_and_keeps_finished_ones
 
 
 def test_runs_of_a_sweep_split_by_only_share_one_table_and_their_numbers(tmp_path, capsys):
-    """``--only`` runs a part of the grid; the runs keep their numbers in the whole grid (curve files included), and
-    the other part, run later into the same folder, joins the same table."""
+    """``--only`` runs a part of the grid; the runs keep their numbers in the whole grid, their curve files are named
+    by the run, and the other part, run later into the same folder, joins the same table."""
     sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 1\n"
                         "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
     extra = ["--", *TINY, *wandb_in(tmp_path / "runs")]
@@ -416,7 +416,7 @@ def test_runs_of_a_sweep_split_by_only_share_one_table_and_their_numbers(tmp_pat
     assert main_code("sweep", str(sweep), "--out", str(out), "--only", "model.head.init_args.num_convs=2", *extra) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [(r["run"], r["model.head.init_args.num_convs"]) for r in rows] == [("1", "2")]
-    assert rows[0]["curve"] == str(out / "curves" / "run1.csv") and Path(rows[0]["curve"]).is_file()
+    assert rows[0]["curve"] == str(out / "curves" / "num_convs=2,seed=0.csv") and Path(rows[0]["curve"]).is_file()
     assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 0
     assert "(1 of 2 runs finished earlier)" in capsys.readouterr().out
     both = list(csv.DictReader(open(out / "results.csv")))
@@ -530,3 +530,18 @@ def test_a_real_ctrl_c_stops_the_sweep_and_a_rerun_continues_it(tmp_path):
     assert f"continuing from {last}" in again.stdout
     assert [r["status"] for r in csv.DictReader(open(out / "results.csv"))] == ["ok", "ok"]
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 12
+
+
+def test_curves_are_named_by_the_run_so_other_seed_subsets_keep_them(tmp_path):
+    """Run numbers depend on the seeds an invocation runs (--seeds 2 numbers its first run 0): a later invocation with
+    every seed must not take that run's curve for another run's."""
+    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 1\n"
+                        "grid:\n  model.head.init_args.num_convs: [1]\nseeds: [0, 1]\n")  # fmt: skip
+    extra = ["--", *TINY, *wandb_in(tmp_path / "runs")]
+    out = tmp_path / "out"
+    assert main_code("sweep", str(sweep), "--out", str(out), "--seeds", "1", *extra) == 0
+    first = {r["seed"]: r["curve"] for r in csv.DictReader(open(out / "results.csv"))}
+    kept = Path(first["1"]).read_text()
+    assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 0
+    rows = {r["seed"]: r["curve"] for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows["1"] == first["1"] and Path(rows["1"]).read_text() == kept and rows["0"] != rows["1"]

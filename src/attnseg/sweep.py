@@ -34,7 +34,7 @@ group (``attnseg.run_names``). ``DIR`` (default
 - ``results.md``: per grid point the mean and standard deviation over its seeds (a point with a failed run is
   shown as failed, not averaged), then every run;
 - ``results.png``: mean test mIoU (and context-class IoU) per grid point with standard-deviation error bars;
-- ``curves/run<k>.csv``: each run's validation mIoU and per-class IoU after every validation
+- ``curves/<point>,seed=<seed>.csv``: each run's validation mIoU and per-class IoU after every validation
   (``attnseg.curves.CurveRecorder``), and ``learning_curves.png``: per grid point the mean ± std over its seeds of
   val mIoU (and val context IoU) against the training step; with context classes, ``results.md`` has a column
   "steps to 80 % context IoU": the first validation step at which a run's val context IoU reached 0.80, mean ± std
@@ -346,9 +346,19 @@ class _RunFolderNote(Callback):
             self.path.write_text(str(Path(callback.dirpath).resolve()) + "\n")
 
 
+def _file_name(point: dict[str, Any], seed: Optional[int]) -> str:
+    return run_key(point, seed).replace("/", "_").replace("\\", "_")
+
+
 def folder_note(out: Path, point: dict[str, Any], seed: Optional[int]) -> Path:
     """Where a sweep notes the checkpoint folder of one run: ``out/folders/<point>,seed=<seed>.txt``."""
-    return out / "folders" / (run_key(point, seed).replace("/", "_").replace("\\", "_") + ".txt")
+    return out / "folders" / (_file_name(point, seed) + ".txt")
+
+
+def curve_file(out: Path, point: dict[str, Any], seed: Optional[int]) -> Path:
+    """Where a sweep records one run's learning curve: ``out/curves/<point>,seed=<seed>.csv`` (named by the run,
+    not its number, which depends on the seeds and points of an invocation)."""
+    return out / "curves" / (_file_name(point, seed) + ".csv")
 
 
 def unfinished_checkpoint(out: Path, point: dict[str, Any], seed: Optional[int]) -> Optional[Path]:
@@ -393,18 +403,20 @@ def check_points(sweep: Sweep, extra: Sequence[str] = ()) -> list[str]:
 
 def run_point(
     sweep: Sweep, index: int, point: dict[str, Any], extra: Sequence[str], group: str, seed: Optional[int] = None,
-    out: Optional[Path] = None, resume: Optional[Path] = None,
+    out: Optional[Path] = None, resume: Optional[Path] = None, earlier_curve: Optional[str] = None,
 ) -> dict[str, Any]:
     """Fit (and test) one grid point with one seed; returns its result row (``status`` ``ok`` or ``failed`` with
-    ``error``). With ``out``, the run's learning curve goes to ``out/curves/run<index>.csv`` (column ``curve``) and
+    ``error``). With ``out``, the run's learning curve goes to ``curve_file`` (column ``curve``) and
     its checkpoint folder to ``folder_note``. With ``resume``, the fit continues from that checkpoint (and the
     curve from its earlier rows)."""
     row: dict[str, Any] = {"run": index, **point, "seed": seed, "status": "failed", "error": ""}
     start = time.perf_counter()
     cli = None
     label = point_label(point) + (f",seed={seed}" if seed is not None else "")
-    curve = out / "curves" / f"run{index}.csv" if out is not None else None
+    curve = curve_file(out, point, seed) if out is not None else None
     if curve is not None:
+        if resume is not None and earlier_curve and Path(earlier_curve).is_file() and not curve.exists():
+            Path(earlier_curve).rename(curve)  # a curve recorded under an older name continues under this one
         if resume is None:
             curve.unlink(missing_ok=True)  # a curve left by an earlier sweep in this folder is not this run's
         row["curve"] = str(curve)
@@ -824,7 +836,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"\n=== sweep {sweep.name}: run {position + 1}/{len(runs)}: {label}{then} ===", flush=True)
         clear_stop()
         try:
-            table[key] = run_point(sweep, index, point, extra, group, seed, out if leader else None, resume)
+            table[key] = run_point(sweep, index, point, extra, group, seed, out if leader else None, resume,
+                                   (before or {}).get("curve"))  # fmt: skip
             stopped = stop_received()  # a stop signal whose run ended in an error first (a killed loader worker)
             code = 128 + stopped if stopped is not None else None
         except (KeyboardInterrupt, SystemExit) as err:  # Ctrl+C (Lightning turns it into SystemExit), SIGTERM
