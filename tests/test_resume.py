@@ -113,7 +113,7 @@ def test_options_set_on_resume_win_and_are_reported_with_the_state_restored(capl
 def test_options_that_define_the_model_are_refused_on_resume():
     run_cli("fit", *BASE)
     last = runs()[0] / "checkpoints/last.ckpt"
-    with pytest.raises(ValueError, match=r"model.head.init_args.num_convs=1 \(checkpoint: 2\)"):
+    with pytest.raises(ValueError, match=r"model.head.init_args.num_convs=1 \(checkpoint: 2; set on the command line\)"):
         run_cli("fit", *BASE, "--trainer.max_epochs=2", "--model.head.init_args.num_convs=1", "--ckpt_path", last)
 
 
