@@ -155,6 +155,9 @@ def test_configs_command_lists_shows_and_copies(tmp_path):
     files = sorted(p.relative_to(tmp_path / "mine").as_posix() for p in (tmp_path / "mine").rglob("*.yaml"))
     assert files == ["data/cityscapes.yaml", "experiment/cityscapes.yaml", "experiment/cityscapes_danet.yaml",
                      "model/danet.yaml"]  # fmt: skip
+    assert copied.stdout.count("wrote mine/") == 4 and "copied 4 config(s) to mine/" in copied.stdout
+    same = run_attnseg("configs", "copy", "model/danet", "--to", "mine", cwd=tmp_path)
+    assert same.returncode == 0 and "copied 0 config(s) to mine/; 1 already there, identical" in same.stdout
     mine = tmp_path / "mine" / "model" / "danet.yaml"
     mine.write_text(mine.read_text() + "# edited\n")
     again = run_attnseg("configs", "copy", "model/danet", "--to", "mine", cwd=tmp_path)

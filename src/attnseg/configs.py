@@ -187,16 +187,17 @@ def configs_command(argv: Sequence[str]) -> int:
 def copy(sources: list[Path], root: Path, target: Path) -> int:
     """Copy ``sources`` (files under ``root``) to the same relative places under ``target``; a file already there
     with other content is left alone and named (exit 1)."""
-    kept = []
+    kept, same, wrote = [], [], 0
     for source in sources:
         destination = target / source.relative_to(root)
         if destination.exists():
-            if destination.read_bytes() != source.read_bytes():
-                kept.append(str(destination))
+            (kept if destination.read_bytes() != source.read_bytes() else same).append(str(destination))
             continue
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, destination)
         print(f"wrote {destination}")
+        wrote += 1
+    print(f"copied {wrote} config(s) to {target}/" + (f"; {len(same)} already there, identical" if same else ""))
     if kept:
         print(f"attnseg configs copy: left alone (they exist and differ): {', '.join(kept)}", file=sys.stderr)
         return 1
