@@ -392,6 +392,7 @@ def test_a_sweep_run_again_continues_the_interrupted_run_and_keeps_finished_ones
     printed = capsys.readouterr().out
     assert f"num_convs=1,seed=0, continuing from {folder / 'last.ckpt'}" in printed
     second = list(csv.DictReader(open(out / "results.csv")))
+    assert float(second[0]["time_s"]) > float(first[0]["time_s"]) > 0  # the interrupted attempt's time counts
     assert [(r["model.head.init_args.num_convs"], r["status"]) for r in second] == [("1", "ok"), ("2", "ok")]
     assert Path(second[0]["best_checkpoint"]).parent == folder  # the same run folder, continued
     assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 4

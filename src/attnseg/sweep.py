@@ -513,6 +513,14 @@ def summarise(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def _seconds(value: Any) -> float:
+    """A ``time_s`` cell as seconds (0 where empty)."""
+    try:
+        return float(value) if value not in (None, "") else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _pm(value: Optional[tuple[float, float]], scale: float = 100.0, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -835,15 +843,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         then = f", continuing from {resume}" if resume is not None else ""
         print(f"\n=== sweep {sweep.name}: run {position + 1}/{len(runs)}: {label}{then} ===", flush=True)
         clear_stop()
+        started = time.perf_counter()
+        spent = _seconds((before or {}).get("time_s")) if resume is not None else 0.0  # its earlier attempts
         try:
             table[key] = run_point(sweep, index, point, extra, group, seed, out if leader else None, resume,
                                    (before or {}).get("curve"))  # fmt: skip
+            table[key]["time_s"] = round(table[key]["time_s"] + spent, 1)
             stopped = stop_received()  # a stop signal whose run ended in an error first (a killed loader worker)
             code = 128 + stopped if stopped is not None else None
         except (KeyboardInterrupt, SystemExit) as err:  # Ctrl+C (Lightning turns it into SystemExit), SIGTERM
             code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) and err.code > 128 else 130
         if code is not None:  # the sweep stops here; a re-run continues this run from its last.ckpt
-            table[key] = {"run": index, **point, "seed": seed, "status": "interrupted", "error": "interrupted"}
+            table[key] = {"run": index, **point, "seed": seed, "status": "interrupted", "error": "interrupted",
+                          "time_s": round(time.perf_counter() - started + spent, 1)}  # fmt: skip
             if leader:
                 write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
             print(f"\nSweep {sweep.name} interrupted at run {index}; results so far in {out}/", file=sys.stderr)
