@@ -151,8 +151,8 @@ class AttnSegCLI(LightningCLI):
             resolved = yaml.safe_load(parser.dump(self.config, skip_none=False))[subcommand]
             _normalise_like_the_encoder(resolved)  # as the run's saved config.yaml has it
             fingerprint = experiment_fingerprint(resolved)
-            defaults = subcommand_parser(self, subcommand).get_defaults()
-            defaults = yaml.safe_load(subcommand_parser(self, subcommand).dump(defaults, skip_none=False))
+            sub = subcommand_parser(self, subcommand)
+            defaults = yaml.safe_load(sub.dump(sub.get_defaults(), skip_none=False))
             _normalise_like_the_encoder(defaults)
             found, others, unreadable = last_checkpoints(root, resolved, defaults)
             for run in unreadable:
@@ -290,11 +290,17 @@ def _run_folders(trainer: Trainer) -> set[Path]:
 
 
 def _remove_empty_new_runs(trainer: Trainer, before: set[Path]) -> None:
-    """A command that failed before any result leaves no run folder behind (one holding only its config)."""
-    for folder in _run_folders(trainer) - before:
-        files = [p for p in folder.rglob("*") if p.is_file()]
-        if folder.is_dir() and all(p.parent == folder and p.name in RUN_FOLDER_SETUP for p in files):
-            shutil.rmtree(folder, ignore_errors=True)
+    """A command that failed before any result leaves no run folder behind: its own, new since it started and
+    holding only its config (another job's new folder under the same directory is never touched)."""
+    try:
+        own = run_dir(trainer)
+    except Exception:  # noqa: BLE001 (a logger that cannot say its folder: leave everything)
+        return
+    if own not in _run_folders(trainer) - before:
+        return
+    files = [p for p in own.rglob("*") if p.is_file()]
+    if all(p.parent == own and p.name in RUN_FOLDER_SETUP for p in files):
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def _choose_cpu_fast_path(config) -> None:
