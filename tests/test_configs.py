@@ -209,6 +209,6 @@ def test_wheel_in_a_fresh_environment_runs_the_quickstart_by_short_name(tmp_path
         "--trainer.enable_progress_bar=false", cwd=work, exe=exe,
     )  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-3000:]
-    saved = yaml.safe_load((work / "runs" / "attnseg" / "version_0" / "config.yaml").read_text())
+    saved = yaml.safe_load((work / "runs" / "attnseg" / "danet-pam-cam-r18-s0" / "config.yaml").read_text())
     assert saved["model"]["head"]["class_path"] == "attnseg.heads.DANetHead"  # model/danet, found in the wheel
     assert saved["data"]["dataset"] == "SyntheticShapes" and saved["trainer"]["max_steps"] == 2

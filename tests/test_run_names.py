@@ -10,7 +10,8 @@ import pytest
 
 from attnseg.cli import AttnSegCLI
 from attnseg.run_names import run_identity
-from tests.helpers.cli import FAST, QUICKSTART, run_cli
+from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
+from tests.helpers.tensorboard_events import read_events
 from tests.helpers.wandb_offline import read_run, records, wandb_in
 
 
@@ -108,3 +109,32 @@ def test_names_given_by_the_user_are_kept(tmp_path):
     (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
     record = run_record(run_dir)
     assert (record.display_name, record.run_group, list(record.tags)) == ("mine", "study", ["a", "b"])
+
+
+def test_tensorboard_and_csv_run_folders_are_named_like_the_runs(tmp_path):
+    """A fit's folder is its run name (a repeat gets -2), an evaluation of it gets its own folder beside it and leaves
+    the training run's files as they were, and a resumed TensorBoard fit continues its folder with one HParams
+    session."""
+    common = [
+        "--config", QUICKSTART, "--config", "model/danet", "--model.head.init_args.cam=false", *FAST,
+        "--trainer.limit_val_batches=1", "--overlays.num_images=0",
+    ]  # fmt: skip
+    csv_logger = ["--config", CONFIGS / "logger/csv.yaml", "--trainer.max_steps=2"]
+    first, second = run_cli("fit", *common, *csv_logger), run_cli("fit", *common, *csv_logger)
+    root = Path("runs", "attnseg")
+    assert Path(first.trainer.logger.log_dir) == root / "danet-pam-r18-s0"
+    assert Path(second.trainer.logger.log_dir) == root / "danet-pam-r18-s0-2"
+
+    run = root / "danet-pam-r18-s0"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    run_cli("test", "--config", run / "config.yaml", *FAST, "--ckpt_path", run / "checkpoints" / "last.ckpt")
+    assert "test/mIoU" in (root / "danet-pam-r18-s0-test" / "metrics.csv").read_text()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    tensorboard = [*common, "--config", CONFIGS / "logger/tensorboard.yaml", "--seed_everything=1"]
+    run_cli("fit", *tensorboard, "--trainer.max_steps=2")
+    resumed = run_cli("fit", *tensorboard, "--trainer.max_steps=4", "--ckpt_path", "last")
+    assert Path(resumed.trainer.logger.log_dir) == root / "danet-pam-r18-s1"
+    events = read_events(root / "danet-pam-r18-s1")
+    assert events["hparams"]["sessions"] == 1 and events["hparams"]["values"]["head.pam"] == 1  # a switch, as 1 or 0
+    assert events["scalars"]["val/mIoU"][-1][0] == 4

@@ -45,7 +45,7 @@ from attnseg.distributed import SyncBatchNormPlugin
 from attnseg.hardware import cpu_bf16_flags
 from attnseg.lightning_internals import run_subcommand, subcommand_parser
 from attnseg.predict import PredictionWriter
-from attnseg.run_names import name_wandb_runs, plain
+from attnseg.run_names import FOLDER_LOGGERS, name_run_folders, name_wandb_runs, plain
 from attnseg.task import SegmentationTask
 from attnseg.weights import input_normalization
 
@@ -180,8 +180,8 @@ class AttnSegCLI(LightningCLI):
         wandb = logger_args is not None and logger.class_path.endswith("WandbLogger")
         if subcommand == "fit" and run and wandb and not logger_args.get("id"):
             logger_args.id, logger_args.resume = run, "allow"  # same run directory, same W&B run
-        csv = logger_args is not None and logger.class_path.endswith("CSVLogger")
-        if subcommand == "fit" and run and csv and logger_args.get("version") is None:
+        folder = logger_args is not None and logger.class_path.endswith(FOLDER_LOGGERS)
+        if subcommand == "fit" and run and folder and logger_args.get("version") is None:
             logger_args.version = run  # same run directory
             self._resumed_step = int(_load_checkpoint(config.ckpt_path).get("global_step", 0))
 
@@ -227,6 +227,7 @@ class AttnSegCLI(LightningCLI):
         _choose_cpu_fast_path(config)
         _normalise_like_the_encoder(config)
         name_wandb_runs(config, self.subcommand)
+        name_run_folders(config, self.subcommand)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer") or {}

@@ -140,12 +140,23 @@ def test_wandb_summary_keeps_the_best_validation_and_a_table_replaces_many_serie
     assert "val/IoU_table" in summary
 
 
-def test_tensorboard_gets_the_scalars_images_tables_and_config():
+def test_tensorboard_gets_the_scalars_images_tables_config_and_hparams():
     cli = run_cli("fit", *SHORT, "--config", CONFIGS / "logger/tensorboard.yaml")
     directory = Path(cli.trainer.logger.log_dir)
-    assert directory == Path("runs", "attnseg", "version_0")
+    assert directory == Path("runs", "attnseg", "fcn-r18-s0")  # named like the W&B run
     events = read_events(directory)
     scalars, images, text = events["scalars"], events["images"], events["text"]
+
+    # HParams: one session with the run's options and its real metrics, no placeholder hp_metric
+    hp = events["hparams"]
+    assert hp["sessions"] == 1 and "hp_metric" not in scalars
+    assert hp["metrics"] == ["val/mIoU", "best/val_mIoU", "val/context_IoU"]
+    expected = {"head": "fcn", "encoder": "resnet18", "dataset": "SyntheticShapes", "variant": "far", "seed": 0}
+    assert expected.items() <= hp["values"].items()
+    context = scalars["val/context_IoU"]  # the mean IoU of the two context classes
+    assert [step for step, _ in context] == [1, 3]
+    for (step, value), (_, cold), (_, warm) in zip(context, scalars["val/IoU/cold_blob"], scalars["val/IoU/warm_blob"]):
+        assert value == pytest.approx((cold + warm) / 2)
 
     # scalars of each validation (step 1 and 3), per-class IoU, complexity, throughput, the best validation
     assert [step for step, _ in scalars["val/mIoU"]] == [1, 3]

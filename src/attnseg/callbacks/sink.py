@@ -100,6 +100,21 @@ class MediaSink:
                 text = f"`{path.name}`\n\n```yaml\n{path.read_text().rstrip()}\n```"
                 logger.experiment.add_text("config", text, global_step=self.step)
 
+    def hparams(self, params: dict[str, Any], metrics: Sequence[str]) -> None:
+        """TensorBoard's HParams tab: this run's options and the metrics to compare runs by (the values are the
+        scalars logged under those tags). Written once per run folder: a resumed fit's folder has it already.
+        W&B and the file loggers have the whole config already."""
+        from torch.utils.tensorboard.summary import hparams
+
+        for logger in self.loggers:
+            if not isinstance(logger, TensorBoardLogger):
+                continue
+            writer = logger.experiment.file_writer
+            if len(list(Path(logger.log_dir).glob("events.out.tfevents.*"))) > 1:  # an earlier fit's session
+                continue
+            for summary in hparams(params, dict.fromkeys(metrics, 0.0)):
+                writer.add_summary(summary)
+
     def _image(self, logger: TensorBoardLogger, key: str, figure: Any) -> None:
         logger.experiment.add_image(key, figure_to_array(figure), global_step=self.step, dataformats="HWC")
 

@@ -1,5 +1,5 @@
-"""The per-class IoU table and the confusion matrix at every validation and test; the best validation in the run
-summary."""
+"""The per-class IoU table and the confusion matrix at every validation and test; the context IoU of a dataset with
+context classes; the best validation in the run summary; TensorBoard's HParams."""
 
 from __future__ import annotations
 
@@ -7,14 +7,22 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from attnseg.callbacks.sink import MediaSink, data_style
 from attnseg.checkpoint import run_dir
 from attnseg.constants import MAX_CLASS_SERIES, class_series  # noqa: F401 (part of this module's interface)
+from attnseg.run_names import hparams
 
 TABLE_COLUMNS = ["class", "IoU", "accuracy", "gt_pixels", "pred_pixels", "epoch", "step"]
 BEST = "val/mIoU"  # the metric whose best validation the run summary keeps (the checkpoint's monitor)
+CONTEXT = "context_IoU"  # <stage>/context_IoU: the mean IoU of the dataset's context classes
+
+
+def context_classes(trainer: Trainer) -> tuple[str, ...]:
+    """The classes of the datamodule's dataset decided only by distant context (``context_classes``), if any."""
+    return tuple(getattr(trainer.datamodule, "context_classes", ()) or ())
 
 
 def class_table(confmat: torch.Tensor, iou: torch.Tensor, names: Sequence[str]) -> list[list[Any]]:
@@ -40,7 +48,10 @@ class ClassTables(Callback):
 
     The run summary keeps the best validation of a fit: on W&B ``val/mIoU`` is summarised as its maximum, and
     ``best/val_mIoU``, ``best/epoch`` and ``best/step`` say when it was reached (other loggers get these as metrics
-    at that step). At the start of a fit, TensorBoard gets the run's resolved config as text.
+    at that step). A dataset that names context classes (SyntheticShapes) gets ``<stage>/context_IoU``, their mean
+    IoU, at every validation and test. At the start of a fit, TensorBoard gets the run's resolved config as text and
+    its HParams: the run's options (``attnseg.run_names.hparams``) against ``val/mIoU``, ``best/val_mIoU`` and the
+    context IoU, so that the runs of an ablation compare in one table.
 
     Args:
         enabled: log the table and the confusion matrix (false: neither; the best validation is kept either way).
@@ -64,6 +75,8 @@ class ClassTables(Callback):
         config = None if trainer.fast_dev_run else run_config_file(trainer)
         if config is not None:
             sink.run_config(config)
+            metrics = [BEST, "best/val_mIoU", *([f"val/{CONTEXT}"] if context_classes(trainer) else [])]
+            sink.hparams(hparams(yaml.safe_load(config.read_text()) or {}), metrics)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(trainer, pl_module, "val")
@@ -87,6 +100,11 @@ class ClassTables(Callback):
     def _log(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         values = pl_module.last_metrics.get(stage, {})
         confmat, iou = values.get(f"{stage}/confmat"), values.get(f"{stage}/IoU")
+        context = context_classes(trainer)
+        if context and iou is not None and MediaSink.active(trainer):
+            _, names, _, _ = data_style(trainer, pl_module)
+            mean = sum(float(iou[names.index(c)]) for c in context) / len(context)
+            MediaSink(trainer).numbers({f"{stage}/{CONTEXT}": mean})
         if not self.enabled or confmat is None or iou is None or not MediaSink.active(trainer):
             return
         _, names, _, _ = data_style(trainer, pl_module)

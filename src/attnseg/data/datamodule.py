@@ -187,6 +187,11 @@ class SegDataModule(LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def context_classes(self) -> tuple[str, ...]:
+        """The dataset's classes decided only by distant context (SyntheticShapes), else ()."""
+        return tuple(getattr(self.dataset_cls, "context_classes", ()) or ())
+
     def make_dataset(self, split: str, train: bool = False) -> Dataset:
         hp = self.hparams
         if train:
