@@ -54,17 +54,24 @@ def test_predict_writes_masks_and_overlays(images, tmp_path, capsys):
         mask = Image.open(out / f"{Path(name).stem}_mask.png")
         overlay = Image.open(out / f"{Path(name).stem}_overlay.png")
         # original size, class indices as pixel values, the dataset's colours as the palette
-        assert mask.mode == "P" and mask.size == overlay.size == (original.shape[1], original.shape[0])
+        h, w = original.shape[:2]
+        assert mask.mode == "P" and mask.size == (w, h)
+        assert overlay.size[0] == w and overlay.size[1] > h  # the image, then the legend strip below it
         assert np.asarray(mask.getpalette()[:21]).reshape(7, 3).tolist() == [list(c) for c in SyntheticShapes.palette]
         x = transforms(tv_tensors.Image(torch.from_numpy(original.copy()).permute(2, 0, 1)))
         with torch.no_grad():
             expected = model.predict_step(x[None], 0)[0].numpy()
         assert np.array_equal(np.asarray(mask), expected)
         classes.update(np.unique(expected).tolist())
-        # the overlay is the image tinted by the class colours
+        # the overlay is the image tinted by the class colours; the legend shows a swatch of each class present
         colours = np.asarray(SyntheticShapes.palette, dtype=np.float32)[expected]
         blended = 0.5 * original.astype(np.float32) + 0.5 * colours
-        assert np.abs(np.asarray(overlay.convert("RGB")).astype(np.float32) - blended).max() <= 1
+        drawn = np.asarray(overlay.convert("RGB"))
+        assert np.abs(drawn[:h].astype(np.float32) - blended).max() <= 1
+        strip = drawn[h:].reshape(-1, 3)
+        for k in np.unique(expected):
+            assert (strip == SyntheticShapes.palette[k]).all(axis=1).sum() >= 14 * 12  # a swatch's inside
+        assert strip[:, None].tolist().count([[255, 255, 255]]) > strip.shape[0] // 2  # a white strip
     assert len(classes) > 1  # the comparison above is between non-trivial class maps
     assert cli.trainer.state.finished
 
@@ -133,7 +140,7 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits_in_every_reader(tmp_path)
     ckpt = fit.trainer.checkpoint_callback.last_model_path or fit.trainer.checkpoint_callback.best_model_path
     out = tmp_path / "predictions"
     run_cli("predict", "--config", QUICKSTART, *FAST, "--trainer.logger=false", "--ckpt_path", ckpt,
-            "--trainer.precision=32-true", "--model.channels_last=false",
+            "--trainer.precision=32-true", "--model.channels_last=false", "--prediction.legend=false",
             "--data.predict_dir", folder, "--prediction.output_dir", out)  # fmt: skip
     mask = np.asarray(Image.open(out / "xray_mask.png"))
     colours = np.asarray(SyntheticShapes.palette, dtype=np.float32)[mask]

@@ -14,11 +14,12 @@ import difflib
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Optional, Sequence
 
 from attnseg.cli import AttnSegCLI
 from attnseg.configs import configs_command
-from attnseg.data.check import check_samples, report
+from attnseg.data.check import check_samples, report, show_samples
 from attnseg.sweep import main as sweep
 
 
@@ -36,13 +37,14 @@ commands:
   check-data   read every sample of a config's datasets once and list every problem
   configs      list, show or copy the shipped configs (--config takes their short names)
   export       write a checkpoint as TorchScript or a torch.export program (normalisation included)
+  plot         draw training loss and validation curves of CSV-logged runs (metrics.csv) to a PNG
 
 example:
   attnseg fit --config quickstart
 """
 
 LIGHTNING = ("fit", "validate", "test", "predict")
-COMMANDS = (*LIGHTNING, "sweep", "check-data", "configs", "export")
+COMMANDS = (*LIGHTNING, "sweep", "check-data", "configs", "export", "plot")
 
 
 def short_help(command: str) -> str:
@@ -93,13 +95,26 @@ def bare(command: str) -> str:
 
 
 def check_data(argv: list[str]) -> int:
-    """``attnseg check-data <fit options>``: read every training, validation and test sample once."""
+    """``attnseg check-data <fit options> [--show N] [--output-dir DIR]``: read every training, validation and test
+    sample once; with ``--show N``, draw N training samples as training sees them (augmented) and N validation
+    samples, each with its label, to ``DIR/{train,val}.png``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="attnseg check-data", add_help=False)
+    parser.add_argument("--show", type=int, default=0)
+    parser.add_argument("--output-dir", default="runs/check-data")
+    shown, argv = parser.parse_known_args(argv)
+    if shown.show < 0:
+        raise ValueError(f"--show {shown.show}: expected a number of samples to draw, 0 or more")
     cli = AttnSegCLI(args=argv, run=False)
     data = cli.datamodule
     for stage in ("fit", "validate", "test"):
         data.setup(stage)
     problems, counts = check_samples({"train": data.train_dataset, "val": data.val_dataset, "test": data.test_dataset})
     print(report(problems, counts))
+    if shown.show:
+        for path in show_samples(data, shown.show, Path(shown.output_dir)):
+            print(f"wrote {path}")
     return 1 if problems else 0
 
 
@@ -125,6 +140,29 @@ def export_command(argv: list[str]) -> int:
     return 0
 
 
+def plot_command(argv: list[str]) -> int:
+    """``attnseg plot RUN [RUN...] [--out FILE]``: the training curves of CSV-logged runs."""
+    import argparse
+
+    from attnseg.curves import metrics_csv, metrics_figure
+
+    parser = argparse.ArgumentParser(
+        prog="attnseg plot",
+        description="Draw the training loss, val mIoU and (SyntheticShapes) the context IoU of runs logged with "
+        "--config logger/csv against the training step, one line per run.",
+    )
+    parser.add_argument("runs", nargs="+", help="run folders (runs/attnseg/<run>) or their metrics.csv files")
+    parser.add_argument("--out", help="the PNG to write (default: <run>/curves.png for one run, curves.png for more)")
+    args = parser.parse_args(argv)
+    files = [metrics_csv(run) for run in args.runs]
+    names = [f.parent.name for f in files]
+    names = names if len(set(names)) == len(names) else [str(f.parent) for f in files]
+    out = Path(args.out) if args.out else (files[0].parent / "curves.png" if len(files) == 1 else Path("curves.png"))
+    metrics_figure(dict(zip(names, files))).savefig(out, dpi=100)
+    print(f"wrote {out} ({len(files)} run(s))")
+    return 0
+
+
 def run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
@@ -137,6 +175,8 @@ def run(argv: list[str]) -> int:
         return configs_command(argv[1:])
     if argv and argv[0] == "export":
         return export_command(argv[1:])
+    if argv and argv[0] == "plot":
+        return plot_command(argv[1:])
     if not argv[0].startswith("-") and argv[0] not in COMMANDS:
         words = {**{c: c for c in COMMANDS}, "train": "fit", "eval": "validate", "evaluate": "validate", "infer": "predict"}
         close = difflib.get_close_matches(argv[0], list(words), n=1)

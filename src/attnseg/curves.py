@@ -110,3 +110,58 @@ def curves_figure(curves: dict[str, Sequence[Sequence[dict[str, Any]]]], context
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+PLOTTED = (("train/loss", "training loss"), (MIOU, "val mIoU (%)"), ("val/context_IoU", "val context IoU (%)"))
+
+
+def read_series(path: str | Path, columns: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
+    """``{column: [(step, value), ...]}`` in step order for each of ``columns`` that ``path`` (a ``metrics.csv``)
+    has values of; a step logged twice (a resumed run) keeps its later value."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    series: dict[str, dict[int, float]] = {}
+    for row in rows:
+        for column in columns:
+            if row.get(column) not in (None, ""):
+                series.setdefault(column, {})[int(float(row["step"]))] = float(row[column])
+    return {column: sorted(values.items()) for column, values in series.items()}
+
+
+def metrics_csv(path: str | Path) -> Path:
+    """The ``metrics.csv`` of a run folder, or the file itself; an error naming the path otherwise."""
+    path = Path(path)
+    found = path / "metrics.csv" if path.is_dir() else path
+    if not found.is_file():
+        raise FileNotFoundError(f"{path}: no metrics.csv (expected a CSV logger's run folder or its metrics.csv)")
+    return found
+
+
+def metrics_figure(runs: dict[str, str | Path]):
+    """A matplotlib Figure of the training curves of runs logged by the CSV logger, one line per run (name: its
+    ``metrics.csv``): training loss, val mIoU and, where logged, the context IoU, against the training step."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    data = {name: read_series(path, [c for c, _ in PLOTTED]) for name, path in runs.items()}
+    panels = [(c, label) for c, label in PLOTTED if any(c in series for series in data.values())]
+    if not panels:
+        raise ValueError(f"{', '.join(str(p) for p in runs.values())}: no train/loss or val/mIoU logged yet")
+    fig = Figure(figsize=(4.6 * len(panels), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    for index, (column, label) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), index + 1)
+        for name, series in data.items():
+            points = series.get(column, [])
+            scale = 1 if column == "train/loss" else 100
+            ax.plot([s for s, _ in points], [scale * v for _, v in points], marker="." if len(points) < 50 else None,
+                    label=name)  # fmt: skip
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        if column == "train/loss":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    fig.axes[-1].legend(fontsize=7, loc="lower right")
+    return fig

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from attnseg.data.io import rgb8
-from attnseg.visualize import blend, colorize, default_palette
+from attnseg.visualize import blend, colorize, default_palette, with_legend
 
 class PredictionWriter(BasePredictionWriter):
     """Write ``<name>_mask.png`` (palette PNG of class indices) and ``<name>_overlay.png`` for each predicted image.
@@ -38,17 +38,25 @@ class PredictionWriter(BasePredictionWriter):
             holds files is refused unless ``overwrite``.
         overlay: also write the overlays.
         alpha: opacity of the prediction over the image.
+        legend: a strip below each overlay naming the classes it shows, by colour (false: the overlay alone, at
+            the image's size).
         overwrite: write into a folder that already holds files (files of the same names are replaced).
     """
 
     def __init__(
-        self, output_dir: Optional[str] = None, overlay: bool = True, alpha: float = 0.5, overwrite: bool = False
+        self,
+        output_dir: Optional[str] = None,
+        overlay: bool = True,
+        alpha: float = 0.5,
+        overwrite: bool = False,
+        legend: bool = True,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.overlay = overlay
         self.alpha = alpha
         self.overwrite = overwrite
+        self.legend = legend
         self.written: list[Path] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -96,7 +104,10 @@ class PredictionWriter(BasePredictionWriter):
                 with Image.open(info["path"]) as img:
                     image = rgb8(img, info["path"])
                 overlay_path = out / f"{info['name']}_overlay.png"
-                Image.fromarray(blend(image, colorize(labels, palette), self.alpha)).save(overlay_path)
+                drawn = blend(image, colorize(labels, palette), self.alpha)
+                if self.legend:
+                    drawn = with_legend(drawn, labels, palette, names)
+                Image.fromarray(drawn).save(overlay_path)
                 self.written.append(overlay_path)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

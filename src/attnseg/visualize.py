@@ -38,6 +38,34 @@ def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndar
     return np.clip(out.round(), 0, 255).astype(np.uint8)
 
 
+def with_legend(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], names: Sequence[str]) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 with a white strip below it naming, by colour swatch, the classes present in ``mask``
+    (H, W), in rows as wide as the image; void and indices without a name are left out."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    present = [int(k) for k in np.unique(mask) if int(k) < min(len(names), len(palette))]
+    font = ImageFont.load_default()
+    width = image.shape[1]
+    entries = [(k, 16 + 4 + int(font.getlength(str(names[k]))) + 12) for k in present]  # swatch, gap, text, space
+    rows, row, used = [], [], 4
+    for k, w in entries:
+        if row and used + w > width:
+            rows.append(row)
+            row, used = [], 4
+        row.append(k)
+        used += w
+    rows += [row] if row else []
+    strip = Image.new("RGB", (width, 6 + 18 * len(rows)), "white")
+    draw = ImageDraw.Draw(strip)
+    for r, keys in enumerate(rows):
+        x, y = 4, 4 + 18 * r
+        for k in keys:
+            draw.rectangle([x, y, x + 15, y + 13], fill=tuple(int(c) for c in palette[k]), outline="black")
+            draw.text((x + 20, y + 1), str(names[k]), fill="black", font=font)
+            x += 16 + 4 + int(font.getlength(str(names[k]))) + 12
+    return np.concatenate([image, np.asarray(strip)], axis=0)
+
+
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Normalised images (B, 3, H, W) -> uint8 (B, H, W, 3), undoing ``(x - mean) / std``."""
     m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -82,9 +110,10 @@ def overlay_figure(
     ignore_index: int = IGNORE_INDEX,
     title: str = "",
     alpha: float = 0.5,
+    columns: Sequence[str] = ("image", "ground truth", "prediction"),
 ):
     """A matplotlib Figure with one row per image (each of its own size): image, ground truth, prediction over the
-    image; a legend names the classes present."""
+    image (``columns``: their titles); a legend names the classes present."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -93,7 +122,7 @@ def overlay_figure(
     axes = fig.subplots(n, 3, squeeze=False)
     for row, (image, target, pred) in enumerate(zip(images, targets, preds)):
         panels = (image, colorize(target, palette, ignore_index), blend(image, colorize(pred, palette), alpha))
-        for col, (panel, label) in enumerate(zip(panels, ("image", "ground truth", "prediction"))):
+        for col, (panel, label) in enumerate(zip(panels, columns)):
             axes[row, col].imshow(panel, interpolation="nearest")
             axes[row, col].set_axis_off()
             if row == 0:

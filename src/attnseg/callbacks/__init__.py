@@ -6,10 +6,12 @@
   run summary, the resolved config on TensorBoard (``tables``);
 - ``Complexity``: parameters and GFLOPs once per fit (``complexity``);
 - ``Throughput``: training and validation images/s per epoch (``throughput``);
-- ``LearningRateMonitor``: the learning rate of each parameter group every step (``lr_monitor``).
+- ``LearningRateMonitor``: the learning rate of each parameter group every step (``lr_monitor``);
+- ``LearningRateFinder``: the learning-rate range test before a fit, on request (``configs/trainer/lr_find.yaml``).
 """
 
 from attnseg.callbacks.complexity import Complexity
+from attnseg.callbacks.lr_finder import LearningRateFinder
 from attnseg.callbacks.lr_monitor import LearningRateMonitor
 from attnseg.callbacks.overlays import PredictionOverlays
 from attnseg.callbacks.sink import MediaSink
@@ -19,6 +21,7 @@ from attnseg.callbacks.throughput import Throughput
 __all__ = [
     "ClassTables",
     "Complexity",
+    "LearningRateFinder",
     "LearningRateMonitor",
     "MAX_CLASS_SERIES",
     "MediaSink",
