@@ -61,7 +61,11 @@ if str(REPO / "src") not in sys.path:  # runs from a checkout without installing
     sys.path.insert(0, str(REPO / "src"))
 
 from attnseg.heads import (  # noqa: E402
-    ChannelAttention, CrissCrossAttention, CrissCrossAttention3D, FullyAttentionalBlock, PositionAttention,
+    ChannelAttention,
+    CrissCrossAttention,
+    CrissCrossAttention3D,
+    FullyAttentionalBlock,
+    PositionAttention,
 )  # fmt: skip
 
 NOT_MEASURED = "not measured"
@@ -73,7 +77,15 @@ SIZES = ["32x32", "64x64", "97x97", "64x128", "128x256"]
 # The naive formulas live once, in tests/helpers/reference.py (what the tests check the modules against).
 sys.path.insert(0, str(REPO))
 from tests.helpers.reference import (  # noqa: E402
-    clear_masks, einsum_cca, einsum_cca_3d, fp32, masked_cca, masked_cca_3d, naive_cam, naive_pam, published_fla,
+    clear_masks,
+    einsum_cca,
+    einsum_cca_3d,
+    fp32,
+    masked_cca,
+    masked_cca_3d,
+    naive_cam,
+    naive_pam,
+    published_fla,
 )  # fmt: skip
 
 
@@ -219,7 +231,6 @@ def measure_case(
         if run is not None:
             reset()
             results[name]["MiB"] = peak_bytes(run, device) / 2**20
-    del module, x, grad
     clear_masks()
 
     def cells(name: str) -> tuple:
@@ -381,23 +392,29 @@ def parse_size(text: str) -> tuple[int, int]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in SIZES],
-                        help="feature maps HxW")
+    parser.add_argument(
+        "--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in SIZES], help="feature maps HxW"
+    )
     parser.add_argument("--channels", type=int, default=512, help="channels C of the input")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--frames", type=int, default=3, help="frames T of the clips of the video modules (cc3d)")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--modules", nargs="+", choices=list(MODULES), default=list(MODULES))
-    parser.add_argument("--device", nargs="+", choices=list(DEVICES), default=None,
-                        help="default: cpu, and cuda when present")
+    parser.add_argument(
+        "--device", nargs="+", choices=list(DEVICES), default=None, help="default: cpu, and cuda when present"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per implementation (best is reported)")
     parser.add_argument("--long", type=float, default=15.0, help="an implementation slower than this (s) runs once")
     parser.add_argument("--max-map-gib", type=float, default=1.0, help="skip references whose maps exceed this")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's, all cores)")
-    parser.add_argument("--flush-denormal", action="store_true",
-                        help="CPU: treat subnormal floats as 0 (torch.set_flush_denormal); rows say so")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="module and input in the channels-last memory format; rows say so")
+    parser.add_argument(
+        "--flush-denormal",
+        action="store_true",
+        help="CPU: treat subnormal floats as 0 (torch.set_flush_denormal); rows say so",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="module and input in the channels-last memory format; rows say so"
+    )
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the table into")
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -441,8 +458,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         command = command_line("bench/attention.py", argv)
         update_section(args.out, "bench/attention.py", header, rows, 4, machines, command)
         if speedups:
-            update_section(args.out, "bench/attention.py bf16", speedup_header, speedups, 3, machines, command,
-                           notes="The modules' bf16 fast path against their fp32 path, measured in the same run.")
+            update_section(
+                args.out,
+                "bench/attention.py bf16",
+                speedup_header,
+                speedups,
+                3,
+                machines,
+                command,
+                notes="The modules' bf16 fast path against their fp32 path, measured in the same run.",
+            )
         print(f"\nwritten to {args.out}")
 
 

@@ -59,7 +59,8 @@ def run_head(head: str, seed: Optional[int], args: argparse.Namespace, out: Path
         return json.loads(done.read_text())
     directory.mkdir(parents=True, exist_ok=True)
     common = [
-        "--config", str(REPO / "configs" / "experiment" / f"{args.recipe}.yaml"), "--config", str(REPO / "configs" / "model" / f"{head}.yaml"),
+        "--config", str(REPO / "configs" / "experiment" / f"{args.recipe}.yaml"),
+        "--config", str(REPO / "configs" / "model" / f"{head}.yaml"),
         "--data.root", str(args.root), *(["--trainer.max_steps", str(args.steps)] if args.steps else []),
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={directory}",
         "--trainer.logger.name=fit", "--trainer.enable_progress_bar=false", *HEAD_ARGS.get(head, []),

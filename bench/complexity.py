@@ -21,10 +21,10 @@ from typing import Optional, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import command_line, machine, table, update_section  # noqa: E402
-from model import HEADS, build_task  # noqa: E402
+from attention import command_line, machine, table, update_section
+from model import HEADS, build_task
 
-from attnseg.profiling import count_flops, count_parameters  # noqa: E402
+from attnseg.profiling import count_flops, count_parameters
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -47,10 +47,10 @@ import torch
 from torch import nn
 
 from attnseg.data import SyntheticShapes
+from attnseg.data.transforms import eval_transforms
 from attnseg.encoder import Encoder
 from attnseg.heads import CCNetHead, FCNHead
 from attnseg.model import SegmentationModel
-from attnseg.data.transforms import eval_transforms
 from attnseg.task import SegmentationTask
 
 WARM, COLD = SyntheticShapes.classes.index("warm_blob"), SyntheticShapes.classes.index("cold_blob")
@@ -79,7 +79,10 @@ def cue_distance(masks: list[np.ndarray]) -> float:
     """Least distance (pixels) between a blob pixel and a cue pixel of the same colour, over the images."""
     least = np.inf
     for mask in masks:
-        for blob, cue in ((WARM, SyntheticShapes.classes.index("warm_cue")), (COLD, SyntheticShapes.classes.index("cold_cue"))):
+        for blob, cue in (
+            (WARM, SyntheticShapes.classes.index("warm_cue")),
+            (COLD, SyntheticShapes.classes.index("cold_cue")),
+        ):
             b, c = np.argwhere(mask == blob), np.argwhere(mask == cue)
             if len(b) and len(c):
                 d = np.sqrt(((b[::7, None, :] - c[None, ::3, :]) ** 2).sum(-1)).min()
@@ -176,25 +179,29 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--images", type=int, default=32, help="test images for the receptive field")
     parser.add_argument("--encoder", default="resnet18", help="timm name of the encoder whose reach is printed")
     parser.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32))
-    parser.add_argument("--out-indices", type=int, nargs="+", default=[0, 1, 2],
-                        help="the encoder's feature levels")
+    parser.add_argument("--out-indices", type=int, nargs="+", default=[0, 1, 2], help="the encoder's feature levels")
     args = parser.parse_args(argv)
 
     test = SyntheticShapes(split="test", image_size=args.size, variant=args.variant)
     masks = [test.generate(i)[1] for i in range(len(test))]
     guessed, warm = chance_iou(masks)
     print(f"SyntheticShapes {args.variant} {args.size}x{args.size}, {len(masks)} test images")
-    print(f"chance context IoU (cue-blind oracle): {100 * guessed:.1f} % guessing per image, {100 * warm:.1f} % always warm")
+    chance = f"{100 * guessed:.1f} % guessing per image, {100 * warm:.1f} % always warm"
+    print(f"chance context IoU (cue-blind oracle): {chance}")
     print(f"least blob-to-cue distance: {cue_distance(masks):.0f} px")
     if args.variant == "two_hop":
         rows, cols = axis_gaps(masks)
         print(f"least gap between a blob's rows and its cue's: {rows:.0f} px; between their columns: {cols:.0f} px")
     encoder = Encoder(args.encoder, args.output_stride, out_indices=args.out_indices)
     radius, border = theoretical_receptive_field(encoder, args.size)
-    print(f"theoretical receptive field of {args.encoder} (output stride {args.output_stride}, feature strides "
-          f"{encoder.strides}): radius {'at least ' if border else ''}{radius} px at {args.size}x{args.size}")
-    for name, head in (("FCN", FCNHead(encoder.channels, 7, aux=False)),
-                       ("CCNet R = 0", CCNetHead(encoder.channels, 7, recurrence=0, aux=False))):
+    print(
+        f"theoretical receptive field of {args.encoder} (output stride {args.output_stride}, feature strides "
+        f"{encoder.strides}): radius {'at least ' if border else ''}{radius} px at {args.size}x{args.size}"
+    )
+    for name, head in (
+        ("FCN", FCNHead(encoder.channels, 7, aux=False)),
+        ("CCNet R = 0", CCNetHead(encoder.channels, 7, recurrence=0, aux=False)),
+    ):
         radius, border = theoretical_receptive_field(SegmentationModel(encoder, head), args.size)
         print(f"  with the {name} head, to the logits: radius {'at least ' if border else ''}{radius} px")
     if args.sweep is None:
@@ -204,18 +211,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     columns = list(rows[0]) if rows else ["run", "seed"]
     keys = columns[1 : columns.index("seed")]  # the grid's columns, between the run number and the seed
     test.transforms = eval_transforms()
-    print("\n| run | " + " | ".join(keys) + " | seed | context IoU (%) | model's theoretical RF radius (px) | "
-          "ERF radius 95 % (px) | ERF radius 99 % (px) |")
+    print(
+        "\n| run | " + " | ".join(keys) + " | seed | context IoU (%) | model's theoretical RF radius (px) | "
+        "ERF radius 95 % (px) | ERF radius 99 % (px) |"
+    )
     print("|---:|" + "---|" * len(keys) + "---:|---:|---:|---:|---:|")
     for row in rows:
         context = float(row["test_context_IoU"]) * 100
         try:
             task = SegmentationTask.load_from_checkpoint(row["best_checkpoint"], map_location="cpu", weights_only=True)
-        except Exception as err:  # e.g. a checkpoint of an older version whose options were renamed
+        except Exception as err:  # noqa: BLE001 (e.g. a checkpoint of an older version whose options were renamed)
             found = re.search(r"Option '[^']+' is not accepted", str(err))
             reason = found.group(0) if found else f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:80]}"
-            cells = [row["run"], *(row[k] for k in keys), row["seed"], f"{context:.1f}", "-", "-",
-                     f"- (not loaded: {reason})"]
+            cells = [
+                row["run"],
+                *(row[k] for k in keys),
+                row["seed"],
+                f"{context:.1f}",
+                "-",
+                "-",
+                f"- (not loaded: {reason})",
+            ]
             print("| " + " | ".join(cells) + " |", flush=True)
             continue
         radius, border = theoretical_receptive_field(task.model, args.size)

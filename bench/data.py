@@ -29,11 +29,11 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import REPO, command_line, machine, number, table, update_section  # noqa: E402
-from model import head_factory  # noqa: E402
+from attention import REPO, command_line, machine, number, table, update_section
+from model import head_factory
 
-from attnseg.data import SegDataModule  # noqa: E402
-from attnseg.task import SegmentationTask  # noqa: E402
+from attnseg.data import SegDataModule
+from attnseg.task import SegmentationTask
 
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "camvid"
 
@@ -97,8 +97,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO / "configs/data/camvid_half.yaml", help="a data config")
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT if DEFAULT_ROOT.is_dir() else None,
-                        help="the dataset's folder (default: ../shared/data/camvid when present)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=DEFAULT_ROOT if DEFAULT_ROOT.is_dir() else None,
+        help="the dataset's folder (default: ../shared/data/camvid when present)",
+    )
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2], help="data.num_workers values")
     parser.add_argument("--cache", nargs="+", choices=["off", "on"], default=["off"], help="data.cache_decoded")
     parser.add_argument("--head", default="fcn", help="configs/model/<head>.yaml")

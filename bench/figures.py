@@ -4,9 +4,10 @@
     python bench/figures.py camvid --results runs/camvid_results --root ../shared/data/camvid \
         [--images 0 60 120 180] [--out docs/figures]
 
-``attention`` takes a DANet checkpoint, a CCNet checkpoint or both, trained on the context benchmark (SyntheticShapes: the DANet
-ablation's ``far`` data, the CCNet ablation's ``two_hop`` data) and, on validation image ``--sample`` of each
-checkpoint's own data, picks the pixel deepest inside a blob (whose class only the cue tells) and draws:
+``attention`` takes a DANet checkpoint, a CCNet checkpoint or both, trained on the context benchmark
+(SyntheticShapes: the DANet ablation's ``far`` data, the CCNet ablation's ``two_hop`` data) and, on validation image
+``--sample`` of each checkpoint's own data, picks the pixel deepest inside a blob (whose class only the cue tells) and
+draws:
 
 - ``attention_pam.png``: DANet's position attention of that pixel over the feature grid;
 - ``attention_criss_cross.png``: CCNet's criss-cross weights after one step (its row and column only) and the
@@ -37,7 +38,13 @@ if str(REPO / "src") not in sys.path:  # runs from a checkout without installing
 from attnseg.data import SegDataModule  # noqa: E402
 from attnseg.task import SegmentationTask  # noqa: E402
 from attnseg.visualize import (  # noqa: E402
-    attention_figure, cell_centre, comparison_figure, criss_cross_dense, deepest_pixel, denormalize, feature_cell,
+    attention_figure,
+    cell_centre,
+    comparison_figure,
+    criss_cross_dense,
+    deepest_pixel,
+    denormalize,
+    feature_cell,
     two_hop_path,
 )  # fmt: skip
 

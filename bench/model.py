@@ -1,18 +1,19 @@
 """Whole models: training-step and inference throughput, peak memory and model FLOP utilisation, per head.
 
     python bench/model.py [--heads fcn danet ccnet flanet dfn deeplabv3 pspnet] [--encoders resnet50 resnet101]
-        [--output-strides 8 16] [--sizes 512 769] [--batch 8] [--precision bf16-mixed fp32] [--layouts contiguous channels-last] [--compile]
+        [--output-strides 8 16] [--sizes 512 769] [--batch 8] [--precision bf16-mixed fp32]
+        [--layouts contiguous channels-last] [--compile]
         [--steps 10] [--warmup 3] [--device cuda] [--peak-tflops 989] [--out docs/benchmarks.md]
 
 Each head is built from its ``configs/model/<head>.yaml`` on a dilated timm encoder (output stride 8, or each of
-``--output-strides``) with random weights, inside ``SegmentationTask`` (its losses, 19 classes). A training step is forward, the task's weighted losses
-against random labels, backward and an SGD step (momentum 0.9); inference is one forward of the model in eval mode
-(``inference_mode``) on the whole ``size x size`` image, and sliding-window inference (``attnseg.inference.
-SlidingWindow``, ``size x size`` windows every two thirds of a window) over ``size x 2 size`` images, three windows
-each. All run under ``torch.autocast(dtype=torch.bfloat16)`` for ``bf16-mixed``; ``--layouts channels-last`` gives
-the weights and images the channels-last memory format (``model.channels_last``). Throughput is images per second
-over ``--steps`` steps after ``--warmup`` steps. The speed-up columns divide each row's throughput by that of the
-fp32, contiguous row of the same head, encoder and size measured in the same run.
+``--output-strides``) with random weights, inside ``SegmentationTask`` (its losses, 19 classes). A training step is
+forward, the task's weighted losses against random labels, backward and an SGD step (momentum 0.9); inference is one
+forward of the model in eval mode (``inference_mode``) on the whole ``size x size`` image, and sliding-window inference
+(``attnseg.inference.SlidingWindow``, ``size x size`` windows every two thirds of a window) over ``size x 2 size``
+images, three windows each. All run under ``torch.autocast(dtype=torch.bfloat16)`` for ``bf16-mixed``; ``--layouts
+channels-last`` gives the weights and images the channels-last memory format (``model.channels_last``). Throughput is
+images per second over ``--steps`` steps after ``--warmup`` steps. The speed-up columns divide each row's throughput by
+that of the fp32, contiguous row of the same head, encoder and size measured in the same run.
 
 Peak memory: what the step finds allocated (weights, buffers, optimiser state, the batch) plus the peak of what it
 allocates: on CUDA ``torch.cuda.max_memory_allocated`` over one step; on the CPU the resident tensors' bytes plus the
@@ -40,11 +41,11 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import REPO, command_line, machine, number, peak_bytes, table, update_section  # noqa: E402
+from attention import REPO, command_line, machine, number, peak_bytes, table, update_section
 
-from attnseg.inference import SlidingWindow  # noqa: E402
-from attnseg.profiling import count_parameters, extra_flop_formulas  # noqa: E402
-from attnseg.task import SegmentationTask  # noqa: E402
+from attnseg.inference import SlidingWindow
+from attnseg.profiling import count_parameters, extra_flop_formulas
+from attnseg.task import SegmentationTask
 
 HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn", "deeplabv3", "pspnet"]
 # Dense bf16 tensor-core peaks (TFLOP/s), matched against the device name.
@@ -86,7 +87,13 @@ def resident_bytes(*groups) -> int:
 
 
 def measure(
-    args: argparse.Namespace, head: str, encoder: str, size: int, precision: str, layout: str, device: torch.device,
+    args: argparse.Namespace,
+    head: str,
+    encoder: str,
+    size: int,
+    precision: str,
+    layout: str,
+    device: torch.device,
     output_stride: int = 8,
 ):
     """``(train images/s, train peak bytes, train FLOPs per step, inference images/s, peak bytes, FLOPs,
@@ -171,8 +178,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 769], help="square input sizes")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16-mixed"], default=["bf16-mixed"])
-    parser.add_argument("--layouts", nargs="+", choices=["contiguous", "channels-last"], default=["contiguous"],
-                        help="memory formats of weights and images")
+    parser.add_argument(
+        "--layouts",
+        nargs="+",
+        choices=["contiguous", "channels-last"],
+        default=["contiguous"],
+        help="memory formats of weights and images",
+    )
     parser.add_argument("--channels-last", action="store_true", help="the same as --layouts channels-last")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (nn.Module.compile)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")

@@ -13,13 +13,13 @@ import torch
 from tests.helpers.cli import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-import attention as bench_attention  # noqa: E402
-import camvid_results as bench_camvid  # noqa: E402
-import complexity as bench_complexity  # noqa: E402
-import context as bench_context  # noqa: E402
-import data as bench_data  # noqa: E402
-import figures as bench_figures  # noqa: E402
-import model as bench_model  # noqa: E402
+import attention as bench_attention
+import camvid_results as bench_camvid
+import complexity as bench_complexity
+import context as bench_context
+import data as bench_data
+import figures as bench_figures
+import model as bench_model
 
 
 @pytest.fixture
@@ -104,8 +104,12 @@ def test_attention_runs_merge_into_one_table_and_skip_what_is_too_large(tmp_path
     text = out.read_text()
     assert text.startswith("# Benchmarks\n\nProse that stays.\n") and text.count("<!-- bench/attention.py -->") == 1
     rows = {(r[0], r[1], r[2]): r for r in table_rows(text, 8)}
-    assert set(rows) == {("PAM", "naive N x N", "1x16x6x6"), ("criss-cross R=1", "einsum rows + columns", "1x16x6x6"),
-                         ("criss-cross R=1", "masked N x N", "1x16x6x6"), ("PAM", "naive N x N", "1x16x5x9")}
+    assert set(rows) == {
+        ("PAM", "naive N x N", "1x16x6x6"),
+        ("criss-cross R=1", "einsum rows + columns", "1x16x6x6"),
+        ("criss-cross R=1", "masked N x N", "1x16x6x6"),
+        ("PAM", "naive N x N", "1x16x5x9"),
+    }
     skipped = rows[("PAM", "naive N x N", "1x16x5x9")]
     assert "skipped (N x N map would need" in skipped[4] and "skipped" in skipped[5]
     assert rows[("PAM", "naive N x N", "1x16x6x6")] == next(r for r in table_rows(first, 8) if r[2] == "1x16x6x6")
@@ -290,7 +294,6 @@ def test_two_hop_path_goes_through_the_relay_that_carries_the_target():
     assert float(dense1.sum(1).min()) == 1.0  # every position's weights sum to 1
     assert two_hop_path(dense1, dense2, 0, target) == [0, 2, 8]
     assert float((dense2 @ dense1)[0] @ target) == 1.0  # after two steps all of cell 0's attention is on the target
-
 
 
 def _context_benchmark_model(head_class, **head_args):

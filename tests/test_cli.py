@@ -39,8 +39,13 @@ CASES = {
     "logger/tensorboard.yaml": quickstart_with("logger/tensorboard.yaml"),
     # the GPU preset on the CPU (bf16-mixed runs there too), with one persistent worker
     "trainer/fast_gpu.yaml": lambda tmp_path: [
-        "--config", QUICKSTART, "--config", CONFIGS / "trainer/fast_gpu.yaml", *FAST,
-        "--trainer.accelerator=cpu", "--data.num_workers=1",
+        "--config",
+        QUICKSTART,
+        "--config",
+        CONFIGS / "trainer/fast_gpu.yaml",
+        *FAST,
+        "--trainer.accelerator=cpu",
+        "--data.num_workers=1",
     ],  # fmt: skip
     "trainer/smoke.yaml": quickstart_with("trainer/smoke.yaml"),
     "model/fcn.yaml": quickstart_with("model/fcn.yaml"),
@@ -50,7 +55,13 @@ CASES = {
     "model/dfn.yaml": quickstart_with("model/dfn.yaml"),
     "model/deeplabv3.yaml": quickstart_with("model/deeplabv3.yaml"),
     "model/pspnet.yaml": quickstart_with("model/pspnet.yaml"),
-    "data/synthetic.yaml": lambda tmp_path: ["--config", QUICKSTART, "--config", CONFIGS / "data/synthetic.yaml", *FAST],
+    "data/synthetic.yaml": lambda tmp_path: [
+        "--config",
+        QUICKSTART,
+        "--config",
+        CONFIGS / "data/synthetic.yaml",
+        *FAST,
+    ],
     "data/camvid.yaml": data_config_case("data/camvid.yaml", "CamVid"),
     "data/camvid_half.yaml": data_config_case("data/camvid_half.yaml", "CamVid"),
     "data/cityscapes.yaml": data_config_case("data/cityscapes.yaml", "Cityscapes"),
@@ -66,15 +77,28 @@ CASES = {
     "experiment/cityscapes.yaml": experiment_case("experiment/cityscapes.yaml", "Cityscapes", *SMALL_WINDOWS),
     "experiment/voc_aug.yaml": experiment_case("experiment/voc_aug.yaml", "VOC"),
     "experiment/ade20k.yaml": experiment_case("experiment/ade20k.yaml", "ADE20K"),
-    "experiment/pascal_context.yaml": experiment_case("experiment/pascal_context.yaml", "PascalContext", *SMALL_WINDOWS),
+    "experiment/pascal_context.yaml": experiment_case(
+        "experiment/pascal_context.yaml", "PascalContext", *SMALL_WINDOWS
+    ),
     "experiment/coco_stuff.yaml": experiment_case("experiment/coco_stuff.yaml", "COCOStuff"),
     "experiment/clips_cpu.yaml": lambda tmp_path: [
-        "--config", CONFIGS / "experiment/clips_cpu.yaml", "--data.dataset_args.image_size=32",
-        "--data.dataset_args.num_samples=4", "--data.batch_size=2", "--data.val_batch_size=2", "--data.num_workers=0",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        "--config",
+        CONFIGS / "experiment/clips_cpu.yaml",
+        "--data.dataset_args.image_size=32",
+        "--data.dataset_args.num_samples=4",
+        "--data.batch_size=2",
+        "--data.val_batch_size=2",
+        "--data.num_workers=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
     ],  # fmt: skip
     "experiment/context.yaml": lambda tmp_path: [
-        "--config", QUICKSTART, "--config", CONFIGS / "experiment/context.yaml", "--config", CONFIGS / "model/ccnet.yaml",
+        "--config",
+        QUICKSTART,
+        "--config",
+        CONFIGS / "experiment/context.yaml",
+        "--config",
+        CONFIGS / "model/ccnet.yaml",
         *FAST,
     ],  # fmt: skip
     "experiment/cityscapes_danet.yaml": paper_recipe_case("danet"),
@@ -105,7 +129,12 @@ def test_print_config_shows_resolved_choices(capsys):
         run_cli("fit", "--config", QUICKSTART, "--model.encoder.output_stride=16", "--print_config")
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["head"]["class_path"] == "attnseg.heads.FCNHead"
-    assert printed["model"]["encoder"] == {"name": "resnet18", "output_stride": 16, "pretrained": None, "out_indices": None}
+    assert printed["model"]["encoder"] == {
+        "name": "resnet18",
+        "output_stride": 16,
+        "pretrained": None,
+        "out_indices": None,
+    }
     assert printed["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
     assert printed["trainer"]["logger"]["init_args"]["offline"] is True
 

@@ -191,7 +191,9 @@ def test_wheel_in_a_fresh_environment_runs_the_quickstart_by_short_name(tmp_path
     Path(site, "deps.pth").write_text("\n".join(deps) + "\n")  # dependencies, not this checkout's attnseg
     installed = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert installed.returncode == 0, installed.stderr[-2000:]
     work = tmp_path / "elsewhere"

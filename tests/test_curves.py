@@ -77,7 +77,9 @@ def test_sweep_reports_steps_to_80_percent_and_draws_the_curves(tmp_path):
                      "test_context_IoU": 0.5, "steps_to_context": reached, "curve": str(path)})  # fmt: skip
     assert [row["steps_to_context"] for row in rows] == [None, None, 200, 400]
     summary = summarise(sweep, rows)
-    assert summary[0]["steps_to_context"] == "0/2" and summary[1]["steps_to_context"] == pytest.approx((300, 141.42), abs=0.01)
+    assert summary[0]["steps_to_context"] == "0/2" and summary[1]["steps_to_context"] == pytest.approx(
+        (300, 141.42), abs=0.01
+    )
     write_results(sweep, rows, tmp_path / "out", "g", [])
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| recurrence | val mIoU (%) | test mIoU (%) | context IoU (%) | steps to 80% context IoU | seeds |" in md

@@ -22,8 +22,11 @@ flags\t\t: fpu vme sse avx2 {extra}
 
 @pytest.mark.parametrize(
     "extra, expected",
-    [("avx512f avx512_bf16 amx_tile amx_bf16", ("amx_bf16", "avx512_bf16")), ("avx512f avx512_bf16", ("avx512_bf16",)),
-     ("avx512f", ())],
+    [
+        ("avx512f avx512_bf16 amx_tile amx_bf16", ("amx_bf16", "avx512_bf16")),
+        ("avx512f avx512_bf16", ("avx512_bf16",)),
+        ("avx512f", ()),
+    ],
 )
 def test_flags_are_read_from_cpuinfo(tmp_path: Path, extra, expected):
     path = tmp_path / "cpuinfo"

@@ -51,7 +51,7 @@ def test_a_stop_signal_saves_the_current_step_exits_non_zero_and_last_continues_
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scontrol = bin_dir / "scontrol"  # SLURM's requeue command, recorded
-    scontrol.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'scontrol.txt'}\n")
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "scontrol.txt"}\n')
     scontrol.chmod(0o755)
     env = child_env(PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242")
     proc = run_until_trained(LONG, env)

@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from attnseg.data import SegDataModule
+from attnseg.data import ImageFolder, SegDataModule
 from attnseg.data.synthetic import SyntheticShapes
 from attnseg.data.transforms import eval_transforms
-from attnseg.data import ImageFolder
 from attnseg.predict import PredictionWriter
 from attnseg.task import SegmentationTask
 from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
@@ -33,9 +32,18 @@ def images(tmp_path) -> Path:
 
 
 def test_predict_writes_masks_and_overlays(images, tmp_path, capsys):
-    fit = run_cli("fit", "--config", QUICKSTART, *FAST, "--config", CONFIGS / "logger/csv.yaml",
-                  "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-                  "--trainer.precision=32-true", "--model.channels_last=false")  # fp32, as the reference below  # fmt: skip
+    fit = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--config",
+        CONFIGS / "logger/csv.yaml",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.precision=32-true",
+        "--model.channels_last=false",
+    )  # fp32, as the reference below
     run = Path(fit.trainer.logger.log_dir)
     ckpt = fit.trainer.checkpoint_callback.best_model_path
     out = tmp_path / "predictions"
@@ -77,7 +85,9 @@ def test_predict_writes_masks_and_overlays(images, tmp_path, capsys):
 
     # a second predict into the same folder: refused, and nothing there is touched (byte for byte)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(FileExistsError, match=rf"prediction.output_dir {out} already holds 4 file\(s\) .*--prediction.overwrite=true"):
+    with pytest.raises(
+        FileExistsError, match=rf"prediction.output_dir {out} already holds 4 file\(s\) .*--prediction.overwrite=true"
+    ):
         run_cli("predict", "--config", run / "config.yaml", "--ckpt_path", ckpt, "--data.predict_dir", images,
                 "--prediction.output_dir", out)  # fmt: skip
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -145,7 +155,9 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits_in_every_reader(tmp_path)
     mask = np.asarray(Image.open(out / "xray_mask.png"))
     colours = np.asarray(SyntheticShapes.palette, dtype=np.float32)[mask]
     blended = 0.5 * np.repeat(grey[..., None], 3, axis=2).astype(np.float32) + 0.5 * colours
-    assert np.abs(np.asarray(Image.open(out / "xray_overlay.png").convert("RGB")).astype(np.float32) - blended).max() <= 1
+    assert (
+        np.abs(np.asarray(Image.open(out / "xray_overlay.png").convert("RGB")).astype(np.float32) - blended).max() <= 1
+    )
 
     Image.fromarray(values.astype(np.float32) / 65535).save(tmp_path / "depth.tiff")
     with pytest.raises(ValueError, match=rf"{tmp_path / 'depth.tiff'}: floating-point image \(mode F\)"):
@@ -159,7 +171,9 @@ def test_unreadable_images_are_all_listed_before_anything_is_written(images, tmp
     (images / "zz.jpg").write_text("not a jpeg")
     (images / "more").mkdir()
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"2 of 4 images cannot be read, so nothing was predicted: .*broken.png.*zz.jpg"):
+    with pytest.raises(
+        ValueError, match=r"2 of 4 images cannot be read, so nothing was predicted: .*broken.png.*zz.jpg"
+    ):
         run_cli("predict", "--config", QUICKSTART, *FAST, "--config", CONFIGS / "logger/csv.yaml",
                 "--data.predict_dir", images, "--prediction.output_dir", out)  # fmt: skip
     assert not out.exists() and not list(Path("runs/attnseg").glob("*"))

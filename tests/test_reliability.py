@@ -42,7 +42,9 @@ def step_of(ckpt: Path) -> int:
 def test_fit_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     base = ["--config", QUICKSTART, *FAST, "--data.dataset_args.num_samples=16", "--trainer.max_epochs=12"]
     env = child_env()
-    proc = subprocess.Popen([ATTNSEG, "fit", *map(str, base)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [ATTNSEG, "fit", *map(str, base)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 240
     last = None
     while time.time() < deadline and proc.poll() is None:
@@ -51,7 +53,9 @@ def test_fit_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
             last = found[0]
             break
         time.sleep(0.2)
-    assert last is not None, f"no checkpoint before the deadline: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ''}"
+    assert last is not None, (
+        f"no checkpoint before the deadline: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ''}"
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -71,7 +75,14 @@ def test_fit_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     assert "Restored all states from the checkpoint" in out.stderr + out.stdout
 
     # an explicit path works too: one more epoch on top
-    attnseg("fit", *base[:-1], "--trainer.max_epochs=13", "--ckpt_path", last, "--trainer.callbacks+=tests.helpers.faults.Probe")
+    attnseg(
+        "fit",
+        *base[:-1],
+        "--trainer.max_epochs=13",
+        "--ckpt_path",
+        last,
+        "--trainer.callbacks+=tests.helpers.faults.Probe",
+    )
     probe = json.loads(Path("probe.json").read_text())
     assert probe["start_step"] == 12 * 4 and probe["end_step"] == 13 * 4
 
@@ -134,13 +145,16 @@ def test_ddp_two_cpu_processes_fit_and_validate_match_single_process(tmp_path):
             "--data.batch_size=2", "--trainer.logger=false"]  # fmt: skip
     ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
     attnseg("fit", *base, *ddp, "--trainer.sync_batchnorm=true", "--trainer.max_epochs=1",
-            "--trainer.default_root_dir=ddp", "--trainer.callbacks+=tests.helpers.faults.Probe", timeout=600)  # fmt: skip
+            "--trainer.default_root_dir=ddp", "--trainer.callbacks+=tests.helpers.faults.Probe",
+            timeout=600)  # fmt: skip
     probe = json.loads(Path("probe.json").read_text())
     assert probe["world_size"] == 2 and probe["end_step"] == 2  # 7 samples, batch 2, 2 ranks: 2 steps
     ckpt = next(Path("ddp").rglob("last.ckpt"))
 
     Path("probe.json").unlink()
-    attnseg("validate", *base, *ddp, "--ckpt_path", ckpt, "--trainer.callbacks+=tests.helpers.faults.Probe", timeout=600)
+    attnseg(
+        "validate", *base, *ddp, "--ckpt_path", ckpt, "--trainer.callbacks+=tests.helpers.faults.Probe", timeout=600
+    )
     ddp_val = json.loads(Path("probe.json").read_text())
     Path("probe.json").unlink()
     attnseg("validate", *base, "--ckpt_path", ckpt, "--trainer.callbacks+=tests.helpers.faults.Probe")
@@ -181,7 +195,15 @@ def test_checkpoint_of_another_class_count_or_head_is_refused(tmp_path):
                   "--trainer.default_root_dir=r")  # fmt: skip
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     with pytest.raises(ValueError, match=r"last.ckpt.*7 classes.*8 classes"):
-        run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--data.dataset=tests.helpers.faults.ExtraClassShapes")
+        run_cli(
+            "validate",
+            "--config",
+            QUICKSTART,
+            *FAST,
+            "--ckpt_path",
+            ckpt,
+            "--data.dataset=tests.helpers.faults.ExtraClassShapes",
+        )
     with pytest.raises(ValueError, match=r"last.ckpt.*num_convs=1 \(checkpoint: 2; set on the command line\)"):
         run_cli("validate", "--config", QUICKSTART, *FAST, "--ckpt_path", ckpt, "--model.head.num_convs=1")
     with pytest.raises(ValueError, match=r"encoder.name=resnet34 \(checkpoint: resnet18; set on the command line\)"):
@@ -222,17 +244,23 @@ def test_an_evaluation_without_a_config_is_refused_naming_the_runs_own(tmp_path)
     with pytest.raises(ValueError, match=rf"no --config given, .*; pass --config {saved} \(the run's own\)"):
         run_cli("validate", "--ckpt_path", ckpt)
     Path("wide.yaml").write_text("model:\n  head:\n    init_args:\n      num_convs: 1\n")
-    with pytest.raises(ValueError, match=r"num_convs=1 \(checkpoint: 2; set in --config \S*quickstart.yaml, \S*wide.yaml\)"):
+    with pytest.raises(
+        ValueError, match=r"num_convs=1 \(checkpoint: 2; set in --config \S*quickstart.yaml, \S*wide.yaml\)"
+    ):
         run_cli("validate", "--config", QUICKSTART, "--config", "wide.yaml", *FAST, "--ckpt_path", ckpt)
-    assert run_cli("validate", "--config", saved, "--ckpt_path", ckpt, "--trainer.limit_val_batches=1").trainer.state.finished
+    assert run_cli(
+        "validate", "--config", saved, "--ckpt_path", ckpt, "--trainer.limit_val_batches=1"
+    ).trainer.state.finished
 
 
 def test_a_misspelt_command_lists_every_command(capsys):
     from attnseg.__main__ import run
 
     assert run(["trian"]) == 2
-    assert "unknown command 'trian' (did you mean fit?); commands: fit, validate, test, predict, sweep, check-data, " \
+    assert (
+        "unknown command 'trian' (did you mean fit?); commands: fit, validate, test, predict, sweep, check-data, "
         "configs" in capsys.readouterr().err
+    )
 
 
 def test_batch_errors_name_the_option(tmp_path):

@@ -39,7 +39,9 @@ def test_last_resumes_this_experiment_not_the_newest_run(caplog):
     # the run's metrics.csv keeps the first fit's rows (Lightning's CSV writer deletes the file it opens)
     rows = list(csv.DictReader(open(fcn_run / "metrics.csv")))
     assert {row["epoch"] for row in rows if row["val/mIoU"]} == {"0", "1"}
-    logged = [(row["step"], key) for row in rows for key, value in row.items() if value and key not in ("epoch", "step")]
+    logged = [
+        (row["step"], key) for row in rows for key, value in row.items() if value and key not in ("epoch", "step")
+    ]
     assert len(logged) == len(set(logged))  # nothing logged twice for one step
 
 
@@ -113,7 +115,9 @@ def test_options_set_on_resume_win_and_are_reported_with_the_state_restored(capl
 def test_options_that_define_the_model_are_refused_on_resume():
     run_cli("fit", *BASE)
     last = runs()[0] / "checkpoints/last.ckpt"
-    with pytest.raises(ValueError, match=r"model.head.init_args.num_convs=1 \(checkpoint: 2; set on the command line\)"):
+    with pytest.raises(
+        ValueError, match=r"model.head.init_args.num_convs=1 \(checkpoint: 2; set on the command line\)"
+    ):
         run_cli("fit", *BASE, "--trainer.max_epochs=2", "--model.head.init_args.num_convs=1", "--ckpt_path", last)
 
 
@@ -165,7 +169,9 @@ def test_a_resume_that_fails_to_load_keeps_every_metrics_row():
     run_cli("fit", *BASE, "--trainer.max_epochs=2", "--ckpt_path", first)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert {row["epoch"] for row in rows if row["val/mIoU"]} == {"0", "1"}
-    logged = [(row["step"], key) for row in rows for key, value in row.items() if value and key not in ("epoch", "step")]
+    logged = [
+        (row["step"], key) for row in rows for key, value in row.items() if value and key not in ("epoch", "step")
+    ]
     assert len(logged) == len(set(logged))  # the steps after the checkpoint are logged once, by the resumed fit
 
 

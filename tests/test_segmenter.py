@@ -40,7 +40,9 @@ def test_segmenter_segments_as_the_run_evaluates(trained):
     assert result.labels.shape == (40, 56) and result.probabilities.shape == (7, 40, 56)
     assert torch.allclose(result.probabilities.sum(0), torch.ones(40, 56), atol=1e-5)
     task = cli.model.eval()
-    normalised = eval_transforms((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)))[None]
+    normalised = eval_transforms((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))(
+        tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+    )[None]
     with torch.no_grad():
         expected = task.predict_logits(normalised.as_subclass(torch.Tensor)).softmax(1)[0]
     assert torch.allclose(result.probabilities, expected, atol=1e-5)

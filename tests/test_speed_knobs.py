@@ -95,7 +95,9 @@ class FormatProbe(Callback):
         self.images = []
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        hook = lambda module, args: self.images.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        def hook(module, args):
+            self.images.append(args[0].is_contiguous(memory_format=torch.channels_last))
+
         pl_module.model.encoder.register_forward_pre_hook(hook)
 
 

@@ -58,11 +58,13 @@ def test_sweep_runs_every_point_and_seed_and_survives_a_failing_point(tmp_path, 
 
     md = Path("results/results.md").read_text()
     summary, every = md.split("Every run:")
-    assert "| num_convs | val mIoU (%) | test mIoU (%) | context IoU (%) | steps to 80% context IoU | seeds |" in summary
+    assert (
+        "| num_convs | val mIoU (%) | test mIoU (%) | context IoU (%) | steps to 80% context IoU | seeds |" in summary
+    )
     assert summary.count("| ok |") == 2 and "| failed (2/2) |" in summary
     mean = sum(float(rows[i]["test_mIoU"]) for i in (0, 1)) / 2
     spread = abs(float(rows[0]["test_mIoU"]) - float(rows[1]["test_mIoU"])) / 2**0.5  # sample std of two values
-    assert f"| 1 | " in summary and f"{100 * mean:.1f} ± {100 * spread:.1f}" in summary
+    assert "| 1 | " in summary and f"{100 * mean:.1f} ± {100 * spread:.1f}" in summary
     assert every.count("| ok |") == 4 and every.count("| failed |") == 2
     assert "- run 2: ValueError: FCNHead: num_convs=0" in md
     assert Image.open("results/results.png").size[0] > 100
@@ -100,13 +102,14 @@ def test_sweep_runs_every_point_and_seed_and_survives_a_failing_point(tmp_path, 
 
 def test_summary_averages_only_points_whose_runs_all_succeeded(tmp_path):
     sweep = Sweep(tmp_path / "s.yaml", "s", [], {"model.lr": [0.1, 0.2]}, seeds=[0, 1, 2], context_classes=["a"])
+    scores = ("val_mIoU", "test_mIoU", "test_context_IoU")
     rows = [
-        {"run": 0, "model.lr": 0.1, "seed": 0, "status": "ok", "val_mIoU": 0.5, "test_mIoU": 0.4, "test_context_IoU": 0.2},
-        {"run": 1, "model.lr": 0.1, "seed": 1, "status": "ok", "val_mIoU": 0.7, "test_mIoU": 0.6, "test_context_IoU": 0.4},
-        {"run": 2, "model.lr": 0.1, "seed": 2, "status": "ok", "val_mIoU": 0.6, "test_mIoU": 0.5, "test_context_IoU": 0.3},
-        {"run": 3, "model.lr": 0.2, "seed": 0, "status": "ok", "val_mIoU": 0.9, "test_mIoU": 0.9, "test_context_IoU": 0.9},
-        {"run": 4, "model.lr": 0.2, "seed": 1, "status": "failed", "error": "boom"},
-    ]  # fmt: skip
+        {"run": run, "model.lr": lr, "seed": seed, "status": "ok", **dict(zip(scores, values))}
+        for run, lr, seed, values in [
+            (0, 0.1, 0, (0.5, 0.4, 0.2)), (1, 0.1, 1, (0.7, 0.6, 0.4)), (2, 0.1, 2, (0.6, 0.5, 0.3)),
+            (3, 0.2, 0, (0.9, 0.9, 0.9)),
+        ]
+    ] + [{"run": 4, "model.lr": 0.2, "seed": 1, "status": "failed", "error": "boom"}]  # fmt: skip
     first, second = summarise(sweep, rows)
     assert first["status"] == "ok" and first["n"] == 3
     assert first["test_mIoU"] == pytest.approx((0.5, 0.1)) and first["test_context_IoU"] == pytest.approx((0.3, 0.1))
@@ -143,10 +146,18 @@ def test_bundle_axis_sets_several_options_per_value(tmp_path):
 @pytest.mark.parametrize(
     "name, expected, module, base",
     [
-        ("danet", [{"pam": p, "cam": c} for p in (True, False) for c in (True, False)], "branches.pam.attention.",
-         ["quickstart.yaml", "model/danet.yaml"]),
-        ("ccnet", [{"recurrence": r} for r in range(4)], "cca.",
-         ["quickstart.yaml", "experiment/context.yaml", "model/ccnet.yaml"]),
+        (
+            "danet",
+            [{"pam": p, "cam": c} for p in (True, False) for c in (True, False)],
+            "branches.pam.attention.",
+            ["quickstart.yaml", "model/danet.yaml"],
+        ),
+        (
+            "ccnet",
+            [{"recurrence": r} for r in range(4)],
+            "cca.",
+            ["quickstart.yaml", "experiment/context.yaml", "model/ccnet.yaml"],
+        ),
     ],
 )
 def test_ablation_grids_differ_only_in_the_module_under_test(name, expected, module, base, capsys):
@@ -437,7 +448,9 @@ def test_an_interrupted_sweep_keeps_the_rows_of_runs_after_the_interrupted_one(t
     assert main_code("sweep", str(sweep), "--out", str(out), "--only", "model.head.init_args.num_convs=2", *base) == 0
     interrupt = {"class_path": "tests.helpers.faults.InterruptOnce",
                  "init_args": {"flag": str(tmp_path / "flag"), "step": 3}}  # fmt: skip
-    assert main_code("sweep", str(sweep), "--out", str(out), *base, f"--trainer.callbacks+={json.dumps(interrupt)}") == 130
+    assert (
+        main_code("sweep", str(sweep), "--out", str(out), *base, f"--trainer.callbacks+={json.dumps(interrupt)}") == 130
+    )
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [(r["run"], r["status"]) for r in rows] == [("0", "interrupted"), ("1", "ok")]
 
@@ -448,8 +461,15 @@ def test_a_stop_signal_ends_the_sweep_even_when_its_run_fails_first(tmp_path):
     sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 2\n"
                         "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
     stop = {"class_path": "tests.helpers.faults.StopSignalThenError", "init_args": {"flag": str(tmp_path / "f")}}
-    extra = ["--", *FAST, "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-             "--trainer.limit_test_batches=1", *wandb_in(tmp_path / "runs"), f"--trainer.callbacks+={json.dumps(stop)}"]
+    extra = [
+        "--",
+        *FAST,
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+        *wandb_in(tmp_path / "runs"),
+        f"--trainer.callbacks+={json.dumps(stop)}",
+    ]
     out = tmp_path / "out"
     assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 143
     rows = list(csv.DictReader(open(out / "results.csv")))

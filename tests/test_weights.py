@@ -15,7 +15,6 @@ from attnseg import weights
 from attnseg.constants import IMAGENET_MEAN, IMAGENET_STD
 from attnseg.encoder import Encoder
 from attnseg.weights import PACKAGES, input_normalization, normalization
-
 from tests.helpers.cli import FAST, QUICKSTART
 
 
@@ -39,9 +38,12 @@ def raw_file(name: str) -> dict[str, torch.Tensor]:
     [
         pytest.param(
             "efficientnet_lite0",
-            {"_conv_stem.weight": "conv_stem.weight", "_bn0.running_var": "bn1.running_var",
-             "_blocks.0._depthwise_conv.weight": "blocks.0.0.conv_dw.weight",
-             "_blocks.15._project_conv.weight": "blocks.6.0.conv_pwl.weight"},  # fmt: skip
+            {
+                "_conv_stem.weight": "conv_stem.weight",
+                "_bn0.running_var": "bn1.running_var",
+                "_blocks.0._depthwise_conv.weight": "blocks.0.0.conv_dw.weight",
+                "_blocks.15._project_conv.weight": "blocks.6.0.conv_pwl.weight",
+            },  # fmt: skip
             marks=needs("efficientnet_lite0"),
         ),
         pytest.param(
@@ -51,9 +53,12 @@ def raw_file(name: str) -> dict[str, torch.Tensor]:
         ),
         pytest.param(
             "mobilenetv2",
-            {"features.0.0.weight": "conv_stem.weight", "features.1.conv.0.0.weight": "blocks.0.0.conv_dw.weight",
-             "features.17.conv.2.weight": "blocks.6.0.conv_pwl.weight",
-             "features.17.conv.3.running_var": "blocks.6.0.bn3.running_var"},  # fmt: skip
+            {
+                "features.0.0.weight": "conv_stem.weight",
+                "features.1.conv.0.0.weight": "blocks.0.0.conv_dw.weight",
+                "features.17.conv.2.weight": "blocks.6.0.conv_pwl.weight",
+                "features.17.conv.3.running_var": "blocks.6.0.bn3.running_var",
+            },  # fmt: skip
             marks=needs("mobilenetv2"),
         ),
     ],
@@ -117,7 +122,9 @@ def fake_package(tmp_path: Path, monkeypatch, tensors: dict[str, torch.Tensor], 
 def test_a_shape_mismatch_names_the_package_the_key_and_both_shapes(tmp_path, monkeypatch):
     import timm
 
-    tensors = {f"w{k}.{key}": value for k, (key, value) in enumerate(timm.create_model("resnet18").state_dict().items())}
+    tensors = {
+        f"w{k}.{key}": value for k, (key, value) in enumerate(timm.create_model("resnet18").state_dict().items())
+    }
     first = next(iter(tensors))
     tensors[first] = torch.zeros(64, 3, 5, 5)  # conv1 is 64 x 3 x 7 x 7
     spec = fake_package(tmp_path, monkeypatch, tensors, "resnet18")

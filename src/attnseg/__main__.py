@@ -19,9 +19,9 @@ from typing import Optional, Sequence
 
 from attnseg.cli import AttnSegCLI
 from attnseg.configs import configs_command
-from attnseg.data.check import check_samples, report, show_samples
+from attnseg.data.check import check_samples, report
 from attnseg.sweep import main as sweep
-
+from attnseg.visualize import denormalize, overlay_figure
 
 USAGE = """usage: attnseg <command> [options]
 
@@ -51,15 +51,20 @@ def short_help(command: str) -> str:
     """``attnseg <command> --help``: the groups of options and where each one's full help is (the full listing,
     ``--help-all``, is thousands of lines: it names every class a class option could take)."""
     evaluate = command != "fit"
-    return f"""usage: attnseg {command} [--config FILE]... [--GROUP.OPTION VALUE]... [--ckpt_path PATH{'' if evaluate else '|last'}]
+    return f"""usage: attnseg {command} [--config FILE]... [--GROUP.OPTION VALUE]... [--ckpt_path PATH{
+        "" if evaluate else "|last"
+    }]
 
 {"Evaluate or apply a checkpoint" if evaluate else "Train a model"}. Options come in groups; set them in YAML files
 (--config, later files win; shipped ones by short name, listed by `attnseg configs`) or on the command line
 (--group.option value).
 
   --config FILE          a config file or a shipped config's short name (quickstart, model/danet, ...)
-  --ckpt_path PATH       {"the checkpoint to evaluate (with the run's config.yaml as --config)" if evaluate else
-                          "continue a run from a checkpoint; `last`: this experiment's last.ckpt"}
+  --ckpt_path PATH       {
+        "the checkpoint to evaluate (with the run's config.yaml as --config)"
+        if evaluate
+        else "continue a run from a checkpoint; `last`: this experiment's last.ckpt"
+    }
   --seed_everything N    seed of initialisation, data order and augmentation
   --print_config         print the resolved config of the given options and exit
   --help-all             every option of every group (thousands of lines)
@@ -78,7 +83,7 @@ groups (`attnseg {command} --help-all` lists each in full):
   --prediction.*         predict's output folder and overlays
 
 example:
-  attnseg {command} --config quickstart{' --ckpt_path PATH' if evaluate else ''}
+  attnseg {command} --config quickstart{" --ckpt_path PATH" if evaluate else ""}
 """
 
 
@@ -116,6 +121,27 @@ def check_data(argv: list[str]) -> int:
         for path in show_samples(data, shown.show, Path(shown.output_dir)):
             print(f"wrote {path}")
     return 1 if problems else 0
+
+
+def show_samples(data, n: int, out: Path) -> list[Path]:
+    """Draw the first ``n`` training samples as training sees them (augmented, after the datamodule's transforms) and
+    the first ``n`` validation samples: image, label, label over the image, with a legend of the classes present, to
+    ``out/train.png`` and ``out/val.png``. Returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, dataset in (("train", data.train_dataset), ("val", data.val_dataset)):
+        if dataset is None or len(dataset) == 0:
+            continue
+        samples = [dataset[i] for i in range(min(n, len(dataset)))]
+        images = [denormalize(image[None], data.mean, data.std)[0] for image, _ in samples]
+        masks = [mask.numpy() for _, mask in samples]
+        title = f"{name}: {len(samples)} of {len(dataset)} samples" + (" (augmented)" if name == "train" else "")
+        figure = overlay_figure(images, masks, masks, data.palette, data.class_names, data.ignore_index, title=title,
+                                columns=("image", "label", "label over the image"))  # fmt: skip
+        path = out / f"{name}.png"
+        figure.savefig(path, dpi=100)
+        written.append(path)
+    return written
 
 
 def export_command(argv: list[str]) -> int:
@@ -178,7 +204,13 @@ def run(argv: list[str]) -> int:
     if argv and argv[0] == "plot":
         return plot_command(argv[1:])
     if not argv[0].startswith("-") and argv[0] not in COMMANDS:
-        words = {**{c: c for c in COMMANDS}, "train": "fit", "eval": "validate", "evaluate": "validate", "infer": "predict"}
+        words = {
+            **{c: c for c in COMMANDS},
+            "train": "fit",
+            "eval": "validate",
+            "evaluate": "validate",
+            "infer": "predict",
+        }
         close = difflib.get_close_matches(argv[0], list(words), n=1)
         hint = f" (did you mean {words[close[0]]}?)" if close else ""
         print(f"attnseg: unknown command '{argv[0]}'{hint}; commands: {', '.join(COMMANDS)}", file=sys.stderr)

@@ -30,9 +30,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 import torch
+import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -47,7 +46,6 @@ from attnseg.lightning_internals import (
     save_last,
     saves_on_train_epoch_end,
 )
-
 
 TMP_PATTERN = ".*.ckpt.*.tmp"  # AtomicCheckpointIO's temporary files
 # Lightning's warning about resuming mid-epoch, replaced by Checkpoint.on_load_checkpoint's plain line

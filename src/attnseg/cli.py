@@ -398,7 +398,7 @@ def _load_checkpoint(path: str) -> dict:
     """The checkpoint at ``path`` (tensors memory-mapped), or an error that names it and says what it is."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001 (torch's messages do not name the file)
+    except Exception as error:
         head = Path(path).read_bytes()[:512]
         if head and all(32 <= b < 127 or b in b"\r\n\t" for b in head):
             what = "a text file, not a checkpoint"
@@ -454,4 +454,3 @@ def _flatten(value, prefix: str) -> dict:
             out.update(_flatten(item, f"{prefix}.{key}"))
         return out
     return {prefix: value}
-

@@ -22,7 +22,6 @@ from torch import nn
 from attnseg.weights import HUB, PACKAGE, load_packaged, package_file, packaged
 
 
-
 @dataclass
 class EncoderConfig:
     """What ``--model.encoder.*`` sets.

@@ -64,14 +64,14 @@ class SlidingWindow:
         logits = count = None
         for start in range(0, len(boxes), self.batch_windows):
             chunk = boxes[start : start + self.batch_windows]
-            crops = torch.cat([images[:, :, t:bt, l:r] for t, l, bt, r in chunk])
+            crops = torch.cat([images[:, :, top:bottom, left:right] for top, left, bottom, right in chunk])
             out = model(crops)["out"]
             if logits is None:
                 logits = images.new_zeros((b, out.shape[1], h, w), dtype=out.dtype)
                 count = images.new_zeros((1, 1, h, w), dtype=out.dtype)
-            for i, (t, l, bt, r) in enumerate(chunk):
-                logits[:, :, t:bt, l:r] += out[i * b : (i + 1) * b]
-                count[:, :, t:bt, l:r] += 1
+            for i, (top, left, bottom, right) in enumerate(chunk):
+                logits[:, :, top:bottom, left:right] += out[i * b : (i + 1) * b]
+                count[:, :, top:bottom, left:right] += 1
         return logits / count
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
+
 from attnseg.constants import IGNORE_INDEX
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 from attnseg.data.io import rgb8
 from attnseg.visualize import blend, colorize, default_palette, with_legend
 
+
 class PredictionWriter(BasePredictionWriter):
     """Write ``<name>_mask.png`` (palette PNG of class indices) and ``<name>_overlay.png`` for each predicted image.
 

@@ -111,7 +111,14 @@ def run_identity(config: Any) -> tuple[str, str, list[str]]:
     dataset = str(_get(data, "dataset") or "data").rpartition(".")[2]
     variant = _get(_get(data, "dataset_args") or {}, "variant")
     data_words = [dataset.lower(), *([str(variant)] if variant else [])]
-    tags = [short, *switches, name, dataset, *([str(variant)] if variant else []), *([f"seed{seed}"] if seed_part else [])]
+    tags = [
+        short,
+        *switches,
+        name,
+        dataset,
+        *([str(variant)] if variant else []),
+        *([f"seed{seed}"] if seed_part else []),
+    ]
     group = "-".join(parts + data_words + [recipe_key(config)])
     return "-".join(parts + seed_part), group, tags
 

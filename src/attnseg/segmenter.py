@@ -101,7 +101,9 @@ class Segmenter:
             pixels = torch.from_numpy(rgb8(image, Path("<PIL image>"))).permute(2, 0, 1)
         elif isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"Segmenter: an array image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+                raise ValueError(
+                    f"Segmenter: an array image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}"
+                )
             pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         elif isinstance(image, torch.Tensor):
             if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
@@ -138,8 +140,9 @@ class _WholeImageForward(torch.nn.Module):
         return self.model((images - self.mean) / self.std)["out"]
 
 
-def export(segmenter: Segmenter, path: Union[str, Path], size: tuple[int, int] = (512, 512),
-           form: str = "torchscript") -> Path:
+def export(
+    segmenter: Segmenter, path: Union[str, Path], size: tuple[int, int] = (512, 512), form: str = "torchscript"
+) -> Path:
     """Write the whole-image forward (normalisation included) to ``path`` and check the file against the model.
 
     ``form="torchscript"``: traced at ``size`` (H, W), runs at any batch and size (``torch.jit.load``); checked at

@@ -85,7 +85,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from attnseg.callbacks import Complexity, Throughput
 from attnseg.checkpoint import clear_stop, run_dir, stop_received
 from attnseg.cli import AttnSegCLI
-from attnseg.configs import config_root, resolve as resolve_config
+from attnseg.configs import config_root
+from attnseg.configs import resolve as resolve_config
 from attnseg.curves import CurveRecorder, curves_figure, read_curve, steps_to
 from attnseg.profiling import count_parameters
 
@@ -172,7 +173,9 @@ class Sweep:
         seeds = spec.get("seeds", [0])
         integers = isinstance(seeds, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
         if not seeds or not integers:
-            raise ValueError(f"{path}: seeds is {seeds!r}; expected a non-empty list of integers, e.g. seeds: [0, 1, 2]")
+            raise ValueError(
+                f"{path}: seeds is {seeds!r}; expected a non-empty list of integers, e.g. seeds: [0, 1, 2]"
+            )
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{path}: seeds {seeds} repeat a seed; each seed once")
         context = spec.get("context_classes") or []
@@ -247,8 +250,15 @@ def wandb_sweep(sweep: Sweep, extra: Sequence[str] = ()) -> dict[str, Any]:
         "method": "grid",
         "metric": {"name": "val/mIoU", "goal": "maximize"},
         "parameters": parameters,
-        "command": ["attnseg", "fit", *configs, *override_args(sweep.fixed), "--trainer.logger.init_args.offline=false",
-                    *extra, "${args}"],  # fmt: skip  # an agent reports to the W&B server, not to offline files
+        "command": [
+            "attnseg",
+            "fit",
+            *configs,
+            *override_args(sweep.fixed),
+            "--trainer.logger.init_args.offline=false",
+            *extra,
+            "${args}",
+        ],  # fmt: skip  # an agent reports to the W&B server, not to offline files
     }
 
 
@@ -402,8 +412,15 @@ def check_points(sweep: Sweep, extra: Sequence[str] = ()) -> list[str]:
 
 
 def run_point(
-    sweep: Sweep, index: int, point: dict[str, Any], extra: Sequence[str], group: str, seed: Optional[int] = None,
-    out: Optional[Path] = None, resume: Optional[Path] = None, earlier_curve: Optional[str] = None,
+    sweep: Sweep,
+    index: int,
+    point: dict[str, Any],
+    extra: Sequence[str],
+    group: str,
+    seed: Optional[int] = None,
+    out: Optional[Path] = None,
+    resume: Optional[Path] = None,
+    earlier_curve: Optional[str] = None,
 ) -> dict[str, Any]:
     """Fit (and test) one grid point with one seed; returns its result row (``status`` ``ok`` or ``failed`` with
     ``error``). With ``out``, the run's learning curve goes to ``curve_file`` (column ``curve``) and
@@ -447,7 +464,7 @@ def run_point(
         row["run_dir"] = str(run_dir(trainer))
         row["best_checkpoint"] = (callback.best_model_path if callback else "") or ""
         row["status"] = "ok" if trainer.state.finished else f"stopped ({trainer.state.status.value})"
-    except Exception as err:  # a failed run is a result, not the end of the sweep
+    except Exception as err:  # noqa: BLE001 (a failed run is a result, not the end of the sweep)
         traceback.print_exc()
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         row["error"] = f"{type(err).__name__}: {message}"[:500]
@@ -489,8 +506,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per grid point that has runs: its point, the number of runs ``n``, ``status`` (``ok`` when every run succeeded,
-    else ``failed (k/n)``) and, for an ok point, ``(mean, std)`` of each score over its seeds."""
+    """One entry per grid point that has runs: its point, the number of runs ``n``, ``status`` (``ok`` when every run
+    succeeded, else ``failed (k/n)``) and, for an ok point, ``(mean, std)`` of each score over its seeds."""
     keys = list(sweep.grid)
     summary = []
     for point in sweep.points():
@@ -552,7 +569,8 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
         f"# Sweep `{sweep.name}`",
         "",
         f"Sweep file: `{sweep.path}`; base: {', '.join(f'`{b.name}`' for b in sweep.base)}; seeds: {sweep.seeds}; "
-        f"W&B tag: `{group}` (each grid point a W&B group)" + (f"; extra arguments: `{' '.join(extra)}`" if extra else ""),
+        f"W&B tag: `{group}` (each grid point a W&B group)"
+        + (f"; extra arguments: `{' '.join(extra)}`" if extra else ""),
         "",
         "Mean ± standard deviation over the seeds of each grid point. val mIoU: the best validation score, whose "
         "checkpoint the test scores come from."
@@ -744,12 +762,26 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--resume", action="store_true",
                         help="continue the sweep in --out (what a re-run does anyway): finished runs are kept, failed "
                              "and unfinished ones run again, the latter from their last.ckpt")  # fmt: skip
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="run every grid point once per seed (overrides the file's seeds), e.g. --seeds 0 1 2")  # fmt: skip
-    parser.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
-                        help="run only these values of a grid key (repeatable), e.g. --only head=pspnet,fcn")
-    parser.add_argument("--wandb-sweep", default=None, metavar="FILE",
-                        help="write the grid as a W&B sweep file (wandb sweep FILE; wandb agent ID), run nothing")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="run every grid point once per seed (overrides the file's seeds), e.g. --seeds 0 1 2",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="run only these values of a grid key (repeatable), e.g. --only head=pspnet,fcn",
+    )
+    parser.add_argument(
+        "--wandb-sweep",
+        default=None,
+        metavar="FILE",
+        help="write the grid as a W&B sweep file (wandb sweep FILE; wandb agent ID), run nothing",
+    )
     return parser.parse_args(argv), extra
 
 

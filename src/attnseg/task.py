@@ -10,20 +10,20 @@ import math
 from typing import Callable, Literal, Optional, Sequence, Union
 
 import torch
+from jsonargparse import lazy_instance
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
-from jsonargparse import lazy_instance
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
+from attnseg.constants import IGNORE_INDEX, class_series
 from attnseg.encoder import Encoder, EncoderConfig
 from attnseg.heads import FCNHead
 from attnseg.inference import MultiScaleFlip, SlidingWindow, Whole
 from attnseg.losses import CrossEntropy
 from attnseg.model import SegmentationModel
-from attnseg.constants import IGNORE_INDEX, class_series
 
 # A head class with its options bound; called with (encoder channels, num_classes).
 HeadFactory = Callable[[Sequence[int], int], nn.Module]

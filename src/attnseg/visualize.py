@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
 from attnseg.constants import IGNORE_INDEX
 
 IGNORE_COLOUR = (255, 255, 255)
@@ -38,7 +39,9 @@ def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndar
     return np.clip(out.round(), 0, 255).astype(np.uint8)
 
 
-def with_legend(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], names: Sequence[str]) -> np.ndarray:
+def with_legend(
+    image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], names: Sequence[str]
+) -> np.ndarray:
     """``image`` (H, W, 3) uint8 with a white strip below it naming, by colour swatch, the classes present in ``mask``
     (H, W), in rows as wide as the image; void and indices without a name are left out."""
     from PIL import Image, ImageDraw, ImageFont

@@ -26,10 +26,10 @@ from attnseg.callbacks import (
     class_series,
     class_table,
 )
-from attnseg.profiling import count_flops, count_parameters
-from attnseg.visualize import colorize, confusion_figure, default_palette, denormalize, figure_to_array, overlay_figure
 from attnseg.data.synthetic import SyntheticShapes
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from attnseg.profiling import count_flops, count_parameters
+from attnseg.visualize import colorize, confusion_figure, default_palette, denormalize, figure_to_array, overlay_figure
 from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
 from tests.helpers.tensorboard_events import read_events
 from tests.helpers.wandb_offline import read_run, wandb_in
@@ -155,7 +155,7 @@ def test_tensorboard_gets_the_scalars_images_tables_config_and_hparams():
     assert expected.items() <= hp["values"].items()
     context = scalars["val/context_IoU"]  # the mean IoU of the two context classes
     assert [step for step, _ in context] == [1, 3]
-    for (step, value), (_, cold), (_, warm) in zip(context, scalars["val/IoU/cold_blob"], scalars["val/IoU/warm_blob"]):
+    for (_, value), (_, cold), (_, warm) in zip(context, scalars["val/IoU/cold_blob"], scalars["val/IoU/warm_blob"]):
         assert value == pytest.approx((cold + warm) / 2)
 
     # scalars of each validation (step 1 and 3), per-class IoU, complexity, throughput, the best validation

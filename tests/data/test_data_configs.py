@@ -1,6 +1,6 @@
 """configs/data/*.yaml and configs/experiment/*.yaml: what they resolve to when composed as the comments say
-(experiment, whose base: reads its data file, + model file + --data.root). Each also runs fast_dev_run fit / validate / test on a tiny copy
-of its dataset's layout in test_cli.py (CASES)."""
+(experiment, whose base: reads its data file, + model file + --data.root). Each also runs fast_dev_run fit / validate /
+test on a tiny copy of its dataset's layout in test_cli.py (CASES)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from tests.helpers import layouts
 from attnseg.data import (
     ADE20K,
     DATASETS,
@@ -23,6 +22,7 @@ from attnseg.data import (
     SegDataModule,
 )
 from attnseg.data.io import voc_palette
+from tests.helpers import layouts
 from tests.helpers.cli import SHARED
 
 CAMVID = SHARED / "data" / "camvid"

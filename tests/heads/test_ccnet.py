@@ -14,12 +14,6 @@ from tests.helpers.head_checks import CHANNELS, fake_features, random_gamma
 from tests.helpers.reference import criss_cross_weights, masked_cca
 
 
-
-
-
-
-
-
 @pytest.mark.parametrize("shape", [(2, 16, 7, 9), (1, 8, 13, 17), (1, 8, 1, 5), (1, 8, 5, 1), (1, 8, 1, 1)])
 def test_criss_cross_equals_masked_full_attention(shape):
     m = CrissCrossAttention(shape[1])
@@ -70,7 +64,9 @@ def test_gradients_equal_the_masked_full_attention(shape):
     ours, naive, channels_last = grads
     for name in naive:
         for result in (ours, channels_last):
-            torch.testing.assert_close(result[name], naive[name], rtol=1e-4, atol=1e-4, msg=lambda e: f"{name}: {e}")
+            torch.testing.assert_close(
+                result[name], naive[name], rtol=1e-4, atol=1e-4, msg=lambda e, name=name: f"{name}: {e}"
+            )
 
 
 def test_memory_is_linear_in_rows_plus_columns_never_n_squared():
@@ -152,7 +148,6 @@ def test_widths_follow_the_official_code(encoder):
     assert head.fuse.conv.in_channels == channels[-1] + channels[-1] // 4  # the input feature concatenated
 
 
-
 # ------------------------------------------------------------------------------------------------ 3D (video)
 
 
@@ -180,7 +175,9 @@ def test_3d_criss_cross_equals_masked_full_attention_outputs_and_gradients(shape
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dx, ref_dx, rtol=1e-4, atol=1e-4)
     for name in ref_params:
-        torch.testing.assert_close(params[name], ref_params[name], rtol=1e-4, atol=1e-4, msg=lambda e: f"{name}: {e}")
+        torch.testing.assert_close(
+            params[name], ref_params[name], rtol=1e-4, atol=1e-4, msg=lambda e, name=name: f"{name}: {e}"
+        )
 
 
 def test_3d_criss_cross_of_one_frame_is_the_2d_module_and_its_pixel_map_covers_t_plus_h_plus_w_minus_2():

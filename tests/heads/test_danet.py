@@ -15,8 +15,6 @@ from tests.helpers.reference import naive_cam, naive_pam
 # or 4-8-16-16 (OS 16) of a 97x129 input.
 
 
-
-
 @pytest.mark.parametrize("shape,key_channels", [((2, 16, 7, 9), None), ((1, 32, 13, 17), 4), ((1, 4, 5, 3), 8)])
 def test_position_attention_equals_naive_formula(shape, key_channels):
     m = PositionAttention(shape[1], key_channels)
@@ -110,7 +108,9 @@ def test_position_attention_gradients_equal_the_naive_formula(block_elements, mo
     ours, naive, channels_last = grads
     for name in naive:
         for result in (ours, channels_last):
-            torch.testing.assert_close(result[name], naive[name], rtol=1e-4, atol=1e-5, msg=lambda e: f"{name}: {e}")
+            torch.testing.assert_close(
+                result[name], naive[name], rtol=1e-4, atol=1e-5, msg=lambda e, name=name: f"{name}: {e}"
+            )
 
 
 def test_position_attention_never_holds_the_n_by_n_map():
@@ -184,6 +184,9 @@ def test_branch_widths_follow_the_official_code(encoder):
     """Branches of C_in / 4 channels, PAM queries and keys of C_in / 4 / 8."""
     channels = CHANNELS[encoder]
     head = DANetHead(channels, num_classes=4)
-    assert head.branches["pam"].reduce.conv.out_channels == head.branches["cam"].reduce.conv.out_channels == channels[-1] // 4
+    assert (
+        head.branches["pam"].reduce.conv.out_channels
+        == head.branches["cam"].reduce.conv.out_channels
+        == channels[-1] // 4
+    )
     assert head.branches["pam"].attention.query.out_channels == max(1, channels[-1] // 4 // 8)
-

@@ -13,7 +13,7 @@ from attnseg.losses import BorderFocalLoss
 from attnseg.task import SegmentationTask
 from tests.helpers.head_checks import CHANNELS, STRIDES, fake_features
 
-I = 255  # ignored
+I = 255  # noqa: E741 (the void label, one letter in the label tables below)
 
 
 def test_edges_of_a_hand_made_label_map():
@@ -166,4 +166,3 @@ def test_outputs_sit_on_their_stages(output_stride):
     assert out["out"].shape == (1, 4, *features[0].shape[-2:])
     assert out["stage1"].shape == (1, 4, *features[-1].shape[-2:])
     assert out["border"].shape == (1, 1, *features[0].shape[-2:])
-

@@ -11,13 +11,6 @@ from attnseg.heads import FLANetHead, FullyAttentionalBlock
 from tests.helpers.head_checks import CHANNELS, STRIDES, fake_features, random_gamma
 from tests.helpers.reference import naive_fla, naive_fla_augment, published_fla
 
-
-
-
-
-
-
-
 SHAPES = [(2, 16, 7, 9), (1, 8, 13, 17), (3, 12, 8, 8), (1, 8, 1, 5), (2, 8, 5, 1), (1, 4, 1, 1)]
 
 
@@ -47,7 +40,9 @@ def test_gradients_equal_the_loops_and_reach_every_parameter():
                          "fuse.conv.weight", "fuse.bn.weight", "fuse.bn.bias"}  # fmt: skip
     for name in ours:
         assert ours[name].abs().sum() > 0, f"{name} got no gradient"
-        torch.testing.assert_close(ours[name], naive[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            ours[name], naive[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_zero_gamma_leaves_only_the_fuse_conv():
@@ -71,7 +66,9 @@ def test_each_image_of_a_batch_is_independent():
     # the published form is right for one image and mixes images in a batch
     with torch.no_grad():
         for i in range(3):
-            torch.testing.assert_close(block.fuse(published_fla(block, x[i : i + 1])), out[i : i + 1], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                block.fuse(published_fla(block, x[i : i + 1])), out[i : i + 1], rtol=1e-5, atol=1e-5
+            )
         assert not torch.allclose(block.fuse(published_fla(block, x)), out, atol=1e-3)
 
 
@@ -127,4 +124,3 @@ def test_auxiliary_heads_sit_on_the_two_stages_before_last(output_stride):
     assert head.loss_weights == {"out": 1.0, "aux": 0.4, "aux2": 0.4}
     for name, feature in zip(("aux2", "aux", "out"), features[1:]):
         assert out[name].shape == (1, 4, *feature.shape[-2:])
-

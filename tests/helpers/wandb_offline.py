@@ -66,7 +66,11 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            out["group"], out["name"], out["tags"] = record.run.run_group, record.run.display_name, list(record.run.tags)
+            out["group"], out["name"], out["tags"] = (
+                record.run.run_group,
+                record.run.display_name,
+                list(record.run.tags),
+            )
             for item in record.run.config.update:
                 _apply(out["config"], item)
         elif kind == "config":

@@ -51,7 +51,9 @@ class LearningRateFinder(_LearningRateFinder):
         plt.close(figure)
         steps = len(finder.results.get("lr", []))
         if suggestion is None:
-            rank_zero_info(f"learning-rate finder: no suggestion after {steps} steps; training with lr={before} ({path})")
+            rank_zero_info(
+                f"learning-rate finder: no suggestion after {steps} steps; training with lr={before} ({path})"
+            )
         elif self._update_attr:
             rank_zero_info(
                 f"learning-rate finder: {steps} steps from {self._min_lr:g} to {self._max_lr:g}; training with the "

@@ -10,11 +10,11 @@ from attnseg.data.camvid import CamVid
 from attnseg.data.cityscapes import Cityscapes
 from attnseg.data.coco_stuff import COCOStuff
 from attnseg.data.datamodule import SegDataModule
+from attnseg.data.frame_folders import FrameFolders
 from attnseg.data.image_folder import ImageFolder
 from attnseg.data.pascal_context import PascalContext
 from attnseg.data.registry import DATASETS
 from attnseg.data.synthetic import SyntheticShapes
-from attnseg.data.frame_folders import FrameFolders
 from attnseg.data.synthetic_clips import SyntheticClips
 from attnseg.data.voc import VOC
 

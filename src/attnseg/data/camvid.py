@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnseg.data.io import FolderDataset, Pairs, list_pairs
 from attnseg.constants import IGNORE_INDEX
+from attnseg.data.io import FolderDataset, Pairs, list_pairs
 
 
 class CamVid(FolderDataset):

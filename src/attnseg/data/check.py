@@ -3,13 +3,11 @@
 ``attnseg check-data <fit options>`` (or ``data.check_before_fit: true``) reads each image and label of the
 training, validation and test splits with a progress bar, collects every problem (an unreadable or truncated
 image, a 16-bit or colour label map, a label value that is neither a class nor void, an image / label size
-mismatch) instead of stopping at the first, and checks that the training labels are not all void. ``--show N``
-draws samples with their labels (``show_samples``): the augmentation and the label colours, seen before training.
+mismatch) instead of stopping at the first, and checks that the training labels are not all void.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -64,26 +62,3 @@ def report(problems: list[str], counts: dict[str, int]) -> str:
         return f"data check: every sample read ({read}); no problem found"
     shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
     return f"data check: {len(problems)} problem(s) (samples read: {read}):\n  {shown}"
-
-
-def show_samples(data, n: int, out: Path) -> list[Path]:
-    """Draw the first ``n`` training samples as training sees them (augmented, after the datamodule's transforms) and
-    the first ``n`` validation samples: image, label, label over the image, with a legend of the classes present, to
-    ``out/train.png`` and ``out/val.png``. Returns the files written."""
-    from attnseg.visualize import denormalize, overlay_figure
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, dataset in (("train", data.train_dataset), ("val", data.val_dataset)):
-        if dataset is None or len(dataset) == 0:
-            continue
-        samples = [dataset[i] for i in range(min(n, len(dataset)))]
-        images = [denormalize(image[None], data.mean, data.std)[0] for image, _ in samples]
-        masks = [mask.numpy() for _, mask in samples]
-        title = f"{name}: {len(samples)} of {len(dataset)} samples" + (" (augmented)" if name == "train" else "")
-        figure = overlay_figure(images, masks, masks, data.palette, data.class_names, data.ignore_index, title=title,
-                                columns=("image", "label", "label over the image"))  # fmt: skip
-        path = out / f"{name}.png"
-        figure.savefig(path, dpi=100)
-        written.append(path)
-    return written

@@ -13,12 +13,12 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
-from attnseg.data.image_folder import ImageFolder, collate_images
-from attnseg.data.registry import DATASETS
-from attnseg.data.check import check_samples, report
-from attnseg.data.io import voc_palette
-from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 from attnseg.constants import IGNORE_INDEX, STOP_SIGNALS
+from attnseg.data.check import check_samples, report
+from attnseg.data.image_folder import ImageFolder, collate_images
+from attnseg.data.io import voc_palette
+from attnseg.data.registry import DATASETS
+from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 
 
 def ignore_stop_signals(worker_id: int, main_process: Optional[int] = None) -> None:
@@ -262,8 +262,13 @@ class SegDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return DataLoader(self.predict_dataset, batch_size=1, num_workers=hp.num_workers, collate_fn=collate_images,
-                          worker_init_fn=stop_signal_guard())
+        return DataLoader(
+            self.predict_dataset,
+            batch_size=1,
+            num_workers=hp.num_workers,
+            collate_fn=collate_images,
+            worker_init_fn=stop_signal_guard(),
+        )
 
 
 class PadForRanks(Dataset):

@@ -101,9 +101,7 @@ def remap_labels(raw: torch.Tensor, lookup: torch.Tensor, path: Path) -> torch.T
     return labels
 
 
-def list_pairs(
-    image_dir: Path, label_dir: Path, image_suffix: str, label_suffix: str, pattern: str = "*"
-) -> Pairs:
+def list_pairs(image_dir: Path, label_dir: Path, image_suffix: str, label_suffix: str, pattern: str = "*") -> Pairs:
     """Pair ``image_dir/<key><image_suffix>`` with ``label_dir/<key><label_suffix>`` for every key (sorted).
 
     ``pattern`` is the glob of the key's folders and stem: ``*`` for flat folders, ``*/*`` for one sub-folder
@@ -128,9 +126,7 @@ def list_pairs(
     return [(images[key], labels[key]) for key in sorted(images)]
 
 
-def pairs_from_list(
-    list_file: Path, image_dir: Path, label_dir: Path, image_suffix: str, label_suffix: str
-) -> Pairs:
+def pairs_from_list(list_file: Path, image_dir: Path, label_dir: Path, image_suffix: str, label_suffix: str) -> Pairs:
     """``(image_dir/<id><image_suffix>, label_dir/<id><label_suffix>)`` for every id (one per line) of ``list_file``.
 
     Every listed file must exist: the first missing one raises, with the number of missing files.

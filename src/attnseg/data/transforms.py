@@ -12,6 +12,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
 from attnseg.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -148,8 +149,13 @@ def normalize(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAG
     return v2.Compose(
         [
             v2.ToDtype(
-                {tv_tensors.Image: torch.float32, tv_tensors.Video: torch.float32, tv_tensors.Mask: torch.int64,
-                 "others": None}, scale=True,
+                {
+                    tv_tensors.Image: torch.float32,
+                    tv_tensors.Video: torch.float32,
+                    tv_tensors.Mask: torch.int64,
+                    "others": None,
+                },
+                scale=True,
             ),  # fmt: skip
             v2.Normalize(mean=list(mean), std=list(std)),
         ]

@@ -4,9 +4,8 @@ they all follow is ``attnseg.heads.base.SegHead``.
 Select one with ``--model.head=attnseg.heads.<Name>`` (or ``class_path`` in YAML).
 """
 
-from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
-
 from attnseg.heads.aspp import ASPPHead
+from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
 from attnseg.heads.ccnet import CCNetHead, CrissCrossAttention, CrissCrossAttention3D
 from attnseg.heads.danet import ChannelAttention, DANetHead, PositionAttention
 from attnseg.heads.dfn import ChannelAttentionBlock, DFNHead, RefinementResidualBlock
