@@ -282,12 +282,17 @@ NOT_IDENTITY = {
 }  # fmt: skip
 
 
-def _flat(value, prefix: str, out: dict) -> dict:
+def flatten(value, prefix: str) -> dict:
+    """A nested config as ``{"prefix.key.subkey": leaf}``; a leaf is any value but a non-empty dict (None and ``{}``
+    included: an unset option is a value like any other)."""
     if isinstance(value, dict) and value:
-        for key, item in value.items():
-            _flat(item, f"{prefix}.{key}", out)
-    else:  # a leaf, None included: an unset option is a value like any other
-        out[prefix] = json.dumps(value, sort_keys=True, default=str)
+        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+def _flat(value, prefix: str, out: dict) -> dict:
+    """``flatten`` into ``out`` with each leaf as its JSON text, for comparing and hashing."""
+    out.update({k: json.dumps(v, sort_keys=True, default=str) for k, v in flatten(value, prefix).items()})
     return out
 
 

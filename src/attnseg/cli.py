@@ -30,16 +30,19 @@ from attnseg import runlock
 from attnseg.callbacks import ClassTables, Complexity, LearningRateMonitor, PredictionOverlays, Throughput
 from attnseg.checkpoint import (
     MID_EPOCH_WARNING,
+    NOT_IDENTITY,
     AtomicCheckpointIO,
     Checkpoint,
     Interruption,
     experiment_fingerprint,
+    flatten,
     keep_csv_history,
     last_checkpoints,
     run_dir,
     run_of_checkpoint,
 )
 from attnseg.configs import expand_config_args
+from attnseg.constants import MONITOR
 from attnseg.data import SegDataModule
 from attnseg.distributed import SyncBatchNormPlugin
 from attnseg.hardware import cpu_bf16_flags
@@ -99,7 +102,7 @@ class AttnSegCLI(LightningCLI):
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val/mIoU",
+                "checkpoint.monitor": MONITOR,
                 "checkpoint.mode": "max",
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch:03d}-step{step:06d}",
@@ -195,9 +198,9 @@ class AttnSegCLI(LightningCLI):
         if not saved:
             return
         defaults = subcommand_parser(self, subcommand).get_defaults()
-        ours = _flatten(plain(config.model), "model")
-        default = _flatten(plain(defaults.model), "model")
-        theirs = _flatten(plain(saved), "model")
+        ours = flatten(plain(config.model), "model")
+        default = flatten(plain(defaults.model), "model")
+        theirs = flatten(plain(saved), "model")
         conflicts = []
         for key, value in ours.items():
             given = self._given is not None and self._given.get(f"{subcommand}.{key}") is not None
@@ -438,19 +441,11 @@ def _check_config_files(argv: list[str]) -> None:
 # Model options that define the network a checkpoint holds (what validate / test / predict must match).
 MODEL_DEFINING = {"head", "encoder", "num_classes"}
 # Model options that may change when a run resumes (the rest define the model the checkpoint holds).
-RESUMABLE = {"lr", "momentum", "weight_decay", "head_lr_mult", "poly_power", "min_lr", "warmup_iters", "warmup_ratio",
-             "nonfinite_loss", "divergence_factor", "channels_last", "compile", "inference"}  # fmt: skip
+# model options a resumed fit may change: how it trains and evaluates (not the experiment), except the optimiser's kind
+# and its parameter groups, which the checkpoint's optimiser state is tied to
+RESUMABLE = NOT_IDENTITY["model"] - {"optimizer", "no_decay_norm_bias"}
 
 
 def _same(a, b) -> bool:
     """Equal as configuration values (tuples and lists alike)."""
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-
-
-def _flatten(value, prefix: str) -> dict:
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}.{key}"))
-        return out
-    return {prefix: value}

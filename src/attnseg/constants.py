@@ -4,6 +4,7 @@
 # (attnseg.weights.normalization)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MONITOR = "val/mIoU"  # the score a fit is judged by: the best checkpoint, the run summary, schedulers on plateau
 IGNORE_INDEX = 255  # the void label: datasets map unlabelled pixels to it; losses and metrics skip it
 # The signals that ask a fit to stop (a scheduler ending the job; SLURM's warning before preemption). The main process
 # handles them (attnseg.checkpoint.Interruption); DataLoader workers ignore them unless the main process sends them

@@ -16,7 +16,9 @@ from typing import Any, Optional, Sequence
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-MIOU = "val/mIoU"
+from attnseg.constants import MONITOR
+
+MIOU = MONITOR
 CLASS_IOU = "val/IoU/"
 
 

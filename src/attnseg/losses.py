@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from attnseg.constants import IGNORE_INDEX
+from attnseg.precision import full_precision
 
 
 class CrossEntropy(nn.Module):
@@ -250,7 +251,7 @@ class _SMPLoss(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(logits.device.type, enabled=False):
+        with full_precision(logits):
             logits = logits.float()
             if self.guard_empty and not (mask != self.ignore_index).any():
                 return logits.sum() * 0.0

@@ -18,7 +18,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-from attnseg.constants import IGNORE_INDEX, class_series
+from attnseg.constants import IGNORE_INDEX, MONITOR, class_series
 from attnseg.encoder import Encoder, EncoderConfig
 from attnseg.heads import FCNHead
 from attnseg.inference import MultiScaleFlip, SlidingWindow, Whole
@@ -383,7 +383,7 @@ class SegmentationTask(LightningModule):
             scheduler = self.lr_scheduler_factory(opt)
             config = {"scheduler": scheduler, "interval": hp.lr_scheduler_interval}
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                config["monitor"] = "val/mIoU"
+                config["monitor"] = MONITOR
             return {"optimizer": opt, "lr_scheduler": config}
         max_iters = max(1, int(self.trainer.estimated_stepping_batches))
         factors = [self._poly(max_iters, hp.min_lr / g["lr"] if g["lr"] > 0 else 0.0) for g in opt.param_groups]

@@ -3,24 +3,20 @@ overlays, and matplotlib figures of predictions and confusion matrices (all as n
 
 from __future__ import annotations
 
-import colorsys
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from attnseg.constants import IGNORE_INDEX
+from attnseg.data.io import voc_palette
 
 IGNORE_COLOUR = (255, 255, 255)
 
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """Distinct colours for datasets without a palette: hues spaced by the golden ratio."""
-    colours = []
-    for k in range(num_classes):
-        r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.65, 0.95 if k % 2 else 0.75)
-        colours.append((round(r * 255), round(g * 255), round(b * 255)))
-    return colours
+    """Colours for data without a palette: PASCAL VOC's colour map, as the datamodule's own fallback."""
+    return list(voc_palette(num_classes))
 
 
 def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = IGNORE_INDEX) -> np.ndarray:

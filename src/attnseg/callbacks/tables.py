@@ -12,11 +12,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from attnseg.callbacks.sink import MediaSink, data_style
 from attnseg.checkpoint import run_dir
-from attnseg.constants import MAX_CLASS_SERIES, class_series  # noqa: F401 (part of this module's interface)
+from attnseg.constants import MAX_CLASS_SERIES, MONITOR, class_series  # noqa: F401 (part of this module's interface)
 from attnseg.run_names import hparams
 
 TABLE_COLUMNS = ["class", "IoU", "accuracy", "gt_pixels", "pred_pixels", "epoch", "step"]
-BEST = "val/mIoU"  # the metric whose best validation the run summary keeps (the checkpoint's monitor)
+BEST = MONITOR  # the metric whose best validation the run summary keeps (the checkpoint's monitor)
 CONTEXT = "context_IoU"  # <stage>/context_IoU: the mean IoU of the dataset's context classes
 
 

@@ -17,13 +17,9 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead, bf16_autocast, bf16_products
+from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
 from attnseg.losses import CategoryConsistencyLoss
-
-
-def _full_precision(x: torch.Tensor) -> torch.autocast:
-    """A region where autocast is off, for fp32 energies and softmax."""
-    return torch.autocast(device_type=x.device.type, enabled=False)
+from attnseg.precision import bf16_autocast, bf16_products, full_precision
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -110,7 +106,7 @@ class _CrissCrossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         q, k, v, column, row, gamma = ctx.saved_tensors
-        with torch.autocast(device_type=q.device.type, enabled=False), bf16_products(ctx.fast):
+        with full_precision(q), bf16_products(ctx.fast):
             dy = grad_y.float().contiguous()
             grad_column, grad_row = _energies(dy, v.float())  # dL/dA / gamma
             weighted = (grad_column * column).sum(-1).transpose(1, 2) + (grad_row * row).sum(-1)  # (B, H, W)
@@ -152,7 +148,7 @@ class CrissCrossAttention(QKVAttention):
         """Attention (B, H, W, H + W) in fp32: ``[..., :H]`` over the column (the centre weighs 0 there),
         ``[..., H:]`` over the row (the centre included)."""
         q, k, _ = self._projections(_lines(x))
-        with _full_precision(x):
+        with full_precision(x):
             column, row = _softmax(*_energies(q.float(), k.float()))
             return torch.cat([column.transpose(1, 2), row], dim=-1)
 
@@ -160,7 +156,7 @@ class CrissCrossAttention(QKVAttention):
         fast, layout = bf16_autocast(x), _memory_format(x)
         lines = _lines(x)  # a view of a channels-last input; one copy of any other
         q, k, v = self._projections(lines)
-        with _full_precision(x):
+        with full_precision(x):
             # fp32 queries and keys for fp32 energies; on the fast path the values stay bf16 (the products' dtype)
             q, k, v = q.float(), k.float(), v.to(torch.bfloat16 if fast else torch.float32)
             if torch.is_grad_enabled():
@@ -223,7 +219,7 @@ class CrissCrossAttention3D(QKVAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._lines(x)
-        with _full_precision(x):
+        with full_precision(x):
             row, column, time = self._weights(q, k)
             out = (
                 torch.einsum("bthwv,bthvc->bthwc", row, v)
@@ -237,7 +233,7 @@ class CrissCrossAttention3D(QKVAttention):
         """The weights of position (frame, row, col) as a clip (B, T, H, W): non-zero on its row and column in its
         frame and on its (row, col) in the other frames; they sum to 1."""
         q, k, _ = self._lines(x)
-        with _full_precision(x):
+        with full_precision(x):
             w_row, w_col, w_time = (a[:, frame, row, col] for a in self._weights(q, k))
         b, _, t, h, w = x.shape
         clip = x.new_zeros(b, t, h, w, dtype=torch.float32)

@@ -22,13 +22,8 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead, bf16_autocast, bf16_products
-
-
-def _full_precision(x: torch.Tensor) -> torch.autocast:
-    """A region where autocast is off, for fp32 energies and softmax."""
-    return torch.autocast(device_type=x.device.type, enabled=False)
-
+from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
+from attnseg.precision import bf16_autocast, bf16_products, full_precision
 
 # Energies per image in one block of the CPU kernel: 2^20 fp32 = 4 MiB (times the batch), a few blocks live at once.
 _BLOCK_ELEMENTS = 1 << 20
@@ -69,7 +64,7 @@ class _QueryBlockAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         q, k, v, out, lse = ctx.saved_tensors
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        with full_precision(q):
             grad_out = grad_out.to(v.dtype)
             grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
             delta = (grad_out * out).sum(dim=1).unsqueeze(-1)  # (B, N, 1): sum_j S[i, j] dS[i, j]
@@ -129,9 +124,9 @@ class PositionAttention(QKVAttention):
         if bf16_autocast(x):
             out = self._attend_bf16(x)
         else:
-            with _full_precision(x):
+            with full_precision(x):
                 out = self._attend(*self._qkv(x))
-        with _full_precision(x):
+        with full_precision(x):
             return torch.addcmul(x.float(), self.gamma, out.reshape(x.shape).float()).to(x.dtype)  # x + gamma * out
 
     def _attend_bf16(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,7 +143,7 @@ class PositionAttention(QKVAttention):
         """The attention S (B, N, N), computed naively: row ``i`` is how position ``i`` (row-major
         ``i = y * W + x``) weighs every position; reshape a row to (H, W) to show it as an image."""
         q, k, _ = self._qkv(x)
-        with _full_precision(x):
+        with full_precision(x):
             return torch.softmax(q.transpose(1, 2) @ k, dim=-1)
 
 
@@ -191,7 +186,7 @@ class _ChannelAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         a, weights, gamma = ctx.saved_tensors
-        with torch.autocast(device_type=a.device.type, enabled=False), bf16_products(ctx.fast):
+        with full_precision(a), bf16_products(ctx.fast):
             grad_y = grad_y.to(a.dtype).contiguous()
             grad_weights = torch.bmm(grad_y, a.transpose(1, 2))  # dL/dS / gamma, (B, C, C)
             weighted = grad_weights.mul_(weights)  # S * dL/dS / gamma, in place
@@ -240,7 +235,7 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, fast = x.flatten(2).float().contiguous(), bf16_autocast(x)  # (B, C, N), channels-last input copied
-        with _full_precision(x):
+        with full_precision(x):
             if torch.is_grad_enabled():
                 out = _ChannelAttentionFunction.apply(a, self.gamma, self.energy == "max_minus", fast)
             else:  # no backward to prepare: plain operations (exportable)
@@ -250,7 +245,7 @@ class ChannelAttention(nn.Module):
     @torch.no_grad()
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         """The attention X (B, C, C): row ``i`` is how channel ``i`` weighs every channel."""
-        with _full_precision(x):
+        with full_precision(x):
             return self._attention(x.flatten(2).float())
 
     def extra_repr(self) -> str:

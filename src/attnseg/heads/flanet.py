@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.base import AuxHead, SegClassifier, SegHead, bf16_autocast
+from attnseg.heads.base import AuxHead, SegClassifier, SegHead
+from attnseg.precision import bf16_autocast, full_precision
 
 
 def _channel_attention(seq: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
@@ -94,7 +95,7 @@ class FullyAttentionalBlock(nn.Module):
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """``aug_h + aug_w`` (B, C, H, W) in fp32 (under bf16 autocast from bf16 attention, see the class)."""
         dtype = torch.bfloat16 if bf16_autocast(x) else torch.float32
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with full_precision(x):
             prior_h, prior_w = (p.to(dtype) for p in self.priors(x.float()))
             x = x.to(dtype)
             aug_h = _channel_attention(x.permute(0, 3, 1, 2), prior_h)  # (B, W, C, H)
@@ -103,7 +104,7 @@ class FullyAttentionalBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         aug = self.augment(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with full_precision(x):
             y = (self.gamma * aug + x.float()).to(x.dtype)
         return self.fuse(y)
 
@@ -114,7 +115,7 @@ class FullyAttentionalBlock(nn.Module):
         Entry ``[b, w, c, c']`` is the weight channel c of column w gives to channel c' (rows sum to 1).
         Memory grows as (H + W) * C^2 per image; ``forward`` does not form these maps.
         """
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with full_precision(x):
             x = x.float()
             prior_h, prior_w = self.priors(x)
             attn_col = torch.einsum("bchw,bhd->bwcd", x, prior_h).softmax(dim=-1)
