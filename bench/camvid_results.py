@@ -93,10 +93,19 @@ def run_head(head: str, seed: Optional[int], args: argparse.Namespace, out: Path
         "test": last_metrics(metrics_csv, "test/"),
         "steps": torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"],
         "fit_minutes": round(fit_s / 60, 1),
+        "skipped_steps": skipped_steps(ckpt.parent.parent / "metrics.csv"),
         "checkpoint": str(ckpt),
     }
     done.write_text(json.dumps(result, indent=1))
     return result
+
+
+def skipped_steps(metrics_csv: Path) -> int:
+    """Training steps the fit skipped (``model.nonfinite_loss: skip``), from its per-epoch ``train/skipped_steps``."""
+    if not metrics_csv.is_file():
+        return 0
+    with open(metrics_csv, newline="") as f:
+        return int(sum(float(r["train/skipped_steps"]) for r in csv.DictReader(f) if r.get("train/skipped_steps")))
 
 
 def table(results: list[dict]) -> str:

@@ -190,6 +190,26 @@ def test_a_skipped_step_leaves_the_batch_norm_statistics_as_they_were(tmp_path):
     assert cli.trainer.callback_metrics["train/skipped_steps"] == 1  # the last epoch's batch with the NaN image
 
 
+def test_a_forward_that_breaks_batch_norm_statistics_with_a_finite_loss_is_skipped(tmp_path):
+    """An overflowing activation leaves a running variance infinite with a finite loss: ``raise`` stops at the next
+    validation naming the buffer; ``skip`` skips that step and keeps the statistics as they were."""
+    from tests.helpers.faults import finite
+
+    args = [
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--trainer.max_epochs=2",
+        "--trainer.callbacks+=tests.helpers.faults.InfBatchStatistics",
+    ]
+    with pytest.raises(FloatingPointError, match=r"hold NaN or inf at step 4 \(e.g. encoder.model.bn1.running_var"):
+        run_cli("fit", *args)
+    with pytest.warns(UserWarning, match=r"non-finite forward at step 2 \(out=.*; non-finite batch norm statistics"):
+        cli = run_cli("fit", *args, "--model.nonfinite_loss=skip")
+    assert cli.trainer.state.finished and cli.trainer.global_step == 4 and finite(cli.model.state_dict())
+    assert cli.trainer.callback_metrics["train/skipped_steps"] == 1
+
+
 def test_checkpoint_of_another_class_count_or_head_is_refused(tmp_path):
     cli = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.max_epochs=1", "--trainer.logger=false",
                   "--trainer.default_root_dir=r")  # fmt: skip

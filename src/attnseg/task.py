@@ -82,7 +82,8 @@ class SegmentationTask(LightningModule):
         inference: evaluation mode: ``attnseg.inference.Whole``, ``SlidingWindow`` or ``MultiScaleFlip``.
         nonfinite_loss: what a NaN or infinite training loss does: ``raise`` stops training with a message naming
             the step and the loss terms (checkpoints already written are kept); ``skip`` skips that step's update
-            and puts back the batch norm statistics its forward changed (single process only).
+            and puts back the batch norm statistics its forward changed (single process only); with ``skip`` a
+            forward that leaves a batch norm statistic NaN or infinite, though its loss is finite, is skipped too.
         divergence_factor: a training loss above this many times the loss of the first step of the fit stops
             training as diverged (None: no check). Whatever this is, training stops when a parameter or buffer
             becomes non-finite (checked before each validation) and no checkpoint with a non-finite tensor is
@@ -272,13 +273,18 @@ class SegmentationTask(LightningModule):
         terms = self.compute_losses(self.model(images), masks)
         loss = sum(terms.values())
         value = float(loss.detach())
-        if not math.isfinite(value):
+        # a forward can overflow a batch norm's running variance while its loss stays finite (an activation too large
+        # to square in fp32 is normalised to 0): with skip, such a step is skipped too
+        statistics_broken = skipping and not bool(torch.stack([torch.isfinite(b).all() for b, _ in buffers]).all())
+        if not math.isfinite(value) or statistics_broken:
             detail = ", ".join(f"{name}={float(t.detach()):.4g}" for name, t in terms.items())
+            detail += "; non-finite batch norm statistics" if statistics_broken else ""
             if skipping:  # nor do the batch norm statistics of this forward stay
                 with torch.no_grad():
                     for buffer, before in buffers:
                         buffer.copy_(before)
-                rank_zero_warn(f"non-finite loss at step {self.global_step} ({detail}): step skipped")
+                what = "loss" if not math.isfinite(value) else "forward"
+                rank_zero_warn(f"non-finite {what} at step {self.global_step} ({detail}): step skipped")
                 self.log("train/skipped_steps", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
                 return None
             raise FloatingPointError(

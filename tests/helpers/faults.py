@@ -113,7 +113,7 @@ class PoisonBatchNorm(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         for module in pl_module.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_var.fill_(float("inf"))
+                module.running_var.data.fill_(float("inf"))  # .data: autograd saw the old one, as in a real overflow
                 return
 
 
@@ -195,3 +195,26 @@ class Slow(Callback):
         import time
 
         time.sleep(self.seconds)
+
+
+class InfBatchStatistics(Callback):
+    """At training step ``step`` the forward leaves the first batch norm's running variance infinite while the loss
+    stays finite, as a convolution output too large to square in fp32 does (the batch is normalised by its own
+    statistics, so its output stays finite)."""
+
+    def __init__(self, step: int = 2) -> None:
+        self.step, self.handle = step, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            norm = next(m for m in pl_module.model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            self.handle = norm.register_forward_hook(self._overflow)
+
+    @staticmethod
+    def _overflow(module, args, output) -> None:  # returns None: the output stays the layer's
+        module.running_var.data.fill_(float("inf"))  # .data: autograd saw the old one, as in a real overflow
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
