@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from attnseg.checkpoint import experiment_fingerprint, same_experiment
+from attnseg.optim import poly
 from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
 
 CSV = ["--config", CONFIGS / "logger/csv.yaml"]
@@ -107,7 +108,8 @@ def test_options_set_on_resume_win_and_are_reported_with_the_state_restored(capl
     assert state["step"] == 4 and state["moments"] == pytest.approx(saved_moments, rel=1e-12)  # moments as saved
     assert state["epoch"] == saved["epoch"] + 1 == 2  # the saved epoch was complete: the next one starts
     # the schedule continues at step 4 of 8, from the new base rate (AdamW, warmup 20 steps in the quickstart)
-    factor = cli.model._poly(8, 0.0)(4)
+    hp = cli.model.hparams
+    factor = poly(8, 0.0, hp.poly_power, hp.warmup_iters, hp.warmup_ratio)(4)
     assert state["lr"] == pytest.approx([0.01 * factor, 0.01 * factor])
     assert saved["lr_schedulers"][0]["last_epoch"] == 4
 

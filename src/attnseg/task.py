@@ -1,4 +1,4 @@
-"""SegmentationTask: the LightningModule. Losses, metrics, optimiser and schedule, logging.
+"""SegmentationTask: the LightningModule. Losses, metrics, logging; the optimiser and schedule in ``attnseg.optim``.
 
 It never knows which head or dataset it runs: the head says which outputs it returns and
 their default loss weights; the CLI links the dataset's class count and names in.
@@ -18,12 +18,13 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-from attnseg.constants import IGNORE_INDEX, MONITOR, class_series
+from attnseg.constants import IGNORE_INDEX, class_series
 from attnseg.encoder import Encoder, EncoderConfig
 from attnseg.heads import FCNHead
 from attnseg.inference import MultiScaleFlip, SlidingWindow, Whole
 from attnseg.losses import CrossEntropy
 from attnseg.model import SegmentationModel
+from attnseg.optim import apply_options_on_resume, configure_optimizers
 
 # A head class with its options bound; called with (encoder channels, num_classes).
 HeadFactory = Callable[[Sequence[int], int], nn.Module]
@@ -32,16 +33,6 @@ HeadFactory = Callable[[Sequence[int], int], nn.Module]
 def _images_channels_last(module: nn.Module, args: tuple) -> tuple:
     """Forward pre-hook of the model with ``channels_last``: its images (B, 3, H, W) in the channels-last format."""
     return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
-
-
-def _decay_split(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """``module``'s parameters with weight decay, and those without: every parameter of a normalisation layer
-    (batch, group, layer, instance norm) and every bias."""
-    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-    no_decay = {id(p) for m in module.modules() if isinstance(m, norms) for p in m.parameters(recurse=False)}
-    no_decay |= {id(p) for name, p in module.named_parameters() if name.rsplit(".", 1)[-1] == "bias"}
-    params = list(module.parameters())
-    return [p for p in params if id(p) not in no_decay], [p for p in params if id(p) in no_decay]
 
 
 class SegmentationTask(LightningModule):
@@ -355,74 +346,11 @@ class SegmentationTask(LightningModule):
                 f"{self.num_classes} classes; {len(differ)} tensors differ, e.g. " + "; ".join(differ[:3])
             )
 
-    # --------------------------------------------------------------------------- optimisation
-    def _param_groups(self) -> list[dict]:
-        """Encoder and head parameter groups (and their no-decay halves) with their learning rates (``lr_mult``:
-        1 for the encoder, ``head_lr_mult`` for the head)."""
-        hp = self.hparams
-        groups = []
-        for name, part, mult in (("encoder", self.model.encoder, 1.0), ("head", self.model.head, hp.head_lr_mult)):
-            decay, no_decay = _decay_split(part) if hp.no_decay_norm_bias else ([p for p in part.parameters()], [])
-            groups.append({"params": [p for p in decay if p.requires_grad], "lr": hp.lr * mult, "lr_mult": mult,
-                           "name": name, "weight_decay": hp.weight_decay})  # fmt: skip
-            if no_decay:
-                groups.append({"params": [p for p in no_decay if p.requires_grad], "lr": hp.lr * mult,
-                               "lr_mult": mult, "weight_decay": 0.0, "name": f"{name}_no_decay"})  # fmt: skip
-        return groups
-
+    # --------------------------------------------------------------------------- optimisation (attnseg.optim)
     def configure_optimizers(self):
-        hp = self.hparams
-        groups = self._param_groups()
-        if self.optimizer_factory is None and hp.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        elif self.optimizer_factory is None:
-            opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(hp.momentum, 0.999), weight_decay=hp.weight_decay)
-        else:  # the injected optimiser's own lr and weight decay, on the same groups
-            for group in groups:
-                del group["lr"]
-                if not group["name"].endswith("_no_decay"):  # no-decay groups keep their 0
-                    del group["weight_decay"]
-            opt = self.optimizer_factory(groups)
-            for group in opt.param_groups:
-                group["lr"] = opt.defaults["lr"] * group["lr_mult"]
-        if self.lr_scheduler_factory is not None:
-            scheduler = self.lr_scheduler_factory(opt)
-            config = {"scheduler": scheduler, "interval": hp.lr_scheduler_interval}
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                config["monitor"] = MONITOR
-            return {"optimizer": opt, "lr_scheduler": config}
-        max_iters = max(1, int(self.trainer.estimated_stepping_batches))
-        factors = [self._poly(max_iters, hp.min_lr / g["lr"] if g["lr"] > 0 else 0.0) for g in opt.param_groups]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factors)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimizers(self)
 
     def on_train_start(self) -> None:
-        """A resumed run restores the optimiser and schedule saved in its checkpoint, whose learning rates, weight
-        decay and momentum are the old run's: set them from this run's options (which the CLI reports when they
-        differ), keeping the optimiser's moments and the schedule's position."""
-        optimizers, schedulers = self.trainer.optimizers, self.trainer.lr_scheduler_configs
-        if not optimizers or not schedulers or self.optimizer_factory is not None or self.lr_scheduler_factory:
-            return  # an injected optimiser or scheduler resumes exactly as saved
-        opt, scheduler, hp = optimizers[0], schedulers[0].scheduler, self.hparams
-        for i, (group, wanted) in enumerate(zip(opt.param_groups, self._param_groups())):
-            group["initial_lr"] = scheduler.base_lrs[i] = wanted["lr"]
-            group["weight_decay"] = wanted["weight_decay"]
-            if "momentum" in group:
-                group["momentum"] = hp.momentum
-            if "betas" in group:
-                group["betas"] = (hp.momentum, group["betas"][1])
-        max_iters = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler.lr_lambdas = [self._poly(max_iters, hp.min_lr / lr if lr > 0 else 0.0) for lr in scheduler.base_lrs]
-        for group, lr, factor in zip(opt.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = lr * factor(scheduler.last_epoch)
-
-    def _poly(self, max_iters: int, floor: float) -> Callable[[int], float]:
-        hp = self.hparams
-
-        def factor(it: int) -> float:
-            poly = (1 - floor) * (1 - min(it, max_iters) / max_iters) ** hp.poly_power + floor
-            if it < hp.warmup_iters:
-                return poly * (hp.warmup_ratio + (1 - hp.warmup_ratio) * it / hp.warmup_iters)
-            return poly
-
-        return factor
+        """A resumed run restores the optimiser and schedule saved in its checkpoint: set them from this run's
+        options (``attnseg.optim.apply_options_on_resume``)."""
+        apply_options_on_resume(self)
