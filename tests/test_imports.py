@@ -93,6 +93,8 @@ def test_only_the_entry_module_knows_both_the_cli_and_the_sweep():
     # the rooms below the CLI never import it: data, heads, model, task, callbacks, drawing, profiling
     below = [m for m in edges if m not in ("attnseg.__main__", "attnseg.cli") and not m.startswith("attnseg.sweep")]
     assert [m for m in below if "attnseg.cli" in edges[m]] == []
-    # the data package stands on its own: it imports only itself and the shared constants
+    # the data package stands on its own: it imports only itself, the shared constants and the stop signals' rules
     data = {m for m in edges if m.startswith("attnseg.data")}
-    assert {m: edges[m] - data - {"attnseg.constants"} for m in data if edges[m] - data - {"attnseg.constants"}} == {}
+    shared = data | {"attnseg.constants", "attnseg.signals"}
+    assert {m: edges[m] - shared for m in data if edges[m] - shared} == {}
+    assert edges["attnseg.signals"] <= {"attnseg.constants"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnseg.checkpoint import experiment_fingerprint, same_experiment
+from attnseg.experiments import experiment_fingerprint, same_experiment
 from attnseg.optim import poly
 from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
 

@@ -28,24 +28,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from attnseg import runlock
 from attnseg.callbacks import ClassTables, Complexity, LearningRateMonitor, PredictionOverlays, Throughput
-from attnseg.checkpoint import (
-    MID_EPOCH_WARNING,
-    NOT_IDENTITY,
-    AtomicCheckpointIO,
-    Checkpoint,
-    Interruption,
-    experiment_fingerprint,
-    flatten,
-    keep_csv_history,
-    last_checkpoints,
-    run_dir,
-    run_of_checkpoint,
-)
+from attnseg.checkpoint import MID_EPOCH_WARNING, AtomicCheckpointIO, Checkpoint, run_dir, run_of_checkpoint
 from attnseg.configs import expand_config_args
 from attnseg.constants import MONITOR
+from attnseg.csv_history import keep_csv_history
 from attnseg.data import SegDataModule
 from attnseg.distributed import SyncBatchNormPlugin
+from attnseg.experiments import NOT_IDENTITY, experiment_fingerprint, flatten, last_checkpoints
 from attnseg.hardware import cpu_bf16_flags
+from attnseg.interruption import Interruption
 from attnseg.lightning_internals import run_subcommand, subcommand_parser
 from attnseg.predict import PredictionWriter
 from attnseg.run_names import FOLDER_LOGGERS, name_run_folders, name_wandb_runs, plain

@@ -7,8 +7,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MONITOR = "val/mIoU"  # the score a fit is judged by: the best checkpoint, the run summary, schedulers on plateau
 IGNORE_INDEX = 255  # the void label: datasets map unlabelled pixels to it; losses and metrics skip it
 # The signals that ask a fit to stop (a scheduler ending the job; SLURM's warning before preemption). The main process
-# handles them (attnseg.checkpoint.Interruption); DataLoader workers ignore them unless the main process sends them
-# (attnseg.data.datamodule.ignore_stop_signals).
+# handles them (attnseg.interruption.Interruption); DataLoader workers ignore them unless the main process sends them
+# (attnseg.signals.ignore_stop_signals).
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 # Up to this many classes, the per-class IoU is also one series (chart) per class on the loggers; beyond (ADE20K's 150,
 # COCO-Stuff's 171) only the IoU table (attnseg.callbacks.ClassTables) holds it: a chart per class would bury the rest.

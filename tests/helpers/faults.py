@@ -126,7 +126,7 @@ class StopWithLast(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.at:
-            from attnseg.checkpoint import Interruption
+            from attnseg.interruption import Interruption
 
             Interruption._save(trainer)
             trainer.should_stop = True

@@ -3,54 +3,19 @@
 from __future__ import annotations
 
 import importlib
-import os
-import signal
-import threading
-from functools import partial
 from typing import Any, Optional, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
-from attnseg.constants import IGNORE_INDEX, STOP_SIGNALS
+from attnseg.constants import IGNORE_INDEX
 from attnseg.data.check import check_samples, report
 from attnseg.data.image_folder import ImageFolder, collate_images
 from attnseg.data.io import voc_palette
 from attnseg.data.registry import DATASETS
 from attnseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
-
-
-def ignore_stop_signals(worker_id: int, main_process: Optional[int] = None) -> None:
-    """DataLoader workers leave the stop signals sent to the whole job to the main process.
-
-    A job system that signals every process of the job (SLURM's ``scancel``, a ``kill`` of the process group) would
-    otherwise kill the workers first; the main process then fails on the dead workers before it can write
-    ``last.ckpt``. Here SIGTERM and SIGUSR1 are blocked in the worker and a thread takes them: one sent by the main
-    process (the loader or Python's exit shutting its workers down) ends the worker at once, as torch's own handler
-    does; one sent by anyone else is ignored, so ``attnseg.checkpoint.Interruption`` finishes the step, saves and
-    shuts the workers down. A worker whose main process is gone still exits by itself (DataLoader's watchdog).
-    Platforms without ``signal.sigwaitinfo`` (macOS, Windows) keep torch's handling. ``main_process`` is the pid
-    of the process that made the loader (``SegDataModule`` binds it): under the fork server start method the
-    worker's parent is the server, not the main process.
-    """
-    if not hasattr(signal, "sigwaitinfo"):
-        return
-    numbers = {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
-    signal.pthread_sigmask(signal.SIG_BLOCK, numbers)  # threads started later by this one inherit the mask
-    owners = {os.getppid()} | ({main_process} if main_process else set())
-    threading.Thread(target=_take_stop_signals, args=(numbers, owners), name="stop-signals", daemon=True).start()
-
-
-def stop_signal_guard() -> partial:
-    """The loaders' ``worker_init_fn``: ``ignore_stop_signals`` bound to this (the main) process's pid."""
-    return partial(ignore_stop_signals, main_process=os.getpid())
-
-
-def _take_stop_signals(numbers: set, owners: set) -> None:
-    while True:
-        if signal.sigwaitinfo(numbers).si_pid in owners:
-            os._exit(0)
+from attnseg.signals import stop_signal_guard
 
 
 def resolve_dataset(name: str) -> type:

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
-from attnseg.checkpoint import clear_stop, stop_received
+from attnseg.signals import clear_stop, stop_received
 from attnseg.sweep.report import earlier_rows, run_seconds, write_results
 from attnseg.sweep.run import check_points, run_point, unfinished_checkpoint
 from attnseg.sweep.spec import Sweep, point_label, restrict, run_key
