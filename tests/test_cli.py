@@ -48,6 +48,9 @@ CASES = {
         "--data.num_workers=1",
     ],  # fmt: skip
     "trainer/smoke.yaml": quickstart_with("trainer/smoke.yaml"),
+    "trainer/ema.yaml": quickstart_with("trainer/ema.yaml"),
+    # fast_dev_run skips the learning-rate search itself: tests/test_user_features.py runs it
+    "trainer/lr_find.yaml": quickstart_with("trainer/lr_find.yaml"),
     "model/fcn.yaml": quickstart_with("model/fcn.yaml"),
     "model/danet.yaml": quickstart_with("model/danet.yaml"),
     "model/ccnet.yaml": quickstart_with("model/ccnet.yaml"),
