@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import attnseg
+from tests.helpers.cli import REPO
 
 PACKAGE = Path(attnseg.__file__).parent
 
@@ -98,3 +99,16 @@ def test_only_the_entry_module_knows_both_the_cli_and_the_sweep():
     shared = data | {"attnseg.constants", "attnseg.signals"}
     assert {m: edges[m] - shared for m in data if edges[m] - shared} == {}
     assert edges["attnseg.signals"] <= {"attnseg.constants"}
+
+
+def test_every_package_is_in_the_wheel():
+    """setup.cfg lists the packages the wheel ships: a new subpackage left out would import from a checkout only."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    found = {
+        ".".join(p.parent.relative_to(REPO / "src").parts) for p in (REPO / "src" / "attnseg").rglob("__init__.py")
+    }
+    assert found <= listed, f"packages missing from setup.cfg [options] packages: {sorted(found - listed)}"
