@@ -89,10 +89,10 @@ def test_zero_gamma_is_identity_and_gradients_reach_every_parameter():
 def test_position_attention_gradients_equal_the_naive_formula(block_elements, monkeypatch):
     """The hand-written backward (blocks of queries, recomputed attention) against autograd through the formula,
     for the input and every parameter; batch 2, also with channels-last input."""
-    import attnseg.heads.danet as danet
+    import attnseg.ops.query_blocks as query_blocks
 
     if block_elements:
-        monkeypatch.setattr(danet, "_BLOCK_ELEMENTS", block_elements)  # 280 // 35 positions = 8 queries a block
+        monkeypatch.setattr(query_blocks, "BLOCK_ELEMENTS", block_elements)  # 280 // 35 positions = 8 queries a block
     m = PositionAttention(8, 4)
     random_gamma(m)
     x = torch.randn(2, 8, 5, 7)

@@ -23,60 +23,8 @@ from timm.layers import ConvNormAct
 from torch import nn
 
 from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
-from attnseg.precision import bf16_autocast, bf16_products, full_precision
-
-# Energies per image in one block of the CPU kernel: 2^20 fp32 = 4 MiB (times the batch), a few blocks live at once.
-_BLOCK_ELEMENTS = 1 << 20
-
-
-class _QueryBlockAttention(torch.autograd.Function):
-    """Exact ``softmax(Q^T K) V^T`` over blocks of queries, forward and backward, without the (N, N) map.
-
-    The forward keeps one (B, n, N) block of energies at a time and saves only Q, K, V, the output and the
-    log-sum-exp of each query's energies; the backward recomputes each block's attention from them (as flash
-    attention does) and accumulates dK and dV in place. Everything stays in the channels-first layout of the
-    1x1 projections, so no transposed copy of V or of the output is made. Inputs and arithmetic in fp32.
-    """
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
-        out, lse = _QueryBlockAttention.compute(q, k, v, block)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.block = block
-        return out
-
-    @staticmethod
-    def compute(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The forward's output and log-sum-exp, as plain tensor operations (what inference and export run)."""
-        # q, k (B, C', N); v (B, C, N) -> out (B, C, N) with out[:, :, i] = sum_j S[i, j] v[:, :, j]
-        out = torch.empty_like(v)
-        lse = q.new_empty(q.shape[0], q.shape[2], 1)  # (B, N, 1): log sum_j exp(energy[i, j])
-        for i in range(0, q.shape[2], block):
-            rows = slice(i, i + block)
-            energy = torch.bmm(q[:, :, rows].transpose(1, 2), k)  # (B, n, N)
-            top = energy.amax(dim=-1, keepdim=True)
-            weights = energy.sub_(top).exp_()  # unnormalised, in place
-            total = weights.sum(dim=-1, keepdim=True)  # (B, n, 1)
-            out[:, :, rows] = torch.bmm(v, weights.transpose(1, 2)).div_(total.transpose(1, 2))
-            lse[:, rows] = total.log_().add_(top)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        q, k, v, out, lse = ctx.saved_tensors
-        with full_precision(q):
-            grad_out = grad_out.to(v.dtype)
-            grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-            delta = (grad_out * out).sum(dim=1).unsqueeze(-1)  # (B, N, 1): sum_j S[i, j] dS[i, j]
-            for i in range(0, q.shape[2], ctx.block):
-                rows = slice(i, i + ctx.block)
-                q_rows, grad_rows = q[:, :, rows], grad_out[:, :, rows]  # (B, C', n), (B, C, n)
-                weights = torch.bmm(q_rows.transpose(1, 2), k).sub_(lse[:, rows]).exp_()  # S (B, n, N)
-                grad_v.baddbmm_(grad_rows, weights)
-                grad_energy = torch.bmm(grad_rows.transpose(1, 2), v).sub_(delta[:, rows]).mul_(weights)
-                grad_q[:, :, rows] = torch.bmm(k, grad_energy.transpose(1, 2))
-                grad_k.baddbmm_(q_rows, grad_energy)
-        return grad_q, grad_k, grad_v, None
+from attnseg.ops import channel_attention, channel_weights, query_block_attention
+from attnseg.precision import bf16_autocast, full_precision
 
 
 class PositionAttention(QKVAttention):
@@ -88,7 +36,7 @@ class PositionAttention(QKVAttention):
     The (N, N) attention map is never held, forward or backward:
         - on CUDA ``scaled_dot_product_attention(..., scale=1.0)`` runs a fused kernel (memory-efficient, which
           accepts a value width different from the key width);
-        - on other devices an exact kernel over blocks of queries (``_QueryBlockAttention``): energies of
+        - on other devices an exact kernel over blocks of queries (``attnseg.ops.query_block_attention``): energies of
           ``~2^20 / N`` queries at a time, the backward recomputing each block's attention from the saved
           log-sum-exp. On the CPU it is faster than the naive formula and than SDPA's CPU flash kernel (which
           needs Q and K zero-padded to the value width, 8x the energy FLOPs at ``key_channels = C / 8``), and
@@ -115,10 +63,7 @@ class PositionAttention(QKVAttention):
         if q.device.type == "cuda":  # fused kernels want unit-stride channels: (B, 1, N, C) contiguous
             q, k, v = (t.transpose(1, 2).contiguous()[:, None] for t in (q, k, v))
             return F.scaled_dot_product_attention(q, k, v, scale=1.0)[:, 0].transpose(1, 2)
-        block = max(1, _BLOCK_ELEMENTS // q.shape[2])  # queries per block
-        if not torch.is_grad_enabled():  # no backward to prepare: plain operations (exportable)
-            return _QueryBlockAttention.compute(q, k, v, block)[0]
-        return _QueryBlockAttention.apply(q, k, v, block)
+        return query_block_attention(q, k, v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if bf16_autocast(x):
@@ -147,60 +92,6 @@ class PositionAttention(QKVAttention):
             return torch.softmax(q.transpose(1, 2) @ k, dim=-1)
 
 
-def _flushed_softmax(energy: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis with weights below the smallest normal float (``finfo.tiny``, 1.2e-38 in fp32)
-    set to 0: sharply peaked rows otherwise fill the map with subnormal numbers, which make the matrix products
-    that use it tens of times slower on CPUs. Each weight changes by less than 1.2e-38."""
-    weights = torch.softmax(energy, dim=-1)
-    return weights.masked_fill_(weights < torch.finfo(weights.dtype).tiny, 0.0)
-
-
-class _ChannelAttentionFunction(torch.autograd.Function):
-    """``A + gamma * softmax(E) A`` with ``E = A A^T`` (or ``max(E) - E``), with a hand-written backward.
-
-    Saves only A and the (B, C, C) attention, computes gamma's gradient from the attention's
-    (``sum(dL/dy * SA) = sum(S * dL/dS)``), and keeps the gradients of the (C, C) maps free of subnormal numbers
-    (see ``_flushed_softmax``). The row maximum of ``max(E) - E`` gets no gradient: softmax ignores a shift of its
-    row, so that gradient is 0. Inputs and arithmetic in fp32.
-    """
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, gamma: torch.Tensor, max_minus: bool, fast: bool) -> torch.Tensor:
-        out, weights = _ChannelAttentionFunction.compute(a, gamma, max_minus, fast)
-        ctx.save_for_backward(a, weights, gamma)
-        ctx.max_minus, ctx.fast = max_minus, fast
-        return out
-
-    @staticmethod
-    def compute(a: torch.Tensor, gamma: torch.Tensor, max_minus: bool, fast: bool):
-        """The forward's output and attention, as plain tensor operations (what inference and export run)."""
-        # a (B, C, N) -> (B, C, N)
-        with bf16_products(fast):
-            energy = torch.bmm(a, a.transpose(1, 2))  # (B, C, C)
-            if max_minus:
-                top = energy.amax(dim=-1, keepdim=True)
-                energy = energy.neg_().add_(top)
-            weights = _flushed_softmax(energy)
-            return torch.bmm(weights, a).mul_(gamma).add_(a), weights
-
-    @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):
-        a, weights, gamma = ctx.saved_tensors
-        with full_precision(a), bf16_products(ctx.fast):
-            grad_y = grad_y.to(a.dtype).contiguous()
-            grad_weights = torch.bmm(grad_y, a.transpose(1, 2))  # dL/dS / gamma, (B, C, C)
-            weighted = grad_weights.mul_(weights)  # S * dL/dS / gamma, in place
-            grad_gamma = weighted.sum().reshape(gamma.shape)
-            # softmax backward: dE = S * dS - S * sum(S * dS), times gamma; subnormal results flushed to 0
-            grad_energy = weighted.sub_(weights * weighted.sum(-1, keepdim=True)).mul_(gamma)
-            grad_energy.masked_fill_(grad_energy.abs() < torch.finfo(grad_energy.dtype).tiny, 0.0)
-            if ctx.max_minus:
-                grad_energy.neg_()
-            grad_a = torch.bmm(weights.transpose(1, 2), grad_y).mul_(gamma).add_(grad_y)
-            grad_a.baddbmm_(grad_energy + grad_energy.transpose(1, 2), a)
-        return grad_a, grad_gamma, None, None
-
-
 class ChannelAttention(nn.Module):
     """Channel attention module (CAM): every channel attends to every channel.
 
@@ -208,9 +99,9 @@ class ChannelAttention(nn.Module):
     (``energy="max_minus"``, the official code: the row maximum minus the energy) or ``softmax(energy)``
     (``energy="plain"``, the paper's formula); ``out = gamma * (X A) + A``. Energies and softmax in fp32.
 
-    The attention runs in ``_ChannelAttentionFunction``: the residual and gamma fused, five (C, C, N) matrix
+    The attention runs in ``attnseg.ops.channel_attention``: the residual and gamma fused, five (C, C, N) matrix
     products for forward and backward instead of autograd's six, and weights below 1.2e-38 set to 0
-    (``_flushed_softmax``; the official energy makes rows so peaked that subnormal weights would slow every
+    (``attnseg.ops.flushed_softmax``; the official energy makes rows so peaked that subnormal weights would slow every
     product that uses the map by an order of magnitude on CPUs); see docs/benchmarks.md. Under bf16 autocast the
     products take bf16-rounded operands with fp32 accumulation and results (``bf16_products``); energies, softmax
     and the residual stay fp32.
@@ -228,18 +119,12 @@ class ChannelAttention(nn.Module):
 
     def _attention(self, a: torch.Tensor) -> torch.Tensor:
         """Softmax attention (B, C, C) of ``a`` (B, C, N) in fp32."""
-        energy = a @ a.transpose(1, 2)
-        if self.energy == "max_minus":
-            energy = energy.amax(dim=-1, keepdim=True) - energy
-        return _flushed_softmax(energy)
+        return channel_weights(a, self.energy == "max_minus")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, fast = x.flatten(2).float().contiguous(), bf16_autocast(x)  # (B, C, N), channels-last input copied
         with full_precision(x):
-            if torch.is_grad_enabled():
-                out = _ChannelAttentionFunction.apply(a, self.gamma, self.energy == "max_minus", fast)
-            else:  # no backward to prepare: plain operations (exportable)
-                out = _ChannelAttentionFunction.compute(a, self.gamma, self.energy == "max_minus", fast)[0]
+            out = channel_attention(a, self.gamma, self.energy == "max_minus", fast)
             return out.view(x.shape).to(x.dtype)
 
     @torch.no_grad()
