@@ -1,7 +1,7 @@
 """Run names, groups, tags and job types, from a run's resolved config: W&B runs, TensorBoard and CSV run folders
 and TensorBoard's HParams.
 
-- The **name** says what a reader compares: head, the head's switches (``SegHead.switches``), encoder (and output
+- The **name** says what a reader compares: head, the head's switches (its ``SegHead.name_words``), encoder (and output
   stride where not 8), seed: ``danet-pam-r18-s0``.
 - The **group** holds the seeds of one experiment and nothing else: the name without the seed, the data (dataset and
   its variant) and ``recipe_key``, a short hash of everything the run trains and how (model, data, augmentation,
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -96,12 +97,24 @@ def _head(config: Any) -> tuple[Optional[type], str, dict]:
     return cls, short, dict(options)
 
 
+def head_words(cls: Optional[type], options: dict) -> list[str]:
+    """The words a head's options add to a run's name (``SegHead.name_words``): an option the config leaves unset
+    counts with its default in the head's signature."""
+    declared = getattr(cls, "name_words", ())
+    if not declared:
+        return []
+    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+    words = [w.render(options.get(w.option, defaults.get(w.option))) for w in declared]
+    fallback = getattr(cls, "name_if_no_words", "")
+    return [w for w in words if w] or ([fallback] if fallback else [])
+
+
 def run_identity(config: Any) -> tuple[str, str, list[str]]:
     """A run's W&B name, group and tags (see the module's docstring), e.g. ``danet-pam-cam-r18-s0`` in group
     ``danet-pam-cam-r18-syntheticshapes-far-<recipe>`` with tags ``[danet, pam, cam, resnet18, SyntheticShapes, far,
     seed0]``. ``config`` is a jsonargparse Namespace or the plain dict of a saved ``config.yaml``."""
     cls, short, options = _head(config)
-    switches = cls.switches(options) if cls is not None and hasattr(cls, "switches") else []
+    switches = head_words(cls, options)
     encoder = _get(_get(config, "model"), "encoder")
     name = _get(encoder, "name")
     stride = _get(encoder, "output_stride", 8)

@@ -18,7 +18,7 @@ import torch
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPPPooling, DeepLabV3Decoder
 from torch import nn
 
-from attnseg.heads.base import AuxHead, SegClassifier, SegHead
+from attnseg.heads.base import SegClassifier, SegHead, branch_channels
 
 
 class ASPPHead(SegHead):
@@ -56,7 +56,7 @@ class ASPPHead(SegHead):
         if len(rates) != 3 or any(r < 1 for r in rates):
             raise ValueError(f"ASPPHead: atrous_rates={list(rates)}, expected three dilations of 1 or more")
         c_in = in_channels[-1]
-        channels = channels or c_in // 4
+        channels = branch_channels(in_channels, channels)
         self.aspp = DeepLabV3Decoder(c_in, channels, rates, aspp_separable=separable, aspp_dropout=aspp_dropout)
         pooling = self.aspp.aspp.convs[-1]
         if not isinstance(pooling, ASPPPooling):
@@ -64,11 +64,9 @@ class ASPPHead(SegHead):
         pooling[1] = nn.Conv2d(c_in, channels, kernel_size=1)  # pool, conv, norm, ReLU: the conv gets a bias ...
         pooling[2] = nn.Identity()  # ... and the norm goes
         self.cls = SegClassifier(channels, num_classes, dropout)
-        self.aux = AuxHead(in_channels[-2], num_classes, dropout=dropout) if aux else None
-        self.loss_weights = {"out": 1.0, **({"aux": 0.4} if aux else {})}
+        self.loss_weights = {"out": 1.0}
+        self.add_aux(aux, in_channels, num_classes, dropout)
 
     def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         outputs = {"out": self.cls(self.aspp(features))}
-        if self.aux is not None:
-            outputs["aux"] = self.aux(features[-2])
-        return outputs
+        return self.with_aux(features, outputs)

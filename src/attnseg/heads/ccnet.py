@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
+from attnseg.heads.base import NameWord, QKVAttention, SegClassifier, SegHead, branch_channels
 from attnseg.losses import CategoryConsistencyLoss
 from attnseg.ops import criss_cross, criss_cross_weights, lines, memory_format
 from attnseg.precision import bf16_autocast, full_precision
@@ -174,10 +174,7 @@ class CCNetHead(SegHead):
             score frames): the attention is then ``CrissCrossAttention3D`` across each clip.
     """
 
-    @classmethod
-    def switches(cls, options: dict) -> list[str]:
-        frames = int(options.get("frames", 1))
-        return [f"r{options.get('recurrence', 2)}", *([f"t{frames}"] if frames > 1 else [])]
+    name_words = (NameWord("recurrence", "r{}"), NameWord("frames", "t{}", omit=1))
 
     def __init__(
         self,
@@ -203,7 +200,7 @@ class CCNetHead(SegHead):
         if ccl and ccl_dim < 1:
             raise ValueError(f"CCNetHead: ccl_dim={ccl_dim}, expected 1 or more")
         c_in = in_channels[-1]
-        channels = channels or max(1, c_in // 4)
+        channels = branch_channels(in_channels, channels)
         self.recurrence, self.frames = recurrence, frames
         self.reduce = ConvNormAct(c_in, channels, kernel_size=3)
         attention = CrissCrossAttention if frames == 1 else CrissCrossAttention3D
@@ -212,8 +209,8 @@ class CCNetHead(SegHead):
         self.fuse = ConvNormAct(c_in + channels, fuse_channels, kernel_size=3)
         self.cls = SegClassifier(fuse_channels, num_classes, dropout)
         self.ccl = nn.Conv2d(channels, ccl_dim, kernel_size=1) if ccl else None
-        self.aux = AuxHead(in_channels[-2], num_classes, dropout=dropout) if aux else None
-        self.loss_weights = {"out": 1.0, **({"ccl": 1.0} if ccl else {}), **({"aux": 0.4} if aux else {})}
+        self.loss_weights = {"out": 1.0, **({"ccl": 1.0} if ccl else {})}
+        self.add_aux(aux, in_channels, num_classes, dropout)
         if ccl:
             self.output_losses["ccl"] = CategoryConsistencyLoss(delta_v=ccl_delta_v, delta_d=ccl_delta_d)
             self.embeddings = ("ccl",)
@@ -240,9 +237,7 @@ class CCNetHead(SegHead):
         outputs = {"out": self.cls(self.fuse(torch.cat([x, y], dim=1)))}
         if self.ccl is not None:
             outputs["ccl"] = self.ccl(y)
-        if self.aux is not None:
-            outputs["aux"] = self.aux(features[-2])
-        return outputs
+        return self.with_aux(features, outputs)
 
     @torch.no_grad()
     def attention_maps(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:

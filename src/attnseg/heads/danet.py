@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.base import AuxHead, QKVAttention, SegClassifier, SegHead
+from attnseg.heads.base import NameWord, QKVAttention, SegClassifier, SegHead, branch_channels
 from attnseg.ops import channel_attention, channel_weights, query_block_attention
 from attnseg.precision import bf16_autocast, full_precision
 
@@ -175,9 +175,8 @@ class DANetHead(SegHead):
         aux: add the auxiliary head (output ``aux``, loss weight 0.4) on ``in_channels[-2]``.
     """
 
-    @classmethod
-    def switches(cls, options: dict) -> list[str]:
-        return [branch for branch in ("pam", "cam") if options.get(branch, True)] or ["off"]
+    name_words = (NameWord("pam", "pam"), NameWord("cam", "cam"))
+    name_if_no_words = "off"
 
     def __init__(
         self,
@@ -193,7 +192,7 @@ class DANetHead(SegHead):
     ) -> None:
         super().__init__()
         c_in = in_channels[-1]
-        channels = channels or max(1, c_in // 4)
+        channels = branch_channels(in_channels, channels)
         attention = {
             "pam": PositionAttention(channels, key_channels) if pam else nn.Identity(),
             "cam": ChannelAttention(cam_energy) if cam else nn.Identity(),
@@ -201,8 +200,8 @@ class DANetHead(SegHead):
         self.branches = nn.ModuleDict({name: AttentionBranch(c_in, channels, m) for name, m in attention.items()})
         self.cls = SegClassifier(channels, num_classes, dropout)
         self.branch_cls = nn.ModuleDict({name: SegClassifier(channels, num_classes, dropout) for name in attention})
-        self.aux = AuxHead(in_channels[-2], num_classes, dropout=dropout) if aux else None
-        self.loss_weights = {"out": 1.0, "pam": 1.0, "cam": 1.0, **({"aux": 0.4} if aux else {})}
+        self.loss_weights = {"out": 1.0, "pam": 1.0, "cam": 1.0}
+        self.add_aux(aux, in_channels, num_classes, dropout)
 
     def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         x = features[-1]
@@ -210,9 +209,7 @@ class DANetHead(SegHead):
         outputs = {"out": self.cls(sum(branch_features.values()))}
         for name, cls in self.branch_cls.items():
             outputs[name] = cls(branch_features[name])
-        if self.aux is not None:
-            outputs["aux"] = self.aux(features[-2])
-        return outputs
+        return self.with_aux(features, outputs)
 
     @torch.no_grad()
     def attention_maps(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.base import AuxHead, SegClassifier, SegHead
+from attnseg.heads.base import NameWord, SegClassifier, SegHead, branch_channels
 from attnseg.losses import BorderFocalLoss
 
 
@@ -114,12 +114,10 @@ class DFNHead(SegHead):
         edge_width: neighbourhood size of the border loss's edges (see ``BorderFocalLoss``).
         aux: add the auxiliary FCN head every other head has (output ``aux``, loss weight 0.4) on
             ``in_channels[-2]``; not in the paper, off by default. It lets a comparison of heads give every head
-            the same supervision (``out`` and ``aux`` alone).
+            the same supervision (``out`` and ``aux`` alone). Its dropout is ``dropout``, as for every head.
     """
 
-    @classmethod
-    def switches(cls, options: dict) -> list[str]:
-        return ["border" if options.get("border", True) else "noborder"]
+    name_words = (NameWord("border", "border", off="noborder"),)
 
     def __init__(
         self,
@@ -136,7 +134,7 @@ class DFNHead(SegHead):
         if len(in_channels) < 2:
             raise ValueError(f"DFNHead: needs 2 or more feature maps, the encoder gives {list(in_channels)}")
         n = len(in_channels)
-        channels = channels or max(1, in_channels[-1] // 4)
+        channels = branch_channels(in_channels, channels)
         self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels[-1], channels, 1), nn.ReLU())
         # smooth_*[i] processes features[i]
         self.smooth_pre = nn.ModuleList(RefinementResidualBlock(c, channels) for c in in_channels)
@@ -155,9 +153,7 @@ class DFNHead(SegHead):
             self.border_cls = SegClassifier(border_channels, 1, dropout)
             self.output_losses["border"] = BorderFocalLoss(edge_width=edge_width)
             self.loss_weights["border"] = 0.1
-        self.aux = AuxHead(in_channels[-2], num_classes) if aux else None
-        if aux:
-            self.loss_weights["aux"] = 0.4
+        self.add_aux(aux, in_channels, num_classes, dropout)
 
     def smooth(self, features: list[torch.Tensor], cab_weights: Optional[dict] = None) -> dict[str, torch.Tensor]:
         """Smooth Network: top-down RRB -> CAB -> RRB with a prediction at every step (and each CAB's channel
@@ -193,6 +189,4 @@ class DFNHead(SegHead):
         outputs = self.smooth(features)
         if self.border:
             outputs["border"] = self.border_logits(features)
-        if self.aux is not None:
-            outputs["aux"] = self.aux(features[-2])
-        return outputs
+        return self.with_aux(features, outputs)

@@ -14,7 +14,7 @@ import torch
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.base import AuxHead, SegClassifier, SegHead
+from attnseg.heads.base import SegClassifier, SegHead, branch_channels
 
 
 class FCNHead(SegHead):
@@ -44,15 +44,15 @@ class FCNHead(SegHead):
         if num_convs < 1:
             raise ValueError(f"FCNHead: num_convs={num_convs}, expected 1 or more")
         c_in = in_channels[-1]
-        channels = channels or c_in // 4
+        channels = branch_channels(in_channels, channels)
         layers = [ConvNormAct(c_in if i == 0 else channels, channels, kernel_size=3) for i in range(num_convs)]
         self.convs = nn.Sequential(*layers)
         self.concat_input = concat_input
         if concat_input:
             self.fuse = ConvNormAct(c_in + channels, channels, kernel_size=3)
         self.cls = SegClassifier(channels, num_classes, dropout)
-        self.aux = AuxHead(in_channels[-2], num_classes, dropout=dropout) if aux else None
-        self.loss_weights = {"out": 1.0, **({"aux": 0.4} if aux else {})}
+        self.loss_weights = {"out": 1.0}
+        self.add_aux(aux, in_channels, num_classes, dropout)
 
     def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         x = features[-1]
@@ -60,6 +60,4 @@ class FCNHead(SegHead):
         if self.concat_input:
             y = self.fuse(torch.cat([x, y], dim=1))
         outputs = {"out": self.cls(y)}
-        if self.aux is not None:
-            outputs["aux"] = self.aux(features[-2])
-        return outputs
+        return self.with_aux(features, outputs)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.layers import ConvNormAct
 from torch import nn
 
-from attnseg.heads.base import AuxHead, SegClassifier, SegHead
+from attnseg.heads.base import SegClassifier, SegHead, branch_channels
 from attnseg.precision import bf16_autocast, full_precision
 
 
@@ -156,16 +156,15 @@ class FLANetHead(SegHead):
                 f"FLANetHead: aux=True needs 3 or more feature maps, the encoder gives {list(in_channels)}"
             )
         c_in = in_channels[-1]
-        channels = channels or max(1, c_in // 4)
+        channels = branch_channels(in_channels, channels)
         self.convs = nn.Sequential(
             ConvNormAct(c_in, channels, kernel_size=3), ConvNormAct(channels, channels, kernel_size=3)
         )
         self.fla = FullyAttentionalBlock(channels)
         self.fuse = ConvNormAct(c_in + channels, channels, kernel_size=3)
         self.cls = SegClassifier(channels, num_classes, dropout)
-        self.aux = AuxHead(in_channels[-2], num_classes, aux_channels, dropout) if aux else None
-        self.aux2 = AuxHead(in_channels[-3], num_classes, aux_channels, dropout) if aux else None
-        self.loss_weights = {"out": 1.0, **({"aux": 0.4, "aux2": 0.4} if aux else {})}
+        self.loss_weights = {"out": 1.0}
+        self.add_aux(aux, in_channels, num_classes, dropout, aux_channels, names=("aux", "aux2"))
 
     @torch.no_grad()
     def attention_maps(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -178,7 +177,4 @@ class FLANetHead(SegHead):
         x = features[-1]
         y = self.fla(self.convs(x))
         outputs = {"out": self.cls(self.fuse(torch.cat([x, y], dim=1)))}
-        if self.aux is not None:
-            outputs["aux"] = self.aux(features[-2])
-            outputs["aux2"] = self.aux2(features[-3])
-        return outputs
+        return self.with_aux(features, outputs)

@@ -18,7 +18,7 @@ import torch
 from segmentation_models_pytorch.decoders.pspnet.decoder import PSPModule
 from timm.layers import ConvNormAct
 
-from attnseg.heads.base import AuxHead, SegClassifier, SegHead
+from attnseg.heads.base import SegClassifier, SegHead, branch_channels
 
 
 class PSPHead(SegHead):
@@ -53,15 +53,13 @@ class PSPHead(SegHead):
                 f"PSPHead: bins={list(bins)} on {c_in} channels, expected one or more sizes of 1 or more and no "
                 "more bins than channels"
             )
-        channels = channels or c_in // 4
+        channels = branch_channels(in_channels, channels)
         self.ppm = PSPModule(c_in, sizes=bins)
         self.bottleneck = ConvNormAct(c_in + len(bins) * (c_in // len(bins)), channels, kernel_size=3)
         self.cls = SegClassifier(channels, num_classes, dropout)
-        self.aux = AuxHead(in_channels[-2], num_classes, dropout=dropout) if aux else None
-        self.loss_weights = {"out": 1.0, **({"aux": 0.4} if aux else {})}
+        self.loss_weights = {"out": 1.0}
+        self.add_aux(aux, in_channels, num_classes, dropout)
 
     def forward(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         outputs = {"out": self.cls(self.bottleneck(self.ppm(features[-1])))}
-        if self.aux is not None:
-            outputs["aux"] = self.aux(features[-2])
-        return outputs
+        return self.with_aux(features, outputs)
