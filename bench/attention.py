@@ -1,6 +1,6 @@
 """The attention modules against naive references of the same formula: forward+backward time and peak memory.
 
-    python bench/attention.py [--sizes 32x32 64x64 97x97 64x128 128x256] [--channels 512] [--batch 1]
+    python -m bench.attention [--sizes 32x32 64x64 97x97 64x128 128x256] [--channels 512] [--batch 1]
         [--dtypes fp32 bf16] [--modules pam cam cc1 cc2 fla cc3d] [--frames 3] [--device cpu] [--repeat 3] [--threads N]
         [--flush-denormal] [--channels-last] [--out docs/benchmarks.md]
 
@@ -44,9 +44,6 @@ the command is listed, so runs split by size or by device build one table.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import re
 import sys
 import time
@@ -54,29 +51,18 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "src") not in sys.path:  # runs from a checkout without installing the package too
-    sys.path.insert(0, str(REPO / "src"))
-
-from attnseg.heads import (  # noqa: E402
+from attnseg.heads import (
     ChannelAttention,
     CrissCrossAttention,
     CrissCrossAttention3D,
     FullyAttentionalBlock,
     PositionAttention,
-)  # fmt: skip
+)
+from bench.common import NOT_MEASURED, command_line, machine, number, peak_bytes, seconds, table, update_section
 
-NOT_MEASURED = "not measured"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-DEVICES = {"cpu": "CPU", "cuda": "CUDA"}
-SIZES = ["32x32", "64x64", "97x97", "64x128", "128x256"]
-
-# ------------------------------------------------------------------------------------------------ references
 # The naive formulas live once, in tests/helpers/reference.py (what the tests check the modules against).
-sys.path.insert(0, str(REPO))
-from tests.helpers.reference import (  # noqa: E402
+from tests.helpers.reference import (
     clear_masks,
     einsum_cca,
     einsum_cca_3d,
@@ -86,7 +72,13 @@ from tests.helpers.reference import (  # noqa: E402
     naive_cam,
     naive_pam,
     published_fla,
-)  # fmt: skip
+)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DEVICES = {"cpu": "CPU", "cuda": "CUDA"}
+SIZES = ["32x32", "64x64", "97x97", "64x128", "128x256"]
+
+# ------------------------------------------------------------------------------------------------ references
 
 
 def fla_attention(m: FullyAttentionalBlock, x: torch.Tensor) -> torch.Tensor:
@@ -136,50 +128,6 @@ MODULES = {
 VIDEO = {"cc3d"}  # modules that take a clip (B, C, T, H, W)
 
 # ------------------------------------------------------------------------------------------------ measurement
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _allocations(prof) -> list[tuple[int, int]]:
-    """(time, bytes) of every allocation (+) and free (-) the profiler recorded."""
-    from torch._C._profiler import _EventType
-
-    found, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        if event.tag == _EventType.Allocation:
-            found.append((event.start_time_ns, event.extra_fields.alloc_size))
-        stack.extend(event.children)
-    return sorted(found, key=lambda item: item[0])
-
-
-def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
-    """Peak of the memory allocated by ``fn`` above what was allocated before it (see the module docstring)."""
-    if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for _, size in _allocations(prof):
-        live += size
-        peak = max(peak, live)
-    return peak
-
-
-def seconds(fn: Callable[[], None], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def measure_case(
@@ -282,101 +230,12 @@ def speedup_rows(rows: Sequence[Sequence[str]], devices: Sequence[str]) -> list[
     return out
 
 
-def number(value: float) -> str:
-    """Three significant digits at most, without exponents: 1388, 41.3, 0.12."""
-    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
 def pair(ours, ref) -> str:
     """``ours / ref (ratio x)``; a skipped implementation shows its reason instead of a number."""
     text = " / ".join(number(v) if isinstance(v, float) else v for v in (ours, ref))
     if isinstance(ours, float) and isinstance(ref, float) and ref > 0:
         text += f" ({ours / ref:.2f}x)"
     return text
-
-
-# ------------------------------------------------------------------------------------------------ report
-
-
-def machine(device: torch.device) -> str:
-    """One line naming the machine a device's numbers come from."""
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return (
-            f"{props.name}, {props.total_memory / 2**30:.0f} GiB; CUDA {torch.version.cuda}; "
-            f"PyTorch {torch.__version__}"
-        )
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s); PyTorch {torch.__version__}"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _parse_rows(text: str, columns: int) -> list[list[str]]:
-    rows = []
-    for line in text.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) == columns and not set(line) <= set("|-: "):
-            rows.append(cells)
-    return rows[1:]  # without the header
-
-
-def update_section(
-    path: Path,
-    name: str,
-    header: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    key_columns: int,
-    machines: dict[str, str],
-    command: str,
-    notes: str = "",
-) -> str:
-    """Write (or update) the section ``<!-- name -->`` ... ``<!-- /name -->`` of the Markdown file ``path``.
-
-    A row whose first ``key_columns`` cells equal an earlier row's replaces it, keeping the earlier cells where
-    the new row says ``not measured``; other earlier rows stay. ``machines`` (``{device label: description}``)
-    replace the lines of the same devices; the command is added to the section's list. Returns the section.
-    """
-    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    text = path.read_text() if path.is_file() else ""
-    old = text[text.index(begin) : text.index(end) + len(end)] if begin in text and end in text else ""
-    old_rows = _parse_rows(old, len(header))
-    old_machines = dict(re.findall(r"^- (\w+): (.*)$", old, flags=re.M))
-    old_commands = re.findall(r"^    (python .*)$", old, flags=re.M)
-    merged = {tuple(row[:key_columns]): list(row) for row in old_rows}
-    for row in rows:
-        key = tuple(row[:key_columns])
-        previous = merged.get(key)
-        merged[key] = [p if n == NOT_MEASURED and previous else n for n, p in zip(row, previous or row)]
-    all_machines = {**old_machines, **machines}
-    commands = old_commands + ([command] if command not in old_commands else [])
-    today = datetime.date.today().isoformat()
-    body = [begin, f"Last updated {today}.", ""]
-    body += [f"- {label}: {description}" for label, description in sorted(all_machines.items())]
-    body += ["", "Commands:", ""] + [f"    {c}" for c in commands] + [""]
-    body += [notes, ""] if notes else []
-    body += [table(header, list(merged.values())), end]
-    section = "\n".join(body)
-    if old:
-        text = text.replace(old, section)
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return section
-
-
-def command_line(script: str, argv: Sequence[str]) -> str:
-    return " ".join(["python", script, *argv])
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -455,7 +314,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.flush_denormal:
         torch.set_flush_denormal(False)
     if args.out is not None:
-        command = command_line("bench/attention.py", argv)
+        command = command_line("bench.attention", argv)
         update_section(args.out, "bench/attention.py", header, rows, 4, machines, command)
         if speedups:
             update_section(

@@ -1,6 +1,6 @@
 """Train every head on CamVid with one shared recipe, test each on the 233 test images, print a Markdown table.
 
-    python bench/camvid_results.py --root ../shared/data/camvid --out runs/camvid_results \
+    python -m bench.camvid_results --root ../shared/data/camvid --out runs/camvid_results \
         [--recipe camvid_r18_cpu] [--heads fcn danet ...] [--seeds 0 1 2] [--steps N] [-- EXTRA CLI ARGS]
 
 Each head is ``attnseg fit --config configs/experiment/<recipe>.yaml --config configs/model/<head>.yaml``
@@ -29,8 +29,10 @@ from typing import Optional
 
 import torch
 
+from attnseg.heads import head_configs
+
 REPO = Path(__file__).resolve().parents[1]
-HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn", "deeplabv3", "pspnet"]
+HEADS = sorted(head_configs(), key=lambda name: (name != "fcn", name))  # configs/model/*.yaml, the baseline first
 # DFN at output stride 32, as its paper and TorchSeg train it; every other head at the recipe's 8, with its defaults.
 HEAD_ARGS = {"dfn": ["--model.encoder.output_stride=32"]}
 CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",

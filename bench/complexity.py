@@ -1,6 +1,6 @@
 """Parameters and FLOPs of each head, and of the whole model, at one input size.
 
-    python bench/complexity.py [--heads fcn danet ccnet flanet dfn deeplabv3 pspnet] [--encoder resnet50] [--size 512]
+    python -m bench.complexity [--heads ccnet danet ...] [--encoder resnet50] [--size 512]
         [--num-classes 19] [--out docs/benchmarks.md]
 
 Each head is built from its ``configs/model/<head>.yaml`` on the dilated (output stride 8) encoder, with every
@@ -20,17 +20,17 @@ from typing import Optional, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import command_line, machine, table, update_section
-from model import HEADS, build_task
-
+from attnseg.heads import head_configs
 from attnseg.profiling import count_flops, count_parameters
+from bench.common import command_line, machine, table, update_section
+from bench.model import build_task
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--heads", nargs="+", choices=HEADS, default=HEADS)
+    heads = sorted(head_configs())
+    parser.add_argument("--heads", nargs="+", choices=heads, default=heads, help="configs/model/<head>.yaml")
     parser.add_argument("--encoder", default="resnet50", help="timm name (dilated to output stride 8)")
     parser.add_argument("--size", type=int, default=512, help="square input size")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the table into")

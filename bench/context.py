@@ -1,7 +1,7 @@
 """Is the context benchmark's cue beyond the reach of convolutions? Chance level, effective receptive field, and
 the context-class IoU of trained models.
 
-    python bench/context.py --sweep runs/sweeps/ccnet/results.csv --variant two_hop [--size 256] [--images 32]
+    python -m bench.context --sweep runs/sweeps/ccnet/results.csv --variant two_hop [--size 256] [--images 32]
         [--encoder resnet18 --output-stride 8 --out-indices 0 1 2]
 
 The defaults are the context benchmark's (``configs/experiment/context.yaml``); the quickstart's data and encoder

@@ -1,6 +1,6 @@
 """Does the data pipeline keep up? Data-loading time against compute time per training step, on a real dataset.
 
-    python bench/data.py [--data configs/data/camvid_half.yaml] [--root ../shared/data/camvid]
+    python -m bench.data [--data configs/data/camvid_half.yaml] [--root ../shared/data/camvid]
         [--workers 0 1 2] [--cache off on] [--head fcn] [--encoder resnet18] [--precision bf16-mixed] [--channels-last]
         [--steps 20] [--warmup 3] [--threads N] [--out docs/benchmarks.md]
 
@@ -28,12 +28,10 @@ from typing import Optional, Sequence
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import REPO, command_line, machine, number, table, update_section
-from model import head_factory
-
 from attnseg.data import SegDataModule
 from attnseg.task import SegmentationTask
+from bench.common import REPO, command_line, machine, number, table, update_section
+from bench.model import head_factory
 
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "camvid"
 

@@ -1,7 +1,7 @@
 """The README's pictures, from trained checkpoints: where attention looks, and every head's predictions on CamVid.
 
-    python bench/figures.py attention [--danet DANET.ckpt] [--ccnet CCNET.ckpt] [--sample 0] [--out docs/figures]
-    python bench/figures.py camvid --results runs/camvid_results --root ../shared/data/camvid \
+    python -m bench.figures attention [--danet DANET.ckpt] [--ccnet CCNET.ckpt] [--sample 0] [--out docs/figures]
+    python -m bench.figures camvid --results runs/camvid_results --root ../shared/data/camvid \
         [--images 0 60 120 180] [--out docs/figures]
 
 ``attention`` takes a DANet checkpoint, a CCNet checkpoint or both, trained on the context benchmark
@@ -25,19 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "src") not in sys.path:  # runs from a checkout without installing the package too
-    sys.path.insert(0, str(REPO / "src"))
-
-from attnseg.data import SegDataModule  # noqa: E402
-from attnseg.task import SegmentationTask  # noqa: E402
-from attnseg.visualize import (  # noqa: E402
+from attnseg.data import SegDataModule
+from attnseg.heads import head_configs
+from attnseg.task import SegmentationTask
+from attnseg.visualize import (
     attention_figure,
     cell_centre,
     comparison_figure,
@@ -46,9 +42,8 @@ from attnseg.visualize import (  # noqa: E402
     denormalize,
     feature_cell,
     two_hop_path,
-)  # fmt: skip
-
-HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn"]
+)
+from bench.common import REPO
 
 
 def load(checkpoint: Path, **data_overrides) -> tuple[SegmentationTask, SegDataModule]:
@@ -114,7 +109,7 @@ def criss_cross_figure(args: argparse.Namespace) -> Path:
 @torch.no_grad()
 def camvid_figure(args: argparse.Namespace) -> list[Path]:
     predictions, scores, images, targets, style = {}, {}, None, None, None
-    for head in HEADS:
+    for head in sorted(head_configs(), key=lambda name: (name != "fcn", name)):  # the baseline first
         result = args.results / head / "test.json"
         if not result.is_file():
             print(f"{head}: no {result}, left out")
@@ -131,7 +126,7 @@ def camvid_figure(args: argparse.Namespace) -> list[Path]:
         scores[head] = 100 * tested["test"]["test/mIoU"]
         print(f"{head}: {tested['checkpoint']} (test mIoU {scores[head]:.1f})")
     if not predictions:
-        raise SystemExit(f"--results {args.results}: no head has a test.json (run bench/camvid_results.py first)")
+        raise SystemExit(f"--results {args.results}: no head has a test.json (run bench.camvid_results first)")
     fig = comparison_figure(images, targets, predictions, *style, scores=scores)
     return [save(fig, args.out / "camvid_predictions.png")]
 

@@ -1,14 +1,15 @@
 """Whole models: training-step and inference throughput, peak memory and model FLOP utilisation, per head.
 
-    python bench/model.py [--heads fcn danet ccnet flanet dfn deeplabv3 pspnet] [--encoders resnet50 resnet101]
+    python -m bench.model [--heads ccnet danet ...] [--encoders resnet50 resnet101]
         [--output-strides 8 16] [--sizes 512 769] [--batch 8] [--precision bf16-mixed fp32]
         [--layouts contiguous channels-last] [--compile]
         [--steps 10] [--warmup 3] [--device cuda] [--peak-tflops 989] [--out docs/benchmarks.md]
 
-Each head is built from its ``configs/model/<head>.yaml`` on a dilated timm encoder (output stride 8, or each of
-``--output-strides``) with random weights, inside ``SegmentationTask`` (its losses, 19 classes). A training step is
-forward, the task's weighted losses against random labels, backward and an SGD step (momentum 0.9); inference is one
-forward of the model in eval mode (``inference_mode``) on the whole ``size x size`` image, and sliding-window inference
+Each head (default: every ``configs/model/<head>.yaml``, found by ``attnseg.heads.head_configs``) is built from its
+config on a dilated timm encoder (output stride 8, or each of ``--output-strides``) with random weights, inside
+``SegmentationTask`` (its losses, 19 classes). A training step is forward, the task's weighted losses against random
+labels, backward and an SGD step (momentum 0.9); inference is one forward of the model in eval mode
+(``inference_mode``) on the whole ``size x size`` image, and sliding-window inference
 (``attnseg.inference.SlidingWindow``, ``size x size`` windows every two thirds of a window) over ``size x 2 size``
 images, three windows each. All run under ``torch.autocast(dtype=torch.bfloat16)`` for ``bf16-mixed``; ``--layouts
 channels-last`` gives the weights and images the channels-last memory format (``model.channels_last``). Throughput is
@@ -30,36 +31,28 @@ reduced ones, e.g. ``--device cpu --encoders resnet50 --sizes 512 --batch 1 --pr
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import REPO, command_line, machine, number, peak_bytes, table, update_section
-
+from attnseg.heads import head_configs
 from attnseg.inference import SlidingWindow
 from attnseg.profiling import count_parameters, extra_flop_formulas
 from attnseg.task import SegmentationTask
+from bench.common import command_line, machine, number, peak_bytes, sync, table, update_section
 
-HEADS = ["fcn", "danet", "ccnet", "flanet", "dfn", "deeplabv3", "pspnet"]
 # Dense bf16 tensor-core peaks (TFLOP/s), matched against the device name.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 NUM_CLASSES = 19
 
 
 def head_factory(name: str):
-    """The head class of ``configs/model/<name>.yaml`` with its ``init_args`` bound."""
-    config = yaml.safe_load((REPO / "configs" / "model" / f"{name}.yaml").read_text())["model"]["head"]
-    module, _, cls = config["class_path"].rpartition(".")
-    head_cls = getattr(importlib.import_module(module), cls)
-    options = config.get("init_args") or {}
-    return lambda channels, num_classes: head_cls(channels, num_classes, **options)
+    """The head of ``configs/model/<name>.yaml`` as a factory ``(in_channels, num_classes) -> head``."""
+    return head_configs()[name].build
 
 
 def build_task(head: str, encoder: str, output_stride: int = 8) -> SegmentationTask:
@@ -151,11 +144,11 @@ def images_per_second(step, args: argparse.Namespace, device: torch.device) -> f
     """Images per second of ``step`` (one batch) over ``--steps`` steps after ``--warmup``."""
     for _ in range(args.warmup):
         step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
-    _sync(device)
+    sync(device)
     return args.batch * args.steps / (time.perf_counter() - start)
 
 
@@ -163,15 +156,11 @@ def speedup(rate: float, baseline: Optional[float]) -> str:
     return f"{rate / baseline:.2f}x" if baseline else "n/a"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--heads", nargs="+", choices=HEADS, default=HEADS)
+    heads = sorted(head_configs())
+    parser.add_argument("--heads", nargs="+", choices=heads, default=heads, help="configs/model/<head>.yaml")
     parser.add_argument("--encoders", nargs="+", default=["resnet50", "resnet101"], help="timm names (dilated, OS 8)")
     parser.add_argument("--output-strides", nargs="+", type=int, default=[8], choices=[8, 16, 32],
                         help="the encoder's output stride (8: dilated twice, the papers' setting)")  # fmt: skip
@@ -246,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.out is not None:
         label = "CUDA" if device.type == "cuda" else "CPU"
         update_section(args.out, "bench/model.py", header, rows, 6, {label: machine(device)},
-                       command_line("bench/model.py", argv))  # fmt: skip
+                       command_line("bench.model", argv))  # fmt: skip
         print(f"\nwritten to {args.out}")
 
 

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+import bench.attention as bench_attention
+import bench.camvid_results as bench_camvid
+import bench.common as bench_common
+import bench.complexity as bench_complexity
+import bench.context as bench_context
+import bench.data as bench_data
+import bench.figures as bench_figures
+import bench.model as bench_model
 from tests.helpers.cli import REPO
-
-sys.path.insert(0, str(REPO / "bench"))
-import attention as bench_attention
-import camvid_results as bench_camvid
-import complexity as bench_complexity
-import context as bench_context
-import data as bench_data
-import figures as bench_figures
-import model as bench_model
 
 
 @pytest.fixture
@@ -30,7 +29,7 @@ def keep_threads():
 
 
 def table_rows(text: str, columns: int) -> list[list[str]]:
-    return bench_attention._parse_rows(text, columns)
+    return bench_common.parse_rows(text, columns)
 
 
 @pytest.mark.parametrize("key", sorted(bench_attention.MODULES))
@@ -64,9 +63,9 @@ def test_references_compute_the_modules_formula(key, dtype):
 
 def test_attention_script_writes_the_table(tmp_path):
     out = tmp_path / "tmp.md"
-    cmd = [sys.executable, str(REPO / "bench/attention.py"), "--sizes", "8x8", "--channels", "32", "--repeat", "1",
+    cmd = [sys.executable, "-m", "bench.attention", "--sizes", "8x8", "--channels", "32", "--repeat", "1",
            "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
     rows = table_rows(text, 8)
@@ -81,7 +80,7 @@ def test_attention_script_writes_the_table(tmp_path):
         ms, mib = row[4], row[5]
         assert " / " in ms and float(ms.split(" / ")[0]) >= 0 and float(mib.split(" / ")[0]) > 0, row
         assert row[6:] == ["not measured", "not measured"]  # no CUDA here
-    assert "- CPU: " in text and "python bench/attention.py --sizes 8x8 --channels 32" in text
+    assert "- CPU: " in text and "python -m bench.attention --sizes 8x8 --channels 32" in text
     assert text.startswith("<!-- bench/attention.py -->") and "<!-- /bench/attention.py -->" in text
     # both dtypes measured: the second section gives each module's bf16 speed-up over fp32
     assert text.rstrip().endswith("<!-- /bench/attention.py bf16 -->")
@@ -113,15 +112,15 @@ def test_attention_runs_merge_into_one_table_and_skip_what_is_too_large(tmp_path
     skipped = rows[("PAM", "naive N x N", "1x16x5x9")]
     assert "skipped (N x N map would need" in skipped[4] and "skipped" in skipped[5]
     assert rows[("PAM", "naive N x N", "1x16x6x6")] == next(r for r in table_rows(first, 8) if r[2] == "1x16x6x6")
-    assert text.count("    python bench/attention.py") == 2
+    assert text.count("    python -m bench.attention") == 2
 
 
 def test_update_section_keeps_cells_a_run_did_not_measure(tmp_path):
     path = tmp_path / "b.md"
     header = ["module", "input", "CPU ms", "CUDA ms"]
-    bench_attention.update_section(path, "s", header, [["PAM", "8x8", "not measured", "3.0"]], 2, {"CUDA": "a GPU"},
+    bench_common.update_section(path, "s", header, [["PAM", "8x8", "not measured", "3.0"]], 2, {"CUDA": "a GPU"},
                                    "python x.py --device cuda")  # fmt: skip
-    bench_attention.update_section(path, "s", header, [["PAM", "8x8", "5.0", "not measured"]], 2, {"CPU": "a CPU"},
+    bench_common.update_section(path, "s", header, [["PAM", "8x8", "5.0", "not measured"]], 2, {"CPU": "a CPU"},
                                    "python x.py --device cpu")  # fmt: skip
     text = path.read_text()
     assert table_rows(text, 4) == [["PAM", "8x8", "5.0", "3.0"]]

@@ -116,6 +116,8 @@ def test_border_switch_and_deep_supervision_names(border, expected):
         assert set(head.output_losses) == {"border"} and isinstance(head.output_losses["border"], BorderFocalLoss)
     else:
         assert len(head.output_losses) == 0 and not hasattr(head, "border_pre")
+    maps = head.attention_maps(features)  # each CAB's channel weights (B, C), named after its step's output
+    assert {name: m.shape for name, m in maps.items()} == {n: (2, 16) for n in ("stage1", "stage2", "stage3", "out")}
 
 
 def test_the_deeper_stages_steer_the_finer_ones():

@@ -36,3 +36,74 @@ def assert_trains_and_evaluates(head: torch.nn.Module, features: list[torch.Tens
     with torch.no_grad():
         first, second = head(features), head(features)
     assert torch.equal(first["out"], second["out"])  # eval mode: no dropout, BN running stats
+
+
+def small_with_every_output(config) -> dict:
+    """Options on top of a head config (``attnseg.heads.HeadConfig``) that make its head small and switch every
+    output on, for the contract test: each boolean option true, each width option (``*channels``) 16."""
+    import inspect
+
+    overrides = {}
+    for name, parameter in inspect.signature(config.cls).parameters.items():
+        value = config.init_args.get(name, parameter.default)
+        if isinstance(value, bool):
+            overrides[name] = True
+        elif name.endswith("channels") and name != "in_channels":
+            overrides[name] = 16
+    return overrides
+
+
+def nonzero_gamma(head: torch.nn.Module) -> None:
+    """Attention modules start as the identity (gamma = 0); open them so that every parameter matters."""
+    for name, p in head.named_parameters():
+        if name.endswith("gamma"):
+            torch.nn.init.uniform_(p, 0.5, 1.5)
+
+
+def check_contract(config, encoder: str, output_stride: int) -> None:
+    """The head of ``config`` follows ``attnseg.heads.base.SegHead``'s contract on fake ``encoder`` features at
+    ``output_stride``: named outputs with a loss weight each, class logits on a feature map's grid, embeddings
+    trained by their own loss, a gradient for every parameter, deterministic evaluation, ``attention_maps``."""
+    from attnseg.heads import SegHead
+
+    channels, k = CHANNELS[encoder], 4
+    head = config.build(channels, k, **small_with_every_output(config))
+    assert isinstance(head, SegHead)
+    nonzero_gamma(head)
+    features = fake_features(channels, output_stride, batch=2)
+    out = head(features)
+
+    assert "out" in out and set(out) == set(head.loss_weights), "one loss weight per output, no more"
+    assert all(isinstance(w, float) and w >= 0 for w in head.loss_weights.values())
+    assert set(head.output_losses) <= set(out) and set(head.embeddings) <= set(head.output_losses)
+    sizes = {tuple(f.shape[-2:]) for f in features}
+    for output, tensor in out.items():
+        assert tensor.shape[0] == 2 and tuple(tensor.shape[-2:]) in sizes, output  # a feature map's grid
+        if output not in head.output_losses:  # trained by model.loss (cross-entropy): class logits
+            assert tensor.shape[1] == k, output
+    maps = head.attention_maps(features)
+    assert isinstance(maps, dict) and (maps or type(head).attention_maps is SegHead.attention_maps)
+    assert all(isinstance(m, torch.Tensor) and m.shape[0] == 2 and torch.isfinite(m).all() for m in maps.values())
+    assert_trains_and_evaluates(head, features, out)
+
+
+def check_in_a_real_model(config) -> None:
+    """The head of ``config`` in a real model (ResNet-18 at output stride 8), batch 1 at an odd image size: logits at
+    the image size, embeddings at the feature size, a backward, finite predictions in evaluation."""
+    from attnseg.encoder import Encoder
+    from attnseg.model import SegmentationModel
+
+    head = config.build([64, 128, 256, 512], 5, **small_with_every_output(config))
+    model = SegmentationModel(Encoder("resnet18", output_stride=8), head)
+    images = torch.randn(1, 3, *IMAGE)
+    out = model(images)
+    for output, tensor in out.items():
+        if output in head.embeddings:  # not logits: left at the feature resolution
+            assert tensor.shape[-2:] == tuple(-(-s // 8) for s in IMAGE), output
+        else:
+            assert tensor.shape[-2:] == IMAGE, output
+    sum(o.mean() for o in out.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        pred = model(images)["out"]
+    assert pred.shape == (1, 5, *IMAGE) and torch.isfinite(pred).all()

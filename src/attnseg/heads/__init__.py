@@ -1,7 +1,8 @@
 """Segmentation heads, one file per paper; the attention module sits above the head that uses it. The contract
 they all follow is ``attnseg.heads.base.SegHead``.
 
-Select one with ``--model.head=attnseg.heads.<Name>`` (or ``class_path`` in YAML).
+Select one with ``--model.head=attnseg.heads.<Name>`` (or ``class_path`` in YAML), or by its config
+(``--config model/<name>``); ``head_configs()`` lists the shipped heads from those configs (``attnseg.heads.registry``).
 """
 
 from attnseg.heads.aspp import ASPPHead
@@ -12,6 +13,7 @@ from attnseg.heads.dfn import ChannelAttentionBlock, DFNHead, RefinementResidual
 from attnseg.heads.fcn import FCNHead
 from attnseg.heads.flanet import FLANetHead, FullyAttentionalBlock
 from attnseg.heads.psp import PSPHead
+from attnseg.heads.registry import HeadConfig, head_configs
 
 __all__ = [
     "ASPPHead",
@@ -26,10 +28,12 @@ __all__ = [
     "FCNHead",
     "FLANetHead",
     "FullyAttentionalBlock",
+    "HeadConfig",
     "PSPHead",
     "PositionAttention",
     "QKVAttention",
     "RefinementResidualBlock",
     "SegClassifier",
     "SegHead",
+    "head_configs",
 ]
