@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from jsonargparse import Namespace
 
-from attnseg import cli
+from attnseg import hardware
 from attnseg.hardware import cpu_bf16_flags
 
 CPUINFO = """processor\t: 0
@@ -46,9 +46,9 @@ def _config(accelerator="cpu", precision=None, channels_last=None) -> Namespace:
 
 
 def _choose(config, flags, monkeypatch, caplog) -> str:
-    monkeypatch.setattr(cli, "cpu_bf16_flags", lambda: flags)
+    monkeypatch.setattr(hardware, "cpu_bf16_flags", lambda: flags)
     with caplog.at_level(logging.INFO):
-        cli._choose_cpu_fast_path(config)
+        hardware.choose_cpu_fast_path(config)
     return caplog.text
 
 
@@ -61,7 +61,7 @@ def test_a_capable_cpu_gets_bf16_and_channels_last_and_says_so(monkeypatch, capl
 
 def test_other_cpus_stay_fp32_and_say_why(monkeypatch, caplog):
     config = _config(accelerator="auto")
-    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
     text = _choose(config, (), monkeypatch, caplog)
     assert config.trainer.precision is None and config.model.channels_last is False
     assert "CPU precision: 32-true, channels_last=False (no AMX or AVX512-BF16 in the CPU's flags)" in text

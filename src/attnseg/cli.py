@@ -11,14 +11,12 @@ overlays to ``--prediction.output_dir``). The ``attnseg`` command itself is ``at
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -27,6 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from attnseg import runlock
+from attnseg.arguments import check_config_files, evaluation_needs_a_config, where_set
 from attnseg.callbacks import ClassTables, Complexity, LearningRateMonitor, PredictionOverlays, Throughput
 from attnseg.checkpoint import MID_EPOCH_WARNING, AtomicCheckpointIO, Checkpoint, run_dir, run_of_checkpoint
 from attnseg.configs import expand_config_args
@@ -34,14 +33,15 @@ from attnseg.constants import MONITOR
 from attnseg.csv_history import keep_csv_history
 from attnseg.data import SegDataModule
 from attnseg.distributed import SyncBatchNormPlugin
-from attnseg.experiments import NOT_IDENTITY, experiment_fingerprint, flatten, last_checkpoints
-from attnseg.hardware import cpu_bf16_flags
+from attnseg.experiments import experiment_fingerprint, flatten, last_checkpoints
+from attnseg.hardware import choose_cpu_fast_path
 from attnseg.interruption import Interruption
 from attnseg.lightning_internals import run_subcommand, subcommand_parser
 from attnseg.predict import PredictionWriter
+from attnseg.resume import MODEL_DEFINING, RESUMABLE, check_checkpoint_path, load_checkpoint, same
 from attnseg.run_names import FOLDER_LOGGERS, name_run_folders, name_wandb_runs, plain
 from attnseg.task import SegmentationTask
-from attnseg.weights import input_normalization
+from attnseg.weights import normalise_like_the_encoder
 
 DEFAULT_LOGGER = {
     "class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -119,8 +119,8 @@ class AttnSegCLI(LightningCLI):
         self._resumed_step: Optional[int] = None  # a fit resumed in its own run folder: the checkpoint's step
         self._resumed_run: Optional[Path] = None  # and that folder
         args = expand_config_args(sys.argv[1:] if args is None else list(args))  # short names and base: lists
-        _check_config_files(args)
-        _evaluation_needs_a_config(args)
+        check_config_files(args)
+        evaluation_needs_a_config(args)
         self._args = list(args)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
@@ -143,11 +143,11 @@ class AttnSegCLI(LightningCLI):
             name = logger_args.get("project") or logger_args.get("name") or ""
             root = Path(logger_args.get("save_dir") or ".") / name
             resolved = yaml.safe_load(parser.dump(self.config, skip_none=False))[subcommand]
-            _normalise_like_the_encoder(resolved)  # as the run's saved config.yaml has it
+            normalise_like_the_encoder(resolved)  # as the run's saved config.yaml has it
             fingerprint = experiment_fingerprint(resolved)
             sub = subcommand_parser(self, subcommand)
             defaults = yaml.safe_load(sub.dump(sub.get_defaults(), skip_none=False))
-            _normalise_like_the_encoder(defaults)
+            normalise_like_the_encoder(defaults)
             found, others, unreadable = last_checkpoints(root, resolved, defaults)
             for run in unreadable:
                 rank_zero_warn(f"--ckpt_path last: passed over {run}: it has a last.ckpt but no readable config.yaml")
@@ -166,7 +166,7 @@ class AttnSegCLI(LightningCLI):
                 )
             rank_zero_info(f"--ckpt_path last: resuming this experiment (fingerprint {fingerprint}) from {found[0]}")
             config.ckpt_path = str(found[0])
-        _check_checkpoint_path(config.ckpt_path)
+        check_checkpoint_path(config.ckpt_path)
         self._check_checkpoint_matches_config(subcommand, config)
         run = run_of_checkpoint(Path(config.ckpt_path))
         if subcommand == "fit" and run:
@@ -177,7 +177,7 @@ class AttnSegCLI(LightningCLI):
         folder = logger_args is not None and logger.class_path.endswith(FOLDER_LOGGERS)
         if subcommand == "fit" and run and folder and logger_args.get("version") is None:
             logger_args.version = run  # same run directory
-            self._resumed_step = int(_load_checkpoint(config.ckpt_path).get("global_step", 0))
+            self._resumed_step = int(load_checkpoint(config.ckpt_path).get("global_step", 0))
 
     def _check_checkpoint_matches_config(self, subcommand: str, config) -> None:
         """Lightning rebuilds the model from the checkpoint's hyper-parameters, over the user's options. Each model
@@ -185,7 +185,7 @@ class AttnSegCLI(LightningCLI):
         (the optimiser, schedule, evaluation and speed options in ``RESUMABLE``: re-applied in
         ``before_instantiate_classes`` and reported in one line) or an error naming it; never dropped. Outside
         ``fit`` only the options that define the network (``MODEL_DEFINING``) must match."""
-        saved = _load_checkpoint(config.ckpt_path).get("hyper_parameters")
+        saved = load_checkpoint(config.ckpt_path).get("hyper_parameters")
         if not saved:
             return
         defaults = subcommand_parser(self, subcommand).get_defaults()
@@ -195,13 +195,13 @@ class AttnSegCLI(LightningCLI):
         conflicts = []
         for key, value in ours.items():
             given = self._given is not None and self._given.get(f"{subcommand}.{key}") is not None
-            if key not in theirs or not (given or value != default.get(key)) or _same(value, theirs[key]):
+            if key not in theirs or not (given or value != default.get(key)) or same(value, theirs[key]):
                 continue
             option = key.split(".")[1]
             if option in RESUMABLE:
                 self._kept_on_resume[key] = (value, theirs[key])
             elif subcommand == "fit" or option in MODEL_DEFINING:  # evaluation ignores the training options
-                conflicts.append(f"{key}={value} (checkpoint: {theirs[key]}{_where_set(self._args, key)})")
+                conflicts.append(f"{key}={value} (checkpoint: {theirs[key]}{where_set(self._args, key)})")
         if conflicts:
             raise ValueError(
                 f"--ckpt_path {config.ckpt_path}: the checkpoint was trained with a different model: "
@@ -218,8 +218,8 @@ class AttnSegCLI(LightningCLI):
                 "--ckpt_path: options that differ from the checkpoint's, used as given: "
                 + ", ".join(f"{key}={value} (checkpoint: {old})" for key, (value, old) in self._kept_on_resume.items())
             )
-        _choose_cpu_fast_path(config)
-        _normalise_like_the_encoder(config)
+        choose_cpu_fast_path(config)
+        normalise_like_the_encoder(config)
         name_wandb_runs(config, self.subcommand)
         name_run_folders(config, self.subcommand)
 
@@ -296,147 +296,3 @@ def _remove_empty_new_runs(trainer: Trainer, before: set[Path]) -> None:
     files = [p for p in own.rglob("*") if p.is_file()]
     if all(p.parent == own and p.name in RUN_FOLDER_SETUP for p in files):
         shutil.rmtree(own, ignore_errors=True)
-
-
-def _choose_cpu_fast_path(config) -> None:
-    """``trainer.precision`` and ``model.channels_last`` left unset on a CPU run: bf16 autocast and channels-last
-    where the CPU has AMX or AVX512-BF16 (about 3-4x faster training), fp32 elsewhere; says which in one line.
-    A value set in a config file or on the command line is kept."""
-    trainer, model = config.trainer, config.model
-    on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
-    if not on_cpu or (trainer.precision is not None and model.channels_last is not None):
-        return
-    flags = cpu_bf16_flags()
-    if trainer.precision is None and flags:
-        trainer.precision = "bf16-mixed"
-    if model.channels_last is None:
-        model.channels_last = bool(flags)
-    if flags:
-        reason = f"the CPU has {' and '.join(flags)}"
-    else:
-        reason = "no AMX or AVX512-BF16 in the CPU's flags"
-    rank_zero_info(
-        f"CPU precision: {trainer.precision or '32-true'}, channels_last={model.channels_last} ({reason}); "
-        "set trainer.precision / model.channels_last to choose"
-    )
-
-
-def _normalise_like_the_encoder(config) -> None:
-    """``data.mean`` / ``data.std`` from the encoder's weights (``attnseg.weights.input_normalization``)."""
-    encoder, data = config.get("model", {}).get("encoder"), config.get("data")
-    if encoder is None or data is None or "mean" not in data:
-        return
-    name = encoder.name if hasattr(encoder, "name") else encoder["name"]
-    pretrained = encoder.pretrained if hasattr(encoder, "pretrained") else encoder.get("pretrained")
-    data["mean"], data["std"] = (list(v) for v in input_normalization(name, pretrained, data["mean"], data["std"]))
-
-
-def _config_files(argv: Sequence[str]) -> list[str]:
-    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
-    return files + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-
-
-def _where_set(argv: Sequence[str], key: str) -> str:
-    """Where an option's value came from, for a message: the command line, else the config files given."""
-    short = key.replace(".init_args.", ".")  # --model.head.num_convs sets model.head.init_args.num_convs
-    if any(a.split("=", 1)[0].replace(".init_args.", ".") == f"--{short}" for a in argv):
-        return "; set on the command line"
-    files = _config_files(argv)
-    return f"; set in --config {', '.join(files)}" if files else ""
-
-
-def _evaluation_needs_a_config(argv: Sequence[str]) -> None:
-    """``validate`` / ``test`` / ``predict --ckpt_path X`` without any ``--config``: the data would be the code's
-    defaults, not what the checkpoint was trained on. Refuse, naming the run's own saved config."""
-    if not argv or argv[0] not in ("validate", "test", "predict") or _config_files(argv):
-        return
-    ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
-    ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
-    if ckpt is None:
-        return
-    saved = Path(ckpt).parent.parent / "config.yaml"
-    hint = f"--config {saved} (the run's own)" if saved.is_file() else "the --config files it was trained with"
-    raise ValueError(
-        f"attnseg {argv[0]} --ckpt_path {ckpt}: no --config given, so the data would be the defaults rather than what "
-        f"the checkpoint was trained on; pass {hint}"
-    )
-
-
-def _check_checkpoint_path(path: str) -> None:
-    """A ``--ckpt_path`` that is a checkpoint file written by ``fit``, or an error that says what was found."""
-    target = Path(path)
-    if target.is_file():
-        saved = _load_checkpoint(path)
-        wanted = ("state_dict", "pytorch-lightning_version")
-        missing = [key for key in wanted if key not in saved] if isinstance(saved, dict) else list(wanted)
-        if missing:
-            keys = ", ".join(sorted(map(str, saved))[:8]) if isinstance(saved, dict) else type(saved).__name__
-            raise ValueError(
-                f"--ckpt_path {path}: not a checkpoint written by attnseg fit (no {' or '.join(missing)}; it holds "
-                f"{keys}); pass a .ckpt from a run's checkpoints/ folder"
-            )
-        return
-    if target.is_dir():
-        found = sorted(str(p) for p in target.rglob("*.ckpt"))
-        listing = ": " + ", ".join(found[:6]) + (" ..." if len(found) > 6 else "") if found else " (none inside)"
-        raise ValueError(f"--ckpt_path {path}: a directory; pass one checkpoint file in it{listing}")
-    if path in ("best", "hpc", "registry"):
-        raise ValueError(
-            f"--ckpt_path {path}: names the best checkpoint of a fit in the same process only; from the command "
-            "line pass the file (runs/<project>/<run>/checkpoints/best-*.ckpt) or `last` (this experiment's last.ckpt)"
-        )
-    raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file")
-
-
-def _load_checkpoint(path: str) -> dict:
-    """The checkpoint at ``path`` (tensors memory-mapped), or an error that names it and says what it is."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:
-        head = Path(path).read_bytes()[:512]
-        if head and all(32 <= b < 127 or b in b"\r\n\t" for b in head):
-            what = "a text file, not a checkpoint"
-        elif head[:2] == b"PK":
-            what = "a truncated or damaged checkpoint (an interrupted copy, a full disk?)"
-        else:
-            what = "not a checkpoint written by torch.save"
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(
-            f"--ckpt_path {path}: {what} ({reason}); expected a .ckpt file written by attnseg fit"
-        ) from error
-
-
-def _check_config_files(argv: list[str]) -> None:
-    """Every ``--config FILE`` exists and is valid YAML: an error names the file, line and column (jsonargparse's
-    own message names neither the file nor, among several, which one)."""
-    for name in _config_files(argv):
-        path = Path(name)
-        if not path.is_file():
-            continue  # jsonargparse says so, and --config also takes inline YAML
-        try:
-            config = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise ValueError(f"--config {name}: not valid YAML{where}: {problem}") from error
-        for section in ("model", "data", "trainer"):
-            value = config.get(section) if isinstance(config, dict) else None
-            if value is not None and not isinstance(value, dict):
-                raise ValueError(
-                    f"--config {name}: '{section}' is {value!r}; expected a mapping of its options, e.g. "
-                    f"{section}:\n  {'lr: 0.01' if section == 'model' else 'batch_size: 8'}"
-                )
-
-
-# Model options that define the network a checkpoint holds (what validate / test / predict must match).
-MODEL_DEFINING = {"head", "encoder", "num_classes"}
-# Model options that may change when a run resumes (the rest define the model the checkpoint holds).
-# model options a resumed fit may change: how it trains and evaluates (not the experiment), except the optimiser's kind
-# and its parameter groups, which the checkpoint's optimiser state is tied to
-RESUMABLE = NOT_IDENTITY["model"] - {"optimizer", "no_decay_norm_bias"}
-
-
-def _same(a, b) -> bool:
-    """Equal as configuration values (tuples and lists alike)."""
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)

@@ -193,3 +193,13 @@ def input_normalization(
             "remove data.mean and data.std (null follows the encoder)"
         )
     return given
+
+
+def normalise_like_the_encoder(config) -> None:
+    """``data.mean`` / ``data.std`` from the encoder's weights (``attnseg.weights.input_normalization``)."""
+    encoder, data = config.get("model", {}).get("encoder"), config.get("data")
+    if encoder is None or data is None or "mean" not in data:
+        return
+    name = encoder.name if hasattr(encoder, "name") else encoder["name"]
+    pretrained = encoder.pretrained if hasattr(encoder, "pretrained") else encoder.get("pretrained")
+    data["mean"], data["std"] = (list(v) for v in input_normalization(name, pretrained, data["mean"], data["std"]))
