@@ -110,21 +110,30 @@ MODULES = {
     "pam": ("PAM", lambda c: PositionAttention(c), lambda m, x: m(x), [("naive N x N", naive_pam, _n2)]),
     "cam": ("CAM", lambda c: ChannelAttention(), lambda m, x: m(x), [("naive C x C", naive_cam, None)]),
     "cc1": (
-        "criss-cross R=1", lambda c: CrissCrossAttention(c), lambda m, x: m(x),
+        "criss-cross R=1",
+        lambda c: CrissCrossAttention(c),
+        lambda m, x: m(x),
         [("einsum rows + columns", einsum_cca, None), ("masked N x N", masked_cca, _n2)],
     ),
     "cc2": (
-        "criss-cross R=2", lambda c: CrissCrossAttention(c), repeat(lambda m, x: m(x), 2),
+        "criss-cross R=2",
+        lambda c: CrissCrossAttention(c),
+        repeat(lambda m, x: m(x), 2),
         [("einsum rows + columns", repeat(einsum_cca, 2), None), ("masked N x N", repeat(masked_cca, 2), _n2)],
     ),
     "fla": (
-        "FLA", lambda c: FullyAttentionalBlock(c), fla_attention, [("published (repeat)", published_fla, _fla_maps)],
+        "FLA",
+        lambda c: FullyAttentionalBlock(c),
+        fla_attention,
+        [("published (repeat)", published_fla, _fla_maps)],
     ),
     "cc3d": (
-        "3D criss-cross R=1", lambda c: CrissCrossAttention3D(c), lambda m, x: m(x),
+        "3D criss-cross R=1",
+        lambda c: CrissCrossAttention3D(c),
+        lambda m, x: m(x),
         [("einsum rows + columns + time", einsum_cca_3d, None), ("masked THW x THW", masked_cca_3d, _n2)],
     ),
-}  # fmt: skip
+}
 VIDEO = {"cc3d"}  # modules that take a clip (B, C, T, H, W)
 
 # ------------------------------------------------------------------------------------------------ measurement
@@ -190,8 +199,12 @@ def measure_case(
     for ref_label, _, _ in references:
         ref_ms, ref_mib = cells(ref_label)
         shape = f"{b}x{c}x{h}x{w}" + (f", T={t}" if key in VIDEO else "")
-        row = [label + (" (subnormals flushed)" if args.flush_denormal else ""), ref_label, shape,
-               dtype_cell(dtype, args)]  # fmt: skip
+        row = [
+            label + (" (subnormals flushed)" if args.flush_denormal else ""),
+            ref_label,
+            shape,
+            dtype_cell(dtype, args),
+        ]
         for dev in DEVICES:
             if dev == device.type:
                 row += [pair(ours_ms, ref_ms), pair(ours_mib, ref_mib)]

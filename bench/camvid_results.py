@@ -35,8 +35,19 @@ REPO = Path(__file__).resolve().parents[1]
 HEADS = sorted(head_configs(), key=lambda name: (name != "fcn", name))  # configs/model/*.yaml, the baseline first
 # DFN at output stride 32, as its paper and TorchSeg train it; every other head at the recipe's 8, with its defaults.
 HEAD_ARGS = {"dfn": ["--model.encoder.output_stride=32"]}
-CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
-           "Bicyclist"]  # fmt: skip
+CLASSES = [
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+]
 
 
 def attnseg(*args: str, log: Path) -> None:
@@ -61,13 +72,21 @@ def run_head(head: str, seed: Optional[int], args: argparse.Namespace, out: Path
         return json.loads(done.read_text())
     directory.mkdir(parents=True, exist_ok=True)
     common = [
-        "--config", str(REPO / "configs" / "experiment" / f"{args.recipe}.yaml"),
-        "--config", str(REPO / "configs" / "model" / f"{head}.yaml"),
-        "--data.root", str(args.root), *(["--trainer.max_steps", str(args.steps)] if args.steps else []),
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={directory}",
-        "--trainer.logger.name=fit", "--trainer.enable_progress_bar=false", *HEAD_ARGS.get(head, []),
-        *([f"--seed_everything={seed}"] if seed is not None else []), *args.extra,
-    ]  # fmt: skip
+        "--config",
+        str(REPO / "configs" / "experiment" / f"{args.recipe}.yaml"),
+        "--config",
+        str(REPO / "configs" / "model" / f"{head}.yaml"),
+        "--data.root",
+        str(args.root),
+        *(["--trainer.max_steps", str(args.steps)] if args.steps else []),
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={directory}",
+        "--trainer.logger.name=fit",
+        "--trainer.enable_progress_bar=false",
+        *HEAD_ARGS.get(head, []),
+        *([f"--seed_everything={seed}"] if seed is not None else []),
+        *args.extra,
+    ]
     log = directory / "log.txt"
     seconds = directory / "fit_seconds.json"  # wall time of the fit, over every run that continued it
     running = directory / "fit_running.json"  # the start of a run in progress (left behind if it was killed)
@@ -130,11 +149,15 @@ def table(results: list[dict]) -> str:
                 f"{per_step:.2f} |"
             )
         if len(runs) > 1:
-            cells = [spread([100 * r["test"][key] for r in runs]) for key in ["test/mIoU"]
-                     + [f"test/IoU/{c}" for c in CLASSES]]  # fmt: skip
+            cells = [
+                spread([100 * r["test"][key] for r in runs])
+                for key in ["test/mIoU"] + [f"test/IoU/{c}" for c in CLASSES]
+            ]
             minutes = spread([r["fit_minutes"] for r in runs])
-            lines.append(f"| {head}, mean ± std of {len(runs)} | **{cells[0]}** | {' | '.join(cells[1:])} | "
-                         f"{runs[0]['steps']} | {minutes} | |")  # fmt: skip
+            lines.append(
+                f"| {head}, mean ± std of {len(runs)} | **{cells[0]}** | {' | '.join(cells[1:])} | "
+                f"{runs[0]['steps']} | {minutes} | |"
+            )
     return "\n".join(lines)
 
 
@@ -165,8 +188,10 @@ def main() -> None:
             run_head(head, seed, args, args.out)
     results = [json.loads(p.read_text()) for p in args.out.glob("*/test.json")]
     results.sort(key=lambda r: (HEADS.index(r["head"]), r.get("seed") if r.get("seed") is not None else -1))
-    text = f"{table(results)}\n\nMachine: {platform.processor() or platform.machine()}, torch {torch.__version__}, " \
-           f"{torch.get_num_threads()} threads.\n"  # fmt: skip
+    text = (
+        f"{table(results)}\n\nMachine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads.\n"
+    )
     (args.out / "results.md").write_text(text)
     print(text)
 

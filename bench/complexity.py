@@ -44,17 +44,30 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if encoder_flops is None:
             encoder_flops = count_flops(model.encoder, (args.size, args.size))
         total_flops = count_flops(model, (args.size, args.size))
-        rows.append([
-            head, f"{args.encoder}-D8", f"{args.size}x{args.size}",
-            f"{count_parameters(model.head)[0] / 1e6:.2f}", f"{count_parameters(model)[0] / 1e6:.2f}",
-            f"{(total_flops - encoder_flops) / 1e9:.1f}", f"{total_flops / 1e9:.1f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                head,
+                f"{args.encoder}-D8",
+                f"{args.size}x{args.size}",
+                f"{count_parameters(model.head)[0] / 1e6:.2f}",
+                f"{count_parameters(model)[0] / 1e6:.2f}",
+                f"{(total_flops - encoder_flops) / 1e9:.1f}",
+                f"{total_flops / 1e9:.1f}",
+            ]
+        )
         print(" | ".join(rows[-1]), f"[{time.perf_counter() - start:.0f} s]", flush=True)
     print()
     print(table(header, rows))
     if args.out is not None:
-        update_section(args.out, "bench/complexity.py", header, rows, 3, {"CPU": machine(torch.device("cpu"))},
-                       command_line("bench/complexity.py", argv))  # fmt: skip
+        update_section(
+            args.out,
+            "bench/complexity.py",
+            header,
+            rows,
+            3,
+            {"CPU": machine(torch.device("cpu"))},
+            command_line("bench/complexity.py", argv),
+        )
         print(f"\nwritten to {args.out}")
 
 

@@ -57,8 +57,11 @@ def mean_ms(values: Sequence[float]) -> float:
 
 def measure(args: argparse.Namespace, workers: int, cache: bool) -> dict[str, float]:
     data = build_data(args.data, args.root, workers, cache)
-    task = SegmentationTask(head=head_factory(args.head), encoder={"name": args.encoder, "output_stride": 8},
-                            num_classes=len(data.class_names))  # fmt: skip
+    task = SegmentationTask(
+        head=head_factory(args.head),
+        encoder={"name": args.encoder, "output_stride": 8},
+        num_classes=len(data.class_names),
+    )
     model = task.model.train()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
@@ -119,23 +122,53 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    header = ["data", "workers", "decoded cache", "batch", "model", "precision", "load only ms/batch",
-              "wait ms/batch", "step ms", "step + wait ms", "train img/s"]  # fmt: skip
+    header = [
+        "data",
+        "workers",
+        "decoded cache",
+        "batch",
+        "model",
+        "precision",
+        "load only ms/batch",
+        "wait ms/batch",
+        "step ms",
+        "step + wait ms",
+        "train img/s",
+    ]
     setting = args.precision + (" (channels-last)" if args.channels_last else "")
     rows = []
     for cache in args.cache:
         for workers in args.workers:
             r = measure(args, workers, cache == "on")
             per_step = r["step"] + r["wait"]
-            rows.append([args.data.stem, str(workers), cache, str(r["batch"]), f"{args.head} {args.encoder}-D8",
-                         setting, number(r["load"]), number(r["wait"]), number(r["step"]), number(per_step),
-                         number(1e3 * r["batch"] / per_step)])  # fmt: skip
+            rows.append(
+                [
+                    args.data.stem,
+                    str(workers),
+                    cache,
+                    str(r["batch"]),
+                    f"{args.head} {args.encoder}-D8",
+                    setting,
+                    number(r["load"]),
+                    number(r["wait"]),
+                    number(r["step"]),
+                    number(per_step),
+                    number(1e3 * r["batch"] / per_step),
+                ]
+            )
             print(" | ".join(rows[-1]), flush=True)
     print()
     print(table(header, rows))
     if args.out is not None:
-        update_section(args.out, "bench/data.py", header, rows, 6, {"CPU": machine(torch.device("cpu"))},
-                       command_line("bench/data.py", argv))  # fmt: skip
+        update_section(
+            args.out,
+            "bench/data.py",
+            header,
+            rows,
+            6,
+            {"CPU": machine(torch.device("cpu"))},
+            command_line("bench/data.py", argv),
+        )
         print(f"\nwritten to {args.out}")
 
 

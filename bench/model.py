@@ -56,8 +56,9 @@ def head_factory(name: str):
 
 
 def build_task(head: str, encoder: str, output_stride: int = 8) -> SegmentationTask:
-    return SegmentationTask(head=head_factory(head), encoder={"name": encoder, "output_stride": output_stride},
-                            num_classes=NUM_CLASSES)  # fmt: skip
+    return SegmentationTask(
+        head=head_factory(head), encoder={"name": encoder, "output_stride": output_stride}, num_classes=NUM_CLASSES
+    )
 
 
 def gpu_peak_tflops(device: torch.device, override: Optional[float]) -> Optional[float]:
@@ -162,8 +163,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     heads = sorted(head_configs())
     parser.add_argument("--heads", nargs="+", choices=heads, default=heads, help="configs/model/<head>.yaml")
     parser.add_argument("--encoders", nargs="+", default=["resnet50", "resnet101"], help="timm names (dilated, OS 8)")
-    parser.add_argument("--output-strides", nargs="+", type=int, default=[8], choices=[8, 16, 32],
-                        help="the encoder's output stride (8: dilated twice, the papers' setting)")  # fmt: skip
+    parser.add_argument(
+        "--output-strides",
+        nargs="+",
+        type=int,
+        default=[8],
+        choices=[8, 16, 32],
+        help="the encoder's output stride (8: dilated twice, the papers' setting)",
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 769], help="square input sizes")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16-mixed"], default=["bf16-mixed"])
@@ -195,9 +202,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     layouts = sorted(["channels-last"] if args.channels_last else args.layouts, key=lambda x: x != "contiguous")
     precisions = sorted(args.precision, key=lambda x: x != "fp32")
 
-    header = ["head", "encoder", "input", "batch", "precision", "device", "params (M)", "train img/s",
-              "train peak GiB", "train TFLOP/s (MFU)", "inference img/s", "inference peak GiB",
-              "sliding-window img/s", "train speed-up", "inference speed-up"]  # fmt: skip
+    header = [
+        "head",
+        "encoder",
+        "input",
+        "batch",
+        "precision",
+        "device",
+        "params (M)",
+        "train img/s",
+        "train peak GiB",
+        "train TFLOP/s (MFU)",
+        "inference img/s",
+        "inference peak GiB",
+        "sliding-window img/s",
+        "train speed-up",
+        "inference speed-up",
+    ]
     rows = []
     for encoder, stride in [(e, s) for e in args.encoders for s in args.output_strides]:
         for size in args.sizes:
@@ -207,11 +228,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     for layout in layouts:
                         start = time.perf_counter()
                         params = count_parameters(build_task(head, encoder, stride).model)[0]
-                        knobs = [k for k, on in (("channels-last", layout == "channels-last"),
-                                                 ("compile", args.compile)) if on]  # fmt: skip
+                        knobs = [
+                            k
+                            for k, on in (("channels-last", layout == "channels-last"), ("compile", args.compile))
+                            if on
+                        ]
                         setting = precision + (f" ({', '.join(knobs)})" if knobs else "")
-                        row = [head, f"{encoder}-D{stride}", f"{size}x{size}", str(args.batch), setting, args.device,
-                               f"{params / 1e6:.1f}"]  # fmt: skip
+                        row = [
+                            head,
+                            f"{encoder}-D{stride}",
+                            f"{size}x{size}",
+                            str(args.batch),
+                            setting,
+                            args.device,
+                            f"{params / 1e6:.1f}",
+                        ]
                         try:
                             train_rate, train_peak, train_flops, eval_rate, eval_peak, _, slide_rate = measure(
                                 args, head, encoder, size, precision, layout, device, stride
@@ -224,18 +255,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                 baseline = {"train": train_rate, "eval": eval_rate}
                             achieved = train_flops * train_rate / args.batch / 1e12
                             mfu = f"{100 * achieved / peak_tflops:.1f}%" if peak_tflops else "n/a"
-                            row += [number(train_rate), f"{train_peak / 2**30:.2f}", f"{number(achieved)} ({mfu})",
-                                    number(eval_rate), f"{eval_peak / 2**30:.2f}", number(slide_rate),
-                                    speedup(train_rate, baseline.get("train")),
-                                    speedup(eval_rate, baseline.get("eval"))]  # fmt: skip
+                            row += [
+                                number(train_rate),
+                                f"{train_peak / 2**30:.2f}",
+                                f"{number(achieved)} ({mfu})",
+                                number(eval_rate),
+                                f"{eval_peak / 2**30:.2f}",
+                                number(slide_rate),
+                                speedup(train_rate, baseline.get("train")),
+                                speedup(eval_rate, baseline.get("eval")),
+                            ]
                         rows.append(row)
                         print(" | ".join(row), f"[{time.perf_counter() - start:.0f} s]", flush=True)
     print()
     print(table(header, rows))
     if args.out is not None:
         label = "CUDA" if device.type == "cuda" else "CPU"
-        update_section(args.out, "bench/model.py", header, rows, 6, {label: machine(device)},
-                       command_line("bench.model", argv))  # fmt: skip
+        update_section(
+            args.out, "bench/model.py", header, rows, 6, {label: machine(device)}, command_line("bench.model", argv)
+        )
         print(f"\nwritten to {args.out}")
 
 

@@ -20,14 +20,28 @@ from tests.helpers.cli import FAST, QUICKSTART, REPO, run_cli
 from tests.helpers.layouts import camvid
 
 ATTNSEG = str(Path(sys.executable).parent / "attnseg")
-TINY_CAMVID = ["--config", QUICKSTART, "--data.dataset=CamVid", "--data.dataset_args=null", "--data.crop_size=[16,16]",
-               "--data.batch_size=2", "--data.val_batch_size=1", "--data.num_workers=0", "--trainer.logger=false",
-               "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1"]  # fmt: skip
+TINY_CAMVID = [
+    "--config",
+    QUICKSTART,
+    "--data.dataset=CamVid",
+    "--data.dataset_args=null",
+    "--data.crop_size=[16,16]",
+    "--data.batch_size=2",
+    "--data.val_batch_size=1",
+    "--data.num_workers=0",
+    "--trainer.logger=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.max_epochs=1",
+]
 
 
 def attnseg(*args, env=None):
-    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "PYTHONPATH": str(REPO),
-           "OMP_NUM_THREADS": "1", **(env or {})}  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
     return subprocess.run([ATTNSEG, *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -62,8 +76,9 @@ def test_check_data_reads_every_sample_and_names_every_problem(tmp_path):
 def test_check_before_fit_stops_before_any_step_and_writes_nothing(tmp_path):
     root, faults = broken_camvid(tmp_path)
     with pytest.raises(ValueError, match=r"(?s)4 problem\(s\).*nothing was trained") as error:
-        run_cli("fit", *TINY_CAMVID, "--data.root", root, "--data.check_before_fit=true",
-                "--trainer.default_root_dir=out")  # fmt: skip
+        run_cli(
+            "fit", *TINY_CAMVID, "--data.root", root, "--data.check_before_fit=true", "--trainer.default_root_dir=out"
+        )
     assert all(str(path) in str(error.value) for path in faults.values())
     assert not list(Path(".").rglob("*.ckpt"))
 
@@ -91,8 +106,15 @@ def test_upper_case_suffixes_are_read_and_broken_links_named(tmp_path):
 
 
 def test_damaged_checkpoints_are_named_with_what_they_are(tmp_path):
-    cli = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.max_epochs=1", "--trainer.logger=false",
-                  "--trainer.default_root_dir=out")  # fmt: skip
+    cli = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--trainer.max_epochs=1",
+        "--trainer.logger=false",
+        "--trainer.default_root_dir=out",
+    )
     good = Path(cli.trainer.checkpoint_callback.last_model_path)
     truncated, text = tmp_path / "cut.ckpt", tmp_path / "notes.ckpt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
@@ -111,12 +133,15 @@ def test_a_yaml_error_names_its_file_line_and_column(tmp_path):
         run_cli("fit", "--config", QUICKSTART, "--config", bad)
 
 
-@pytest.mark.parametrize("option, message", [
-    ("--data.batch_size=-2", "data.batch_size=-2: expected a whole number of at least 1"),
-    ("--data.num_workers=-1", "data.num_workers=-1: expected 0 (load in the main process) or more"),
-    ("--data.crop_size=[0,16]", "data.crop_size=[0, 16]: expected two positive sizes [H, W] (or null)"),
-    ("--data.scale_range=[2.0,0.5]", "data.scale_range=[2.0, 0.5]: expected [low, high] with 0 < low <= high"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("--data.batch_size=-2", "data.batch_size=-2: expected a whole number of at least 1"),
+        ("--data.num_workers=-1", "data.num_workers=-1: expected 0 (load in the main process) or more"),
+        ("--data.crop_size=[0,16]", "data.crop_size=[0, 16]: expected two positive sizes [H, W] (or null)"),
+        ("--data.scale_range=[2.0,0.5]", "data.scale_range=[2.0, 0.5]: expected [low, high] with 0 < low <= high"),
+    ],
+)
 def test_bad_option_values_are_named_before_anything_is_built(option, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         run_cli("fit", "--config", QUICKSTART, *FAST, option)
@@ -140,6 +165,15 @@ def test_a_truncated_image_in_predict_is_named(tmp_path):
     Image.fromarray(image).save(photos / "street.png")
     (photos / "street.png").write_bytes((photos / "street.png").read_bytes()[:50])
     with pytest.raises(ValueError, match=rf"{photos / 'street.png'}: cannot read the image"):
-        run_cli("predict", "--config", QUICKSTART, *FAST, "--trainer.logger=false", "--data.predict_dir", photos,
-                "--prediction.output_dir", tmp_path / "out")  # fmt: skip
+        run_cli(
+            "predict",
+            "--config",
+            QUICKSTART,
+            *FAST,
+            "--trainer.logger=false",
+            "--data.predict_dir",
+            photos,
+            "--prediction.output_dir",
+            tmp_path / "out",
+        )
     assert torch is not None

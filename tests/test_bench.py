@@ -63,8 +63,19 @@ def test_references_compute_the_modules_formula(key, dtype):
 
 def test_attention_script_writes_the_table(tmp_path):
     out = tmp_path / "tmp.md"
-    cmd = [sys.executable, "-m", "bench.attention", "--sizes", "8x8", "--channels", "32", "--repeat", "1",
-           "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.attention",
+        "--sizes",
+        "8x8",
+        "--channels",
+        "32",
+        "--repeat",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
@@ -118,10 +129,12 @@ def test_attention_runs_merge_into_one_table_and_skip_what_is_too_large(tmp_path
 def test_update_section_keeps_cells_a_run_did_not_measure(tmp_path):
     path = tmp_path / "b.md"
     header = ["module", "input", "CPU ms", "CUDA ms"]
-    bench_common.update_section(path, "s", header, [["PAM", "8x8", "not measured", "3.0"]], 2, {"CUDA": "a GPU"},
-                                   "python x.py --device cuda")  # fmt: skip
-    bench_common.update_section(path, "s", header, [["PAM", "8x8", "5.0", "not measured"]], 2, {"CPU": "a CPU"},
-                                   "python x.py --device cpu")  # fmt: skip
+    bench_common.update_section(
+        path, "s", header, [["PAM", "8x8", "not measured", "3.0"]], 2, {"CUDA": "a GPU"}, "python x.py --device cuda"
+    )
+    bench_common.update_section(
+        path, "s", header, [["PAM", "8x8", "5.0", "not measured"]], 2, {"CPU": "a CPU"}, "python x.py --device cpu"
+    )
     text = path.read_text()
     assert table_rows(text, 4) == [["PAM", "8x8", "5.0", "3.0"]]
     assert "- CPU: a CPU" in text and "- CUDA: a GPU" in text
@@ -129,9 +142,33 @@ def test_update_section_keeps_cells_a_run_did_not_measure(tmp_path):
 
 def test_model_script_measures_every_head(tmp_path):
     out = tmp_path / "m.md"
-    bench_model.main(["--device", "cpu", "--heads", "fcn", "danet", "--encoders", "resnet18", "--sizes", "32",
-                      "--batch", "2", "--precision", "bf16-mixed", "fp32", "--layouts", "channels-last", "contiguous",
-                      "--steps", "1", "--warmup", "0", "--out", str(out)])  # fmt: skip
+    bench_model.main(
+        [
+            "--device",
+            "cpu",
+            "--heads",
+            "fcn",
+            "danet",
+            "--encoders",
+            "resnet18",
+            "--sizes",
+            "32",
+            "--batch",
+            "2",
+            "--precision",
+            "bf16-mixed",
+            "fp32",
+            "--layouts",
+            "channels-last",
+            "contiguous",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     rows = table_rows(out.read_text(), 15)
     settings = ["fp32", "fp32 (channels-last)", "bf16-mixed", "bf16-mixed (channels-last)"]  # the baseline first
     assert [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows] == [
@@ -150,9 +187,31 @@ def test_model_script_measures_every_head(tmp_path):
 
 def test_model_script_measures_each_output_stride(tmp_path):
     out = tmp_path / "m.md"
-    bench_model.main(["--device", "cpu", "--heads", "fcn", "--encoders", "resnet18", "--output-strides", "8", "16",
-                      "--sizes", "32", "--batch", "1", "--precision", "fp32", "--steps", "1", "--warmup", "0",
-                      "--out", str(out)])  # fmt: skip
+    bench_model.main(
+        [
+            "--device",
+            "cpu",
+            "--heads",
+            "fcn",
+            "--encoders",
+            "resnet18",
+            "--output-strides",
+            "8",
+            "16",
+            "--sizes",
+            "32",
+            "--batch",
+            "1",
+            "--precision",
+            "fp32",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     rows = table_rows(out.read_text(), 15)
     assert [r[1] for r in rows] == ["resnet18-D8", "resnet18-D16"]
     assert rows[0][6] == rows[1][6] and all(float(r[7]) > 0 for r in rows)  # the same weights, each one measured
@@ -164,8 +223,12 @@ def camvid_result(head: str, seed, miou: float, minutes: float = 30.0) -> dict:
 
 
 def test_camvid_table_gives_each_run_and_the_mean_and_std_of_a_heads_seeds():
-    results = [camvid_result("fcn", 0, 0.60, 30.0), camvid_result("fcn", 1, 0.62, 32.0), camvid_result("fcn", 2, 0.64),
-               camvid_result("danet", 0, 0.65, 45.0)]  # fmt: skip
+    results = [
+        camvid_result("fcn", 0, 0.60, 30.0),
+        camvid_result("fcn", 1, 0.62, 32.0),
+        camvid_result("fcn", 2, 0.64),
+        camvid_result("danet", 0, 0.65, 45.0),
+    ]
     lines = bench_camvid.table(results).splitlines()
     assert lines[0].startswith("| run | test mIoU | Sky |") and lines[0].endswith("| steps | fit (min) | s/iter |")
     assert lines[2].startswith("| fcn (seed 0) | **60.0** | 60.0 |") and lines[2].endswith("| 1500 | 30.0 | 1.20 |")
@@ -262,12 +325,30 @@ def test_figures_script_draws_the_attention_of_a_blob_pixel(tmp_path):
     checkpoints = {}
     for head, extra in (("danet", []), ("ccnet", ["--model.head.init_args.recurrence=2"])):
         cli = run_cli(
-            "fit", "--config", QUICKSTART, "--config", f"model/{head}", *FAST, *extra, "--trainer.max_steps=2",
-            "--trainer.limit_val_batches=1", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path / head}",
-        )  # fmt: skip
+            "fit",
+            "--config",
+            QUICKSTART,
+            "--config",
+            f"model/{head}",
+            *FAST,
+            *extra,
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path / head}",
+        )
         checkpoints[head] = cli.trainer.checkpoint_callback.last_model_path
-    bench_figures.main(["attention", "--danet", checkpoints["danet"], "--ccnet", checkpoints["ccnet"],
-                        "--out", str(tmp_path / "figures")])  # fmt: skip
+    bench_figures.main(
+        [
+            "attention",
+            "--danet",
+            checkpoints["danet"],
+            "--ccnet",
+            checkpoints["ccnet"],
+            "--out",
+            str(tmp_path / "figures"),
+        ]
+    )
     for name in ("attention_pam.png", "attention_criss_cross.png"):
         image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "figures" / name))
         assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 10  # drawn, not blank

@@ -46,7 +46,7 @@ CASES = {
         *FAST,
         "--trainer.accelerator=cpu",
         "--data.num_workers=1",
-    ],  # fmt: skip
+    ],
     "trainer/smoke.yaml": quickstart_with("trainer/smoke.yaml"),
     "trainer/ema.yaml": quickstart_with("trainer/ema.yaml"),
     # fast_dev_run skips the learning-rate search itself: tests/test_user_features.py runs it
@@ -94,7 +94,7 @@ CASES = {
         "--data.num_workers=0",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
-    ],  # fmt: skip
+    ],
     "experiment/context.yaml": lambda tmp_path: [
         "--config",
         QUICKSTART,
@@ -103,7 +103,7 @@ CASES = {
         "--config",
         CONFIGS / "model/ccnet.yaml",
         *FAST,
-    ],  # fmt: skip
+    ],
     "experiment/cityscapes_danet.yaml": paper_recipe_case("danet"),
     "experiment/cityscapes_ccnet.yaml": paper_recipe_case("ccnet"),
     "experiment/cityscapes_dfn.yaml": paper_recipe_case("dfn"),
@@ -144,10 +144,17 @@ def test_print_config_shows_resolved_choices(capsys):
 
 def test_head_and_encoder_options_from_the_command_line():
     cli = run_cli(
-        "fit", "--config", QUICKSTART, *FAST, "--trainer.fast_dev_run=1",
-        "--model.head=attnseg.heads.FCNHead", "--model.head.aux=false", "--model.head.num_convs=1",
-        "--model.encoder.name=resnet18", "--model.encoder.output_stride=16",
-    )  # fmt: skip
+        "fit",
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--trainer.fast_dev_run=1",
+        "--model.head=attnseg.heads.FCNHead",
+        "--model.head.aux=false",
+        "--model.head.num_convs=1",
+        "--model.encoder.name=resnet18",
+        "--model.encoder.output_stride=16",
+    )
     model = cli.model.model
     assert model.head.aux is None and len(model.head.convs) == 1
     assert model.encoder.strides[-1] == 16
@@ -185,16 +192,37 @@ def test_paper_recipes_resolve_to_their_sources(tmp_path, capsys):
     """Each paper's recipe (its base: the shared recipe, its data file and the model) gives the values its file
     cites, as one --config by short name."""
     expected = {
-        "danet": {"model.lr": 0.01, "model.weight_decay": 0.0001, "model.head_lr_mult": 10.0, "model.min_lr": 0.0,
-                  "model.head.init_args.aux": False, "data.scale_range": [0.75, 2.0], "trainer.max_steps": 89040},
-        "ccnet": {"model.lr": 0.01, "model.weight_decay": 0.0001, "model.head_lr_mult": 1.0,
-                  "model.loss.class_path": "attnseg.losses.OHEMCrossEntropy", "model.loss.init_args.thresh": 0.7,
-                  "model.loss.init_args.min_kept": 100000, "model.aux_loss.class_path": "attnseg.losses.CrossEntropy",
-                  "model.head.init_args.recurrence": 2, "trainer.max_steps": 60000},
-        "dfn": {"model.lr": 0.0007, "model.weight_decay": 0.0001, "model.no_decay_norm_bias": True,
-                "model.head_lr_mult": 10.0, "model.encoder.output_stride": 32, "trainer.max_steps": 80000,
-                "data.batch_size": 16, "data.photometric": False},
-    }  # fmt: skip
+        "danet": {
+            "model.lr": 0.01,
+            "model.weight_decay": 0.0001,
+            "model.head_lr_mult": 10.0,
+            "model.min_lr": 0.0,
+            "model.head.init_args.aux": False,
+            "data.scale_range": [0.75, 2.0],
+            "trainer.max_steps": 89040,
+        },
+        "ccnet": {
+            "model.lr": 0.01,
+            "model.weight_decay": 0.0001,
+            "model.head_lr_mult": 1.0,
+            "model.loss.class_path": "attnseg.losses.OHEMCrossEntropy",
+            "model.loss.init_args.thresh": 0.7,
+            "model.loss.init_args.min_kept": 100000,
+            "model.aux_loss.class_path": "attnseg.losses.CrossEntropy",
+            "model.head.init_args.recurrence": 2,
+            "trainer.max_steps": 60000,
+        },
+        "dfn": {
+            "model.lr": 0.0007,
+            "model.weight_decay": 0.0001,
+            "model.no_decay_norm_bias": True,
+            "model.head_lr_mult": 10.0,
+            "model.encoder.output_stride": 32,
+            "trainer.max_steps": 80000,
+            "data.batch_size": 16,
+            "data.photometric": False,
+        },
+    }
     for head, values in expected.items():
         with pytest.raises(SystemExit):
             run_cli("fit", "--config", f"experiment/cityscapes_{head}", "--print_config")
@@ -223,8 +251,17 @@ def test_help_lists_every_command_with_a_line_each():
 def test_the_smoke_recipe_validates_and_writes_inside_its_run_folder(capsys):
     """trainer/smoke over the quickstart at full size: 4 steps, one validation with a printed result, the checkpoint
     and the logs in the run's own folder and nothing in the working folder besides runs/."""
-    run_cli("fit", "--config", QUICKSTART, "--config", CONFIGS / "logger/csv.yaml", "--config", "trainer/smoke",
-            "--data.num_workers=0", "--trainer.enable_progress_bar=false")  # fmt: skip
+    run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--config",
+        CONFIGS / "logger/csv.yaml",
+        "--config",
+        "trainer/smoke",
+        "--data.num_workers=0",
+        "--trainer.enable_progress_bar=false",
+    )
     assert "Best val/mIoU: " in capsys.readouterr().out
     (run,) = Path("runs/attnseg").iterdir()
     assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"

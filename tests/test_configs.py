@@ -53,14 +53,24 @@ def test_bases_come_first_recursively_and_cycles_are_named(tmp_path):
     (tmp_path / "sub" / "b.yaml").write_text("base: ../c.yaml\n")
     (tmp_path / "c.yaml").write_text("trainer: {max_steps: 2}\n")
     assert composed(tmp_path / "a.yaml") == [
-        tmp_path / "c.yaml", (tmp_path / "sub" / "b.yaml").resolve(), CONFIGS / "model" / "danet.yaml",
+        tmp_path / "c.yaml",
+        (tmp_path / "sub" / "b.yaml").resolve(),
+        CONFIGS / "model" / "danet.yaml",
         tmp_path / "a.yaml",
-    ]  # fmt: skip
+    ]
     assert expand_config_args(["fit", "--config", str(tmp_path / "a.yaml"), "--config={trainer: {max_steps: 4}}"]) == [
-        "fit", "--config", str(tmp_path / "c.yaml"), "--config", str((tmp_path / "sub" / "b.yaml").resolve()),
-        "--config", str(CONFIGS / "model" / "danet.yaml"), "--config", str(tmp_path / "a.yaml"),
-        "--config", "{trainer: {max_steps: 4}}",
-    ]  # fmt: skip
+        "fit",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--config",
+        str((tmp_path / "sub" / "b.yaml").resolve()),
+        "--config",
+        str(CONFIGS / "model" / "danet.yaml"),
+        "--config",
+        str(tmp_path / "a.yaml"),
+        "--config",
+        "{trainer: {max_steps: 4}}",
+    ]
     (tmp_path / "c.yaml").write_text("base: [a.yaml]\n")
     with pytest.raises(ValueError, match=r"form a cycle: .*a\.yaml -> .*b\.yaml -> .*c\.yaml -> .*a\.yaml"):
         composed(tmp_path / "a.yaml")
@@ -84,8 +94,11 @@ def merge(into: dict, values: dict) -> dict:
     """What a later file does to the values before it: keys merge, a new class_path replaces the whole entry."""
     for key, value in values.items():
         old = into.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and value.get("class_path", old.get("class_path")) == \
-                old.get("class_path"):  # fmt: skip
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and value.get("class_path", old.get("class_path")) == old.get("class_path")
+        ):
             merge(old, value)
         else:
             into[key] = value
@@ -153,8 +166,12 @@ def test_configs_command_lists_shows_and_copies(tmp_path):
     copied = run_attnseg("configs", "copy", "experiment/cityscapes_danet", "--to", "mine", cwd=tmp_path)
     assert copied.returncode == 0, copied.stderr
     files = sorted(p.relative_to(tmp_path / "mine").as_posix() for p in (tmp_path / "mine").rglob("*.yaml"))
-    assert files == ["data/cityscapes.yaml", "experiment/cityscapes.yaml", "experiment/cityscapes_danet.yaml",
-                     "model/danet.yaml"]  # fmt: skip
+    assert files == [
+        "data/cityscapes.yaml",
+        "experiment/cityscapes.yaml",
+        "experiment/cityscapes_danet.yaml",
+        "model/danet.yaml",
+    ]
     assert copied.stdout.count("wrote mine/") == 4 and "copied 4 config(s) to mine/" in copied.stdout
     same = run_attnseg("configs", "copy", "model/danet", "--to", "mine", cwd=tmp_path)
     assert same.returncode == 0 and "copied 0 config(s) to mine/; 1 already there, identical" in same.stdout
@@ -177,16 +194,33 @@ def test_wheel_in_a_fresh_environment_runs_the_quickstart_by_short_name(tmp_path
     """Build the wheel, install it (no dependencies: those of this environment are made visible) into a new virtual
     environment, and from a folder outside the repository list the configs and fit the quickstart by short name."""
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
-         str(REPO)], capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("attnseg-*.whl")
     env_dir = tmp_path / "env"
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     deps = [p for p in sys.path if p.endswith("site-packages")]
     Path(site, "deps.pth").write_text("\n".join(deps) + "\n")  # dependencies, not this checkout's attnseg
     installed = subprocess.run(
@@ -198,18 +232,35 @@ def test_wheel_in_a_fresh_environment_runs_the_quickstart_by_short_name(tmp_path
     assert installed.returncode == 0, installed.stderr[-2000:]
     work = tmp_path / "elsewhere"
     work.mkdir()
-    where = subprocess.run([str(python), "-c", "import attnseg; print(attnseg.__file__)"], capture_output=True,
-                           text=True, cwd=work, check=True).stdout.strip()  # fmt: skip
+    where = subprocess.run(
+        [str(python), "-c", "import attnseg; print(attnseg.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        check=True,
+    ).stdout.strip()
     assert where.startswith(site), where  # the wheel's package, not the checkout
     exe = env_dir / "bin" / "attnseg"
     listed = run_attnseg("configs", cwd=work, exe=exe)
     assert listed.returncode == 0 and str(Path(site) / "attnseg" / "configs") in listed.stdout
     fit = run_attnseg(
-        "fit", "--config", "quickstart", "--config", "model/danet", "--config", "logger/csv",
-        "--data.dataset_args.image_size=32", "--data.dataset_args.num_samples=8", "--data.batch_size=4",
-        "--data.num_workers=0", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
-        "--trainer.enable_progress_bar=false", cwd=work, exe=exe,
-    )  # fmt: skip
+        "fit",
+        "--config",
+        "quickstart",
+        "--config",
+        "model/danet",
+        "--config",
+        "logger/csv",
+        "--data.dataset_args.image_size=32",
+        "--data.dataset_args.num_samples=8",
+        "--data.batch_size=4",
+        "--data.num_workers=0",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        cwd=work,
+        exe=exe,
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
     saved = yaml.safe_load((work / "runs" / "attnseg" / "danet-pam-cam-r18-s0" / "config.yaml").read_text())
     assert saved["model"]["head"]["class_path"] == "attnseg.heads.DANetHead"  # model/danet, found in the wheel

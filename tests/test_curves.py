@@ -24,8 +24,16 @@ def metrics_file(path: Path, validations: list[tuple[int, float, float, float]])
         writer.writeheader()
         for epoch, (step, miou, warm, cold) in enumerate(validations):
             writer.writerow({"epoch": epoch, "step": step - 1, "train/loss": 1.0 / (epoch + 1)})
-            writer.writerow({"epoch": epoch, "step": step - 1, "val/IoU/cold_blob": cold, "val/IoU/road": 0.9,
-                             "val/IoU/warm_blob": warm, "val/mIoU": miou})  # fmt: skip
+            writer.writerow(
+                {
+                    "epoch": epoch,
+                    "step": step - 1,
+                    "val/IoU/cold_blob": cold,
+                    "val/IoU/road": 0.9,
+                    "val/IoU/warm_blob": warm,
+                    "val/mIoU": miou,
+                }
+            )
     return path
 
 
@@ -49,10 +57,15 @@ def test_a_curve_is_read_from_the_logged_per_class_iou(tmp_path):
 
 def test_mean_curve_over_seeds_uses_the_steps_every_run_has():
     a = [{"step": 10, "mIoU": 0.2, "context": 0.1}, {"step": 20, "mIoU": 0.4, "context": 0.5}]
-    b = [{"step": 10, "mIoU": 0.4, "context": 0.3}, {"step": 20, "mIoU": 0.6, "context": 0.9},
-         {"step": 30, "mIoU": 0.7, "context": 0.9}]  # fmt: skip
-    assert mean_curve([a, b], "mIoU") == [(10, pytest.approx(0.3), pytest.approx(0.1414, abs=1e-4)),
-                                          (20, pytest.approx(0.5), pytest.approx(0.1414, abs=1e-4))]  # fmt: skip
+    b = [
+        {"step": 10, "mIoU": 0.4, "context": 0.3},
+        {"step": 20, "mIoU": 0.6, "context": 0.9},
+        {"step": 30, "mIoU": 0.7, "context": 0.9},
+    ]
+    assert mean_curve([a, b], "mIoU") == [
+        (10, pytest.approx(0.3), pytest.approx(0.1414, abs=1e-4)),
+        (20, pytest.approx(0.5), pytest.approx(0.1414, abs=1e-4)),
+    ]
     assert mean_curve([a], "context") == [(10, 0.1, 0.0), (20, 0.5, 0.0)]
     fig = curves_figure({"R=1": [a, b], "R=2": [b]}, context=True, title="t")
     assert len(fig.axes) == 2
@@ -61,20 +74,38 @@ def test_mean_curve_over_seeds_uses_the_steps_every_run_has():
 
 
 def test_sweep_reports_steps_to_80_percent_and_draws_the_curves(tmp_path):
-    sweep = Sweep(tmp_path / "s.yaml", "s", [], {"model.head.init_args.recurrence": [1, 2]}, seeds=[0, 1],
-                  context_classes=["warm_blob", "cold_blob"])  # fmt: skip
+    sweep = Sweep(
+        tmp_path / "s.yaml",
+        "s",
+        [],
+        {"model.head.init_args.recurrence": [1, 2]},
+        seeds=[0, 1],
+        context_classes=["warm_blob", "cold_blob"],
+    )
     curves = {  # R = 2 reaches 0.8 at steps 200 and 400; R = 1 never does, one of its seeds not at all
-        0: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.4, 0.4)], 1: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.5, 0.5)],
-        2: [(100, 0.5, 0.6, 0.6), (200, 0.9, 0.8, 0.82)], 3: [(100, 0.5, 0.6, 0.6), (200, 0.7, 0.7, 0.7),
-                                                              (400, 0.9, 0.85, 0.85)],
-    }  # fmt: skip
+        0: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.4, 0.4)],
+        1: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.5, 0.5)],
+        2: [(100, 0.5, 0.6, 0.6), (200, 0.9, 0.8, 0.82)],
+        3: [(100, 0.5, 0.6, 0.6), (200, 0.7, 0.7, 0.7), (400, 0.9, 0.85, 0.85)],
+    }
     rows = []
     for index, (point, seed) in enumerate(sweep.runs()):
         # steps logged as Lightning does: validation at global step s is recorded as step s - 1
         path = metrics_file(tmp_path / f"run{index}.csv", [(s + 1, m, w, c) for s, m, w, c in curves[index]])
         reached = steps_to(read_curve(path, sweep.context_classes), "context", 0.8)
-        rows.append({"run": index, **point, "seed": seed, "status": "ok", "val_mIoU": 0.5, "test_mIoU": 0.5,
-                     "test_context_IoU": 0.5, "steps_to_context": reached, "curve": str(path)})  # fmt: skip
+        rows.append(
+            {
+                "run": index,
+                **point,
+                "seed": seed,
+                "status": "ok",
+                "val_mIoU": 0.5,
+                "test_mIoU": 0.5,
+                "test_context_IoU": 0.5,
+                "steps_to_context": reached,
+                "curve": str(path),
+            }
+        )
     assert [row["steps_to_context"] for row in rows] == [None, None, 200, 400]
     summary = summarise(sweep, rows)
     assert summary[0]["steps_to_context"] == "0/2" and summary[1]["steps_to_context"] == pytest.approx(

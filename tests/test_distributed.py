@@ -55,9 +55,12 @@ def _worker(rank: int, world: int, init_file: str, results: dict) -> None:
     y = model(part)
     (y * torch.arange(y.numel()).view_as(y).float()).sum().backward()
     results[rank] = dict(
-        y=y.detach(), grad_x=part.grad, grad_w=model[0].bn.weight.grad.clone(),
-        running_mean=model[0].bn.running_mean.clone(), running_var=model[2].running_var.clone(),
-    )  # fmt: skip
+        y=y.detach(),
+        grad_x=part.grad,
+        grad_w=model[0].bn.weight.grad.clone(),
+        running_mean=model[0].bn.running_mean.clone(),
+        running_var=model[2].running_var.clone(),
+    )
     dist.destroy_process_group()
 
 

@@ -76,7 +76,10 @@ def test_hub_weights_without_the_hub_fail_at_once_with_a_clear_message(monkeypat
 
     monkeypatch.setattr(attnseg.encoder, "_hub_reachable", lambda timeout=3.0: False)
     before, start = huggingface_hub.constants.HF_HUB_OFFLINE, time.perf_counter()
-    with pytest.raises(ValueError, match=r"pretrained=hub: the Hugging Face hub is not reachable from here and "
-                                         r"timm's cache has no weights for resnet18 .*'package:<name>'"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"pretrained=hub: the Hugging Face hub is not reachable from here and "
+        r"timm's cache has no weights for resnet18 .*'package:<name>'",
+    ):
         Encoder("resnet18", 8, "hub")
     assert time.perf_counter() - start < 15 and huggingface_hub.constants.HF_HUB_OFFLINE == before

@@ -152,9 +152,19 @@ def test_inference_mode_is_chosen_in_yaml(tmp_path):
             }
         )
     )
-    cli = run_cli("validate", "--config", QUICKSTART, "--config", config, "--trainer.fast_dev_run=1",
-                  "--data.dataset_args.image_size=32", "--data.dataset_args.num_samples=2", "--data.val_batch_size=2",
-                  "--data.num_workers=0", "--trainer.enable_progress_bar=false")  # fmt: skip
+    cli = run_cli(
+        "validate",
+        "--config",
+        QUICKSTART,
+        "--config",
+        config,
+        "--trainer.fast_dev_run=1",
+        "--data.dataset_args.image_size=32",
+        "--data.dataset_args.num_samples=2",
+        "--data.val_batch_size=2",
+        "--data.num_workers=0",
+        "--trainer.enable_progress_bar=false",
+    )
     mode = cli.model.inference
     assert isinstance(mode, MultiScaleFlip) and mode.scales == (0.75, 1.0) and mode.flip
     assert isinstance(mode.base, SlidingWindow) and mode.base.crop_size == (24, 24) and mode.base.stride == (16, 16)

@@ -35,8 +35,9 @@ def step(ckpt: Path) -> int:
 
 def run_until_trained(args, env, min_step: int = 6, **popen):
     """Start ``attnseg fit`` and wait until its metrics file shows ``min_step`` steps."""
-    proc = subprocess.Popen([ATTNSEG, "fit", *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **popen)  # fmt: skip
+    proc = subprocess.Popen(
+        [ATTNSEG, "fit", *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if any(step(p) >= min_step for p in Path("runs/attnseg").glob("*/checkpoints/last.ckpt")):
@@ -68,8 +69,9 @@ def test_a_stop_signal_saves_the_current_step_exits_non_zero_and_last_continues_
 
     probe = "--trainer.callbacks+=tests.helpers.faults.Probe"
     more = [f"--trainer.max_steps={saved + 2}", "--ckpt_path", "last", probe]
-    resumed = subprocess.run([ATTNSEG, "fit", *map(str, LONG), *more], env=child_env(), capture_output=True, text=True,
-                             timeout=300)  # fmt: skip
+    resumed = subprocess.run(
+        [ATTNSEG, "fit", *map(str, LONG), *more], env=child_env(), capture_output=True, text=True, timeout=300
+    )
     assert f"from {last}" in resumed.stderr + resumed.stdout
     assert json.loads(Path("probe.json").read_text())["start_step"] == saved  # exactly where it stopped
 
@@ -126,15 +128,27 @@ def test_workers_left_running_at_exit_are_shut_down_by_their_main_process(start_
     """Workers ignore SIGTERM from outside, not from their own main process: an interpreter that exits with a
     loader's workers still running (multiprocessing terminates and joins them) must not wait on them, also when a
     fork server (the worker's parent, not the main process) started them."""
-    proc = subprocess.run([sys.executable, "-c", ABANDONED_WORKERS, start_method], env=child_env(),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", ABANDONED_WORKERS, start_method],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "workers started" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_an_error_mid_epoch_saves_the_last_completed_step_first():
     """A sample that turns unreadable in the second epoch: the error names it, and the steps done are kept."""
-    args = ["--config", QUICKSTART, *FAST, *CSV, "--trainer.max_epochs=3",
-            "--data.dataset=tests.helpers.faults.FailingShapes", "--data.dataset_args.bad_index=5"]  # fmt: skip
+    args = [
+        "--config",
+        QUICKSTART,
+        *FAST,
+        *CSV,
+        "--trainer.max_epochs=3",
+        "--data.dataset=tests.helpers.faults.FailingShapes",
+        "--data.dataset_args.bad_index=5",
+    ]
     with pytest.warns(UserWarning, match=r"ValueError during fit: saved step (\d+) to ") as record:
         with pytest.raises(ValueError, match=r"broken/sample_5.png: truncated image"):
             run_cli("fit", *args)
@@ -146,8 +160,17 @@ def test_an_error_mid_epoch_saves_the_last_completed_step_first():
 
 def test_a_run_whose_loss_explodes_stops_and_writes_no_inf_checkpoint():
     """SGD at lr 1e3: the loss climbs without becoming NaN; the run must stop as diverged, not end as a success."""
-    args = ["--config", QUICKSTART, *FAST, *CSV, "--data.dataset_args.num_samples=16", "--trainer.max_epochs=40",
-            "--model.optimizer=sgd", "--model.lr=1000", "--model.warmup_iters=0"]  # fmt: skip
+    args = [
+        "--config",
+        QUICKSTART,
+        *FAST,
+        *CSV,
+        "--data.dataset_args.num_samples=16",
+        "--trainer.max_epochs=40",
+        "--model.optimizer=sgd",
+        "--model.lr=1000",
+        "--model.warmup_iters=0",
+    ]
     with pytest.raises(FloatingPointError, match=r"diverged"):
         run_cli("fit", *args)
     from tests.helpers.faults import finite
@@ -164,8 +187,15 @@ def test_non_finite_buffers_stop_before_validation_and_are_never_saved(tmp_path)
         trainer.save_checkpoint(tmp_path / "bad.ckpt")
     assert not (tmp_path / "bad.ckpt").exists()
     with pytest.raises(FloatingPointError, match=r"hold NaN or inf .*bn1.running_var.*diverged although its loss"):
-        run_cli("fit", "--config", QUICKSTART, *FAST, *CSV, "--trainer.max_epochs=2",
-                "--trainer.callbacks+=tests.helpers.faults.PoisonBatchNorm")  # fmt: skip
+        run_cli(
+            "fit",
+            "--config",
+            QUICKSTART,
+            *FAST,
+            *CSV,
+            "--trainer.max_epochs=2",
+            "--trainer.callbacks+=tests.helpers.faults.PoisonBatchNorm",
+        )
 
 
 def test_checkpoints_get_the_users_file_mode_and_stale_temporaries_are_removed():
@@ -185,8 +215,12 @@ def test_checkpoints_get_the_users_file_mode_and_stale_temporaries_are_removed()
 def test_a_run_resumed_from_a_signal_keeps_writing_the_same_last_ckpt(tmp_path):
     """The stop comes before the checkpoint callback's first save: the resumed run's saves overwrite that
     ``last.ckpt`` (which ``--ckpt_path last`` finds), not a ``last-v1.ckpt`` beside it."""
-    args = [*map(str, LONG), "--trainer.max_epochs=3", f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.limit_val_batches=1"]  # fmt: skip
+    args = [
+        *map(str, LONG),
+        "--trainer.max_epochs=3",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.limit_val_batches=1",
+    ]
     run_cli("fit", *args, "--trainer.callbacks+=tests.helpers.faults.StopWithLast")
     (last,) = tmp_path.glob("attnseg/*/checkpoints/last.ckpt")
     assert step(last) == 1
@@ -202,12 +236,14 @@ def test_a_restored_checkpoint_callback_names_last_ckpt_in_its_own_folder(tmp_pa
     folder = str(tmp_path / "checkpoints")
     for named in ("", f"{folder}/last-v1.ckpt"):
         callback = Checkpoint(dirpath=folder, save_last=True)
-        callback.load_state_dict({"dirpath": folder, "best_model_score": None, "best_model_path": "",
-                                  "last_model_path": named})  # fmt: skip
+        callback.load_state_dict(
+            {"dirpath": folder, "best_model_score": None, "best_model_path": "", "last_model_path": named}
+        )
         assert callback.last_model_path == f"{folder}/last.ckpt"
     elsewhere = Checkpoint(dirpath=folder, save_last=True)
-    elsewhere.load_state_dict({"dirpath": str(tmp_path / "other"), "best_model_score": None, "best_model_path": "",
-                               "last_model_path": ""})  # fmt: skip
+    elsewhere.load_state_dict(
+        {"dirpath": str(tmp_path / "other"), "best_model_score": None, "best_model_path": "", "last_model_path": ""}
+    )
     assert elsewhere.last_model_path == ""  # another folder's state: Lightning's rule (nothing restored)
 
 

@@ -79,8 +79,13 @@ def test_ablation_notebook_reads_a_sweep(tmp_path):
     for index, (point, score) in enumerate(zip(sweep.points(), scores)):
         row = {"run": index, **point, "seed": 0, "status": "ok" if score else "failed", "time_s": 12.0 + index}
         if score:
-            row.update(val_mIoU=score + 0.02, test_mIoU=score, params=1e6 * (3 - index), GFLOPs=1.5 - 0.2 * index,
-                       train_images_per_s=100.0 + 10 * index)  # fmt: skip
+            row.update(
+                val_mIoU=score + 0.02,
+                test_mIoU=score,
+                params=1e6 * (3 - index),
+                GFLOPs=1.5 - 0.2 * index,
+                train_images_per_s=100.0 + 10 * index,
+            )
         else:
             row["error"] = "FloatingPointError: non-finite training loss"
         rows.append(row)
@@ -91,8 +96,13 @@ def test_ablation_notebook_reads_a_sweep(tmp_path):
         f"base: [{REPO / 'configs' / 'quickstart.yaml'}]\n"
         "grid:\n  model.head.init_args.pam: [true, false]\n  model.head.init_args.cam: [true, false]\n"
     )
-    nb = execute("ablation_results.ipynb", tmp_path, results_csv=str(out / "results.csv"),
-                 sweep_file=str(tmp_path / "danet.yaml"), metric="test_mIoU")  # fmt: skip
+    nb = execute(
+        "ablation_results.ipynb",
+        tmp_path,
+        results_csv=str(out / "results.csv"),
+        sweep_file=str(tmp_path / "danet.yaml"),
+        metric="test_mIoU",
+    )
     text, images = outputs(nb)
     assert "4 runs, 3 succeeded" in text
     assert "Best test_mIoU: 61.00 (pam=True, cam=True)" in text
@@ -118,7 +128,7 @@ def test_attention_notebook_trains_small_models_and_draws_the_maps(tmp_path):
             "--data.val_batch_size=4",
             "--trainer.limit_train_batches=2",
             "--trainer.limit_val_batches=1",
-        ],  # fmt: skip
+        ],
     )
     text, images = outputs(nb)
     assert f"danet: {tmp_path / 'runs' / 'danet'}" in text and f"ccnet: {tmp_path / 'runs' / 'ccnet'}" in text

@@ -9,18 +9,30 @@ import torch
 from attnseg.task import SegmentationTask
 from tests.helpers.cli import FAST, QUICKSTART, run_cli
 
-SHORT = ["--config", QUICKSTART, *FAST, "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
-         "--trainer.logger=false"]  # fmt: skip
+SHORT = [
+    "--config",
+    QUICKSTART,
+    *FAST,
+    "--trainer.max_steps=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.logger=false",
+]
 
 
 def test_injected_optimizer_and_scheduler_keep_the_groups(tmp_path):
     cli = run_cli(
-        "fit", *SHORT, f"--trainer.default_root_dir={tmp_path}",
-        "--model.optimizer=torch.optim.RMSprop", "--model.optimizer.lr=0.004", "--model.optimizer.weight_decay=0.01",
-        "--model.head_lr_mult=10", "--model.no_decay_norm_bias=true",
-        "--model.lr_scheduler=torch.optim.lr_scheduler.StepLR", "--model.lr_scheduler.step_size=1",
+        "fit",
+        *SHORT,
+        f"--trainer.default_root_dir={tmp_path}",
+        "--model.optimizer=torch.optim.RMSprop",
+        "--model.optimizer.lr=0.004",
+        "--model.optimizer.weight_decay=0.01",
+        "--model.head_lr_mult=10",
+        "--model.no_decay_norm_bias=true",
+        "--model.lr_scheduler=torch.optim.lr_scheduler.StepLR",
+        "--model.lr_scheduler.step_size=1",
         "--model.lr_scheduler.gamma=0.5",
-    )  # fmt: skip
+    )
     (opt,) = cli.trainer.optimizers
     assert isinstance(opt, torch.optim.RMSprop)
     groups = {g["name"]: g for g in opt.param_groups}
@@ -43,8 +55,15 @@ def test_injected_optimizer_and_scheduler_keep_the_groups(tmp_path):
 
 
 def test_default_is_the_builtin_optimizer_with_the_poly_schedule(tmp_path):
-    cli = run_cli("fit", *SHORT, f"--trainer.default_root_dir={tmp_path}", "--model.optimizer=sgd",
-                  "--model.lr=0.01", "--model.head_lr_mult=10", "--model.warmup_iters=0")  # fmt: skip
+    cli = run_cli(
+        "fit",
+        *SHORT,
+        f"--trainer.default_root_dir={tmp_path}",
+        "--model.optimizer=sgd",
+        "--model.lr=0.01",
+        "--model.head_lr_mult=10",
+        "--model.warmup_iters=0",
+    )
     (opt,) = cli.trainer.optimizers
     assert isinstance(opt, torch.optim.SGD)
     assert [g["initial_lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.1])
@@ -56,10 +75,14 @@ def test_default_is_the_builtin_optimizer_with_the_poly_schedule(tmp_path):
 
 def test_plateau_scheduler_watches_val_miou(tmp_path):
     cli = run_cli(
-        "fit", *SHORT, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=4",
-        "--model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau", "--model.lr_scheduler.mode=max",
+        "fit",
+        *SHORT,
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=4",
+        "--model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "--model.lr_scheduler.mode=max",
         "--model.lr_scheduler_interval=epoch",
-    )  # fmt: skip
+    )
     (config,) = cli.trainer.lr_scheduler_configs
     assert config.monitor == "val/mIoU" and config.interval == "epoch"
     assert isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and config.scheduler.mode == "max"

@@ -47,11 +47,23 @@ def test_predict_writes_masks_and_overlays(images, tmp_path, capsys):
     run = Path(fit.trainer.logger.log_dir)
     ckpt = fit.trainer.checkpoint_callback.best_model_path
     out = tmp_path / "predictions"
-    cli = run_cli("predict", "--config", run / "config.yaml", "--ckpt_path", ckpt,
-                  "--data.predict_dir", images, "--prediction.output_dir", out)  # fmt: skip
+    cli = run_cli(
+        "predict",
+        "--config",
+        run / "config.yaml",
+        "--ckpt_path",
+        ckpt,
+        "--data.predict_dir",
+        images,
+        "--prediction.output_dir",
+        out,
+    )
     assert sorted(p.name for p in out.iterdir()) == [
-        "beach_mask.png", "beach_overlay.png", "street_mask.png", "street_overlay.png"
-    ]  # fmt: skip
+        "beach_mask.png",
+        "beach_overlay.png",
+        "street_mask.png",
+        "street_overlay.png",
+    ]
     assert f"Wrote 4 files (masks and overlays) to {out}" in capsys.readouterr().out
 
     model = SegmentationTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
@@ -88,19 +100,47 @@ def test_predict_writes_masks_and_overlays(images, tmp_path, capsys):
     with pytest.raises(
         FileExistsError, match=rf"prediction.output_dir {out} already holds 4 file\(s\) .*--prediction.overwrite=true"
     ):
-        run_cli("predict", "--config", run / "config.yaml", "--ckpt_path", ckpt, "--data.predict_dir", images,
-                "--prediction.output_dir", out)  # fmt: skip
+        run_cli(
+            "predict",
+            "--config",
+            run / "config.yaml",
+            "--ckpt_path",
+            ckpt,
+            "--data.predict_dir",
+            images,
+            "--prediction.output_dir",
+            out,
+        )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     (out / "street_mask.png").write_bytes(b"stale")
-    run_cli("predict", "--config", run / "config.yaml", "--ckpt_path", ckpt, "--data.predict_dir", images,
-            "--prediction.output_dir", out, "--prediction.overwrite=true")  # fmt: skip
+    run_cli(
+        "predict",
+        "--config",
+        run / "config.yaml",
+        "--ckpt_path",
+        ckpt,
+        "--data.predict_dir",
+        images,
+        "--prediction.output_dir",
+        out,
+        "--prediction.overwrite=true",
+    )
     assert (out / "street_mask.png").read_bytes() == before["street_mask.png"]  # written again, the same
 
 
 def test_predict_errors(images, tmp_path):
     with pytest.raises(ValueError, match=r"data.predict_dir='.*nowhere': no such folder"):
-        run_cli("predict", "--config", QUICKSTART, *FAST, "--trainer.logger=false",
-                "--data.predict_dir", tmp_path / "nowhere", "--prediction.output_dir", tmp_path / "out")  # fmt: skip
+        run_cli(
+            "predict",
+            "--config",
+            QUICKSTART,
+            *FAST,
+            "--trainer.logger=false",
+            "--data.predict_dir",
+            tmp_path / "nowhere",
+            "--prediction.output_dir",
+            tmp_path / "out",
+        )
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.md").write_text("no images here")
@@ -144,14 +184,37 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits_in_every_reader(tmp_path)
     assert read.float().mean() < 130  # PIL's convert("RGB") gives 255 almost everywhere
     assert np.array_equal(ImageFolder(folder)[0][0].numpy(), read.numpy())
 
-    fit = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.logger=false", "--trainer.max_steps=1",
-                  "--trainer.limit_val_batches=1", "--trainer.precision=32-true", "--model.channels_last=false",
-                  "--trainer.default_root_dir", tmp_path / "run")  # fmt: skip
+    fit = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--trainer.logger=false",
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=1",
+        "--trainer.precision=32-true",
+        "--model.channels_last=false",
+        "--trainer.default_root_dir",
+        tmp_path / "run",
+    )
     ckpt = fit.trainer.checkpoint_callback.last_model_path or fit.trainer.checkpoint_callback.best_model_path
     out = tmp_path / "predictions"
-    run_cli("predict", "--config", QUICKSTART, *FAST, "--trainer.logger=false", "--ckpt_path", ckpt,
-            "--trainer.precision=32-true", "--model.channels_last=false", "--prediction.legend=false",
-            "--data.predict_dir", folder, "--prediction.output_dir", out)  # fmt: skip
+    run_cli(
+        "predict",
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--trainer.logger=false",
+        "--ckpt_path",
+        ckpt,
+        "--trainer.precision=32-true",
+        "--model.channels_last=false",
+        "--prediction.legend=false",
+        "--data.predict_dir",
+        folder,
+        "--prediction.output_dir",
+        out,
+    )
     mask = np.asarray(Image.open(out / "xray_mask.png"))
     colours = np.asarray(SyntheticShapes.palette, dtype=np.float32)[mask]
     blended = 0.5 * np.repeat(grey[..., None], 3, axis=2).astype(np.float32) + 0.5 * colours
@@ -174,8 +237,18 @@ def test_unreadable_images_are_all_listed_before_anything_is_written(images, tmp
     with pytest.raises(
         ValueError, match=r"2 of 4 images cannot be read, so nothing was predicted: .*broken.png.*zz.jpg"
     ):
-        run_cli("predict", "--config", QUICKSTART, *FAST, "--config", CONFIGS / "logger/csv.yaml",
-                "--data.predict_dir", images, "--prediction.output_dir", out)  # fmt: skip
+        run_cli(
+            "predict",
+            "--config",
+            QUICKSTART,
+            *FAST,
+            "--config",
+            CONFIGS / "logger/csv.yaml",
+            "--data.predict_dir",
+            images,
+            "--prediction.output_dir",
+            out,
+        )
     assert not out.exists() and not list(Path("runs/attnseg").glob("*"))
     (images / "broken.png").unlink()
     (images / "zz.jpg").unlink()

@@ -34,8 +34,9 @@ def test_quickstart_fcn_reaches_its_level_and_cannot_tell_the_blobs_apart(capsys
 
 @pytest.mark.slow
 def test_quickstart_with_position_attention_tells_the_blobs_apart(capsys):
-    cli = run_cli("fit", "--config", QUICKSTART, "--config", CONFIGS / "model" / "danet.yaml",
-                  "--model.head.init_args.cam=false")  # fmt: skip
+    cli = run_cli(
+        "fit", "--config", QUICKSTART, "--config", CONFIGS / "model" / "danet.yaml", "--model.head.init_args.cam=false"
+    )
     best = float(cli.trainer.checkpoint_callback.best_model_score)
     iou = val_ious(cli)
     assert best >= FCN_VAL_MIOU + 0.05, f"DANet (PAM) best val/mIoU {best:.4f}, FCN {FCN_VAL_MIOU}"

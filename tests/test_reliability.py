@@ -141,12 +141,26 @@ def test_last_says_which_run_folder_it_passed_over_and_why(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_fit_and_validate_match_single_process(tmp_path):
     # 7 validation images over 2 ranks: the default sampler would count one twice
-    base = ["--config", QUICKSTART, *FAST, "--data.dataset_args.num_samples=7", "--data.val_batch_size=2",
-            "--data.batch_size=2", "--trainer.logger=false"]  # fmt: skip
+    base = [
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--data.dataset_args.num_samples=7",
+        "--data.val_batch_size=2",
+        "--data.batch_size=2",
+        "--trainer.logger=false",
+    ]
     ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
-    attnseg("fit", *base, *ddp, "--trainer.sync_batchnorm=true", "--trainer.max_epochs=1",
-            "--trainer.default_root_dir=ddp", "--trainer.callbacks+=tests.helpers.faults.Probe",
-            timeout=600)  # fmt: skip
+    attnseg(
+        "fit",
+        *base,
+        *ddp,
+        "--trainer.sync_batchnorm=true",
+        "--trainer.max_epochs=1",
+        "--trainer.default_root_dir=ddp",
+        "--trainer.callbacks+=tests.helpers.faults.Probe",
+        timeout=600,
+    )
     probe = json.loads(Path("probe.json").read_text())
     assert probe["world_size"] == 2 and probe["end_step"] == 2  # 7 samples, batch 2, 2 ranks: 2 steps
     ckpt = next(Path("ddp").rglob("last.ckpt"))
@@ -167,8 +181,15 @@ def test_ddp_two_cpu_processes_fit_and_validate_match_single_process(tmp_path):
 def test_nan_loss_stops_with_step_and_terms_and_keeps_last_good_checkpoint(tmp_path):
     from tests.helpers.faults import finite
 
-    args = ["--config", QUICKSTART, *FAST, "--trainer.max_epochs=3", "--model.loss=tests.helpers.faults.NaNAfter",
-            "--model.loss.nan_from=8"]  # fmt: skip  # 2 terms per step (out, aux): NaN from step 4 = epoch 2
+    # 2 terms per step (out, aux): NaN from step 4 = epoch 2
+    args = [
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--trainer.max_epochs=3",
+        "--model.loss=tests.helpers.faults.NaNAfter",
+        "--model.loss.nan_from=8",
+    ]
     with pytest.raises(FloatingPointError, match=r"step 4 .*out=nan, aux=nan"):
         run_cli("fit", *args)
     last = next(Path("runs/attnseg").glob("*/checkpoints/last.ckpt"))
@@ -184,8 +205,15 @@ def test_a_skipped_step_leaves_the_batch_norm_statistics_as_they_were(tmp_path):
     update and puts the statistics back, so the run trains on instead of stopping as diverged."""
     from tests.helpers.faults import finite
 
-    cli = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.max_epochs=2", "--model.nonfinite_loss=skip",
-                  "--data.dataset=tests.helpers.faults.NaNImageShapes")  # fmt: skip
+    cli = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--trainer.max_epochs=2",
+        "--model.nonfinite_loss=skip",
+        "--data.dataset=tests.helpers.faults.NaNImageShapes",
+    )
     assert cli.trainer.state.finished and cli.trainer.global_step == 4 and finite(cli.model.state_dict())
     assert cli.trainer.callback_metrics["train/skipped_steps"] == 1  # the last epoch's batch with the NaN image
 
@@ -211,8 +239,15 @@ def test_a_forward_that_breaks_batch_norm_statistics_with_a_finite_loss_is_skipp
 
 
 def test_checkpoint_of_another_class_count_or_head_is_refused(tmp_path):
-    cli = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.max_epochs=1", "--trainer.logger=false",
-                  "--trainer.default_root_dir=r")  # fmt: skip
+    cli = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--trainer.max_epochs=1",
+        "--trainer.logger=false",
+        "--trainer.default_root_dir=r",
+    )
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     with pytest.raises(ValueError, match=r"last.ckpt.*7 classes.*8 classes"):
         run_cli(
@@ -257,8 +292,16 @@ def test_config_errors_name_the_option(tmp_path, capsys):
 
 
 def test_an_evaluation_without_a_config_is_refused_naming_the_runs_own(tmp_path):
-    cli = run_cli("fit", "--config", QUICKSTART, *FAST, "--trainer.max_epochs=1", "--trainer.limit_val_batches=1",
-                  "--config", REPO / "configs/logger/csv.yaml")  # fmt: skip
+    cli = run_cli(
+        "fit",
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--trainer.max_epochs=1",
+        "--trainer.limit_val_batches=1",
+        "--config",
+        REPO / "configs/logger/csv.yaml",
+    )
     ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
     saved = ckpt.parent.parent / "config.yaml"
     with pytest.raises(ValueError, match=rf"no --config given, .*; pass --config {saved} \(the run's own\)"):
@@ -299,8 +342,12 @@ def test_two_resumes_of_one_run_one_writes_the_other_is_refused(tmp_path):
     base = ["--config", QUICKSTART, *FAST, "--config", REPO / "configs/logger/csv.yaml"]
     attnseg("fit", *base, "--trainer.max_epochs=2")
     run = next(Path("runs/attnseg").iterdir())
-    first = subprocess.Popen([ATTNSEG, "fit", *map(str, base), "--trainer.max_epochs=100000", "--ckpt_path", "last"],
-                             env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    first = subprocess.Popen(
+        [ATTNSEG, "fit", *map(str, base), "--trainer.max_epochs=100000", "--ckpt_path", "last"],
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     lock = run / ".writer.lock"
     deadline = time.time() + 120
     while time.time() < deadline and first.poll() is None:

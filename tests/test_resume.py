@@ -69,10 +69,16 @@ def test_last_refuses_to_choose_between_two_runs_of_one_experiment():
 
 
 def test_an_experiment_is_what_a_run_trains_not_how():
-    config = {"model": {"head": {"class_path": "FCNHead"}, "lr": 0.01, "encoder": {"name": "r18", "pretrained": "a"}},
-              "data": {"dataset": "CamVid", "root": "/a", "num_workers": 2}, "seed_everything": 0}  # fmt: skip
-    same = {"model": {"head": {"class_path": "FCNHead"}, "lr": 0.1, "encoder": {"name": "r18", "pretrained": "b"}},
-            "data": {"dataset": "CamVid", "root": "/b", "num_workers": 0}, "seed_everything": 0}  # fmt: skip
+    config = {
+        "model": {"head": {"class_path": "FCNHead"}, "lr": 0.01, "encoder": {"name": "r18", "pretrained": "a"}},
+        "data": {"dataset": "CamVid", "root": "/a", "num_workers": 2},
+        "seed_everything": 0,
+    }
+    same = {
+        "model": {"head": {"class_path": "FCNHead"}, "lr": 0.1, "encoder": {"name": "r18", "pretrained": "b"}},
+        "data": {"dataset": "CamVid", "root": "/b", "num_workers": 0},
+        "seed_everything": 0,
+    }
     assert experiment_fingerprint(config) == experiment_fingerprint(same) and same_experiment(config, same)
     for key, value in [("model.head", {"class_path": "DANetHead"}), ("data.dataset", "VOC"), ("seed_everything", 1)]:
         other = json.loads(json.dumps(config))
@@ -96,11 +102,23 @@ def test_options_set_on_resume_win_and_are_reported_with_the_state_restored(capl
     run_cli("fit", *BASE, "--trainer.max_epochs=2")  # lr 0.002 (the quickstart's), 4 steps
     last = runs()[0] / "checkpoints/last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=False)
-    saved_moments = sum(float(t.double().sum()) for s in saved["optimizer_states"][0]["state"].values()
-                        for t in s.values() if torch.is_tensor(t))  # fmt: skip
+    saved_moments = sum(
+        float(t.double().sum())
+        for s in saved["optimizer_states"][0]["state"].values()
+        for t in s.values()
+        if torch.is_tensor(t)
+    )
     probe = ["--trainer.callbacks+=tests.helpers.faults.OptimizerProbe"]
-    cli = run_cli("fit", *BASE, "--trainer.max_epochs=4", "--model.lr=0.01", "--model.nonfinite_loss=skip",
-                  "--ckpt_path", last, *probe)  # fmt: skip
+    cli = run_cli(
+        "fit",
+        *BASE,
+        "--trainer.max_epochs=4",
+        "--model.lr=0.01",
+        "--model.nonfinite_loss=skip",
+        "--ckpt_path",
+        last,
+        *probe,
+    )
     assert "model.lr=0.01 (checkpoint: 0.002)" in caplog.text
     assert "model.nonfinite_loss=skip (checkpoint: raise)" in caplog.text
     assert cli.model.hparams.lr == 0.01 and cli.model.hparams.nonfinite_loss == "skip"
@@ -147,8 +165,9 @@ def test_extending_a_run_saved_at_an_epoch_end_trains_exactly_the_added_steps(mo
     last = runs()[0] / "checkpoints/last.ckpt"
     assert step(last) == 10
     recwarn.clear()
-    cli = run_cli("fit", *BASE, "--data.dataset_args.num_samples=20", "--trainer.max_epochs=3", *more,
-                  "--ckpt_path", "last")  # fmt: skip
+    cli = run_cli(
+        "fit", *BASE, "--data.dataset_args.num_samples=20", "--trainer.max_epochs=3", *more, "--ckpt_path", "last"
+    )
     assert cli.trainer.global_step == 15 and step(last) == 15 and cli.trainer.current_epoch == 3
     assert not [w for w in recwarn if "void" in str(w.message)]
     rows = list(csv.DictReader(open(runs()[0] / "metrics.csv")))
@@ -165,8 +184,14 @@ def test_a_resume_that_fails_to_load_keeps_every_metrics_row():
     run_cli("fit", *BASE, "--trainer.max_epochs=2", "--ckpt_path", "last")
     before = (run / "metrics.csv").read_bytes()
     with pytest.raises(ValueError, match=r"7 classes.*8 classes"):
-        run_cli("fit", *BASE, "--trainer.max_epochs=2", "--data.dataset=tests.helpers.faults.ExtraClassShapes",
-                "--ckpt_path", first)  # fmt: skip
+        run_cli(
+            "fit",
+            *BASE,
+            "--trainer.max_epochs=2",
+            "--data.dataset=tests.helpers.faults.ExtraClassShapes",
+            "--ckpt_path",
+            first,
+        )
     assert (run / "metrics.csv").read_bytes() == before
     run_cli("fit", *BASE, "--trainer.max_epochs=2", "--ckpt_path", first)
     rows = list(csv.DictReader(open(run / "metrics.csv")))
@@ -177,8 +202,9 @@ def test_a_resume_that_fails_to_load_keeps_every_metrics_row():
     assert len(logged) == len(set(logged))  # the steps after the checkpoint are logged once, by the resumed fit
 
 
-@pytest.mark.parametrize("first, second", [(["--model.loss_weights={aux: 0.0}"], []),
-                                           ([], ["--model.loss_weights={aux: 0.0}"])])  # fmt: skip
+@pytest.mark.parametrize(
+    "first, second", [(["--model.loss_weights={aux: 0.0}"], []), ([], ["--model.loss_weights={aux: 0.0}"])]
+)
 def test_last_compares_resolved_values_unset_ones_included(first, second):
     """A run with the auxiliary loss switched off and one with the default weights are two experiments, whichever
     of the two was set explicitly: --ckpt_path last starts the second fresh instead of resuming the first."""
@@ -191,8 +217,11 @@ def test_last_compares_resolved_values_unset_ones_included(first, second):
 
 def test_an_option_a_saved_run_predates_counts_with_its_default():
     saved = {"model": {"head": {"class_path": "FCNHead"}}, "data": {"dataset": "CamVid"}, "seed_everything": 0}
-    defaults = {"model": {"head": {"class_path": "FCNHead"}, "ohem": None}, "data": {"dataset": "Shapes"},
-                "seed_everything": 0}  # fmt: skip
+    defaults = {
+        "model": {"head": {"class_path": "FCNHead"}, "ohem": None},
+        "data": {"dataset": "Shapes"},
+        "seed_everything": 0,
+    }
     now = json.loads(json.dumps(saved))
     now["model"]["ohem"] = None
     assert same_experiment(saved, now, defaults)  # the option added later, at its default

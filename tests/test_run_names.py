@@ -25,15 +25,21 @@ def identity(*args: str):
     [
         ([], "fcn-r18-s0", ["fcn", "resnet18", "SyntheticShapes", "seed0"]),
         (["--config", "model/danet"], "danet-pam-cam-r18-s0", ["danet", "pam", "cam", "resnet18"]),
-        (["--config", "model/danet", "--model.head.init_args.cam=false", "--seed_everything=2"], "danet-pam-r18-s2",
-         ["danet", "pam", "seed2"]),
-        (["--config", "model/danet", "--model.head.init_args.pam=false", "--model.head.init_args.cam=false"],
-         "danet-off-r18-s0", ["off"]),
+        (
+            ["--config", "model/danet", "--model.head.init_args.cam=false", "--seed_everything=2"],
+            "danet-pam-r18-s2",
+            ["danet", "pam", "seed2"],
+        ),
+        (
+            ["--config", "model/danet", "--model.head.init_args.pam=false", "--model.head.init_args.cam=false"],
+            "danet-off-r18-s0",
+            ["off"],
+        ),
         (["--config", "model/ccnet", "--model.head.init_args.recurrence=3"], "ccnet-r3-r18-s0", ["ccnet", "r3"]),
         (["--config", "model/dfn", "--model.encoder.output_stride=32"], "dfn-border-r18-os32-s0", ["border"]),
         (["--config", "model/flanet", "--model.encoder.name=resnet50"], "flanet-r50-s0", ["flanet", "resnet50"]),
     ],
-)  # fmt: skip
+)
 def test_names_say_head_switches_encoder_and_seed(args, name, tags):
     got_name, group, got_tags = identity(*args)
     assert got_name == name
@@ -46,8 +52,13 @@ def test_a_group_holds_the_seeds_of_one_experiment_and_nothing_else():
     pretrained start never do, though their names may be equal."""
     _, group, _ = identity()
     assert identity("--seed_everything=3")[1] == group
-    others = [["--data.dataset_args.variant=two_hop"], ["--data.dataset_args.image_size=64"], ["--model.lr=0.01"],
-              ["--trainer.max_epochs=9"], ["--config", "experiment/context"]]  # fmt: skip
+    others = [
+        ["--data.dataset_args.variant=two_hop"],
+        ["--data.dataset_args.image_size=64"],
+        ["--model.lr=0.01"],
+        ["--trainer.max_epochs=9"],
+        ["--config", "experiment/context"],
+    ]
     groups = {tuple(args): identity(*args)[1] for args in others}
     assert group not in groups.values() and len(set(groups.values())) == len(others)
     assert identity("--data.num_workers=0")[1] == group  # how fast the data loads is not the experiment
@@ -67,10 +78,17 @@ def run_record(run_dir):
 
 def test_fit_run_is_named_and_test_joins_its_group(tmp_path):
     common = [
-        "--config", QUICKSTART, "--config", "model/danet", "--model.head.init_args.cam=false", *FAST,
-        "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--overlays.num_images=0",
+        "--config",
+        QUICKSTART,
+        "--config",
+        "model/danet",
+        "--model.head.init_args.cam=false",
+        *FAST,
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--overlays.num_images=0",
         *wandb_in(tmp_path / "runs"),
-    ]  # fmt: skip
+    ]
     fit = run_cli("fit", *common)
     (fit_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
     record = run_record(fit_dir)
@@ -102,10 +120,18 @@ def test_fit_run_is_named_and_test_joins_its_group(tmp_path):
 
 def test_names_given_by_the_user_are_kept(tmp_path):
     run_cli(
-        "fit", "--config", QUICKSTART, *FAST, "--trainer.max_steps=1", "--trainer.limit_val_batches=1",
-        "--overlays.num_images=0", *wandb_in(tmp_path / "runs"), "--trainer.logger.init_args.name=mine",
-        "--trainer.logger.init_args.group=study", "--trainer.logger.init_args.tags=[a,b]",
-    )  # fmt: skip
+        "fit",
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=1",
+        "--overlays.num_images=0",
+        *wandb_in(tmp_path / "runs"),
+        "--trainer.logger.init_args.name=mine",
+        "--trainer.logger.init_args.group=study",
+        "--trainer.logger.init_args.tags=[a,b]",
+    )
     (run_dir,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
     record = run_record(run_dir)
     assert (record.display_name, record.run_group, list(record.tags)) == ("mine", "study", ["a", "b"])
@@ -116,9 +142,15 @@ def test_tensorboard_and_csv_run_folders_are_named_like_the_runs(tmp_path):
     the training run's files as they were, and a resumed TensorBoard fit continues its folder with one HParams
     session."""
     common = [
-        "--config", QUICKSTART, "--config", "model/danet", "--model.head.init_args.cam=false", *FAST,
-        "--trainer.limit_val_batches=1", "--overlays.num_images=0",
-    ]  # fmt: skip
+        "--config",
+        QUICKSTART,
+        "--config",
+        "model/danet",
+        "--model.head.init_args.cam=false",
+        *FAST,
+        "--trainer.limit_val_batches=1",
+        "--overlays.num_images=0",
+    ]
     csv_logger = ["--config", CONFIGS / "logger/csv.yaml", "--trainer.max_steps=2"]
     first, second = run_cli("fit", *common, *csv_logger), run_cli("fit", *common, *csv_logger)
     root = Path("runs", "attnseg")

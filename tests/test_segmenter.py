@@ -18,14 +18,29 @@ from attnseg.data.transforms import eval_transforms
 from attnseg.inference import SlidingWindow
 from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
 
-RUN = ["--config", QUICKSTART, "--config", CONFIGS / "model/danet.yaml", *FAST, "--config", CONFIGS / "logger/csv.yaml",
-       "--trainer.max_epochs=1", "--data.mean=[0.4,0.5,0.6]", "--data.std=[0.2,0.25,0.3]"]  # fmt: skip
+RUN = [
+    "--config",
+    QUICKSTART,
+    "--config",
+    CONFIGS / "model/danet.yaml",
+    *FAST,
+    "--config",
+    CONFIGS / "logger/csv.yaml",
+    "--trainer.max_epochs=1",
+    "--data.mean=[0.4,0.5,0.6]",
+    "--data.std=[0.2,0.25,0.3]",
+]
 
 
 @pytest.fixture
 def trained():
-    cli = run_cli("fit", *RUN, "--model.inference=attnseg.inference.SlidingWindow",
-                  "--model.inference.crop_size=[24,24]", "--model.inference.stride=[16,16]")  # fmt: skip
+    cli = run_cli(
+        "fit",
+        *RUN,
+        "--model.inference=attnseg.inference.SlidingWindow",
+        "--model.inference.crop_size=[24,24]",
+        "--model.inference.stride=[16,16]",
+    )
     return cli, Path(cli.trainer.checkpoint_callback.last_model_path)
 
 
@@ -58,8 +73,10 @@ def test_segmenter_segments_as_the_run_evaluates(trained):
 @pytest.mark.parametrize("form, suffix", [("torchscript", "pt"), ("export", "pt2")])
 def test_the_exported_file_equals_the_model(trained, form, suffix, capsys):
     _, ckpt = trained
-    assert run(["export", "--ckpt_path", str(ckpt), "--output", f"model.{suffix}", "--format", form,
-                "--size", "40", "48"]) == 0  # fmt: skip
+    assert (
+        run(["export", "--ckpt_path", str(ckpt), "--output", f"model.{suffix}", "--format", form, "--size", "40", "48"])
+        == 0
+    )
     assert f"wrote model.{suffix} ({form}; checked against the model)" in capsys.readouterr().out
     segmenter = Segmenter(ckpt, inference=None)
     image, _ = SyntheticShapes(split="test", image_size=(40, 48), num_samples=1).generate(1)

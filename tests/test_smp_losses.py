@@ -154,9 +154,14 @@ def test_the_cli_selects_each_as_model_loss(name):
 
 def test_cross_entropy_plus_from_yaml_with_its_weights_and_second_loss(tmp_path):
     config = tmp_path / "losses.yaml"
-    loss = {"class_path": "attnseg.losses.CrossEntropyPlus",
-            "init_args": {"loss": {"class_path": "attnseg.losses.LovaszLoss", "init_args": {"per_image": True}},
-                          "ce_weight": 0.5, "loss_weight": 2.0}}  # fmt: skip
+    loss = {
+        "class_path": "attnseg.losses.CrossEntropyPlus",
+        "init_args": {
+            "loss": {"class_path": "attnseg.losses.LovaszLoss", "init_args": {"per_image": True}},
+            "ce_weight": 0.5,
+            "loss_weight": 2.0,
+        },
+    }
     config.write_text(yaml.safe_dump({"model": {"loss": loss, "aux_loss": "attnseg.losses.CrossEntropy"}}))
     cli = AttnSegCLI(args=[*PARSE, "--config", str(config)], run=False)
     plus = cli.model.loss

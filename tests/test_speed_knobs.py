@@ -54,8 +54,14 @@ def watch_attention(model: torch.nn.Module) -> dict:
 
 def small_data(**loader_options) -> SegDataModule:
     """The quickstart data at 32x32: 8 images, no rescaling."""
-    return SegDataModule(dataset_args={"image_size": 32, "num_samples": 8}, batch_size=4, val_batch_size=4,
-                         scale_range=None, photometric=False, **loader_options)  # fmt: skip
+    return SegDataModule(
+        dataset_args={"image_size": 32, "num_samples": 8},
+        batch_size=4,
+        val_batch_size=4,
+        scale_range=None,
+        photometric=False,
+        **loader_options,
+    )
 
 
 def cli(*args: str) -> AttnSegCLI:
@@ -64,8 +70,13 @@ def cli(*args: str) -> AttnSegCLI:
 
 @pytest.mark.parametrize("head", ["danet", "ccnet", "flanet"])
 def test_bf16_mixed_fit_runs_the_attention_fast_path(head):
-    c = cli("--config", str(CONFIGS / f"model/{head}.yaml"), "--trainer.precision=bf16-mixed",
-            "--trainer.fast_dev_run=1", "--trainer.logger=false")  # fmt: skip
+    c = cli(
+        "--config",
+        str(CONFIGS / f"model/{head}.yaml"),
+        "--trainer.precision=bf16-mixed",
+        "--trainer.fast_dev_run=1",
+        "--trainer.logger=false",
+    )
     record = watch_attention(c.model)
     c.trainer.fit(c.model, datamodule=c.datamodule)
     assert c.trainer.state.finished and c.trainer.precision == "bf16-mixed"
@@ -104,18 +115,27 @@ class FormatProbe(Callback):
 def test_channels_last_model_and_batches_train_and_match_the_default_layout():
     torch.manual_seed(0)
     task = SegmentationTask(
-        head=lambda c, k: DANetHead(c, k), encoder={"name": "resnet18", "output_stride": 8}, num_classes=7,
+        head=lambda c, k: DANetHead(c, k),
+        encoder={"name": "resnet18", "output_stride": 8},
+        num_classes=7,
         channels_last=True,
-    )  # fmt: skip
-    plain = SegmentationTask(head=lambda c, k: DANetHead(c, k), encoder={"name": "resnet18", "output_stride": 8},
-                             num_classes=7)  # fmt: skip
+    )
+    plain = SegmentationTask(
+        head=lambda c, k: DANetHead(c, k), encoder={"name": "resnet18", "output_stride": 8}, num_classes=7
+    )
     for m in task.modules():  # non-zero gamma: the attention contributes to the outputs
         if isinstance(m, (PositionAttention, ChannelAttention)):
             torch.nn.init.constant_(m.gamma, 0.5)
     probe = FormatProbe()
     data = small_data(num_workers=0)
-    trainer = Trainer(accelerator="cpu", fast_dev_run=1, logger=False, callbacks=[probe], enable_progress_bar=False,
-                      enable_model_summary=False)  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu",
+        fast_dev_run=1,
+        logger=False,
+        callbacks=[probe],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(task, datamodule=data)
     assert trainer.state.finished
     weights = [p for p in task.model.parameters() if p.dim() == 4]
@@ -151,16 +171,19 @@ def test_data_loader_knobs_reach_the_loaders():
 def test_compiled_model_trains_and_matches_eager():
     torch.manual_seed(0)
     task = SegmentationTask(
-        head=lambda c, k: DANetHead(c, k), encoder={"name": "resnet18", "output_stride": 8}, num_classes=7,
+        head=lambda c, k: DANetHead(c, k),
+        encoder={"name": "resnet18", "output_stride": 8},
+        num_classes=7,
         compile=True,
-    )  # fmt: skip
+    )
     for m in task.modules():
         if isinstance(m, (PositionAttention, ChannelAttention)):
             torch.nn.init.constant_(m.gamma, 0.5)
     names = set(task.state_dict())
     data = small_data(num_workers=0)
-    trainer = Trainer(accelerator="cpu", fast_dev_run=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False)  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu", fast_dev_run=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(task, datamodule=data)
     assert trainer.state.finished
     assert task.model._compiled_call_impl is not None  # nn.Module.compile: in place ...

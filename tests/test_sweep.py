@@ -44,8 +44,13 @@ def test_sweep_runs_every_point_and_seed_and_survives_a_failing_point(tmp_path, 
     with open("results/results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["model.head.init_args.num_convs"], r["seed"]) for r in rows] == [
-        ("1", "0"), ("1", "1"), ("0", "0"), ("0", "1"), ("2", "0"), ("2", "1")
-    ]  # fmt: skip
+        ("1", "0"),
+        ("1", "1"),
+        ("0", "0"),
+        ("0", "1"),
+        ("2", "0"),
+        ("2", "1"),
+    ]
     assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed", "ok", "ok"]
     assert "num_convs=0" in rows[2]["error"] and not rows[2]["val_mIoU"]
     ok = [rows[i] for i in (0, 1, 4, 5)]
@@ -107,10 +112,12 @@ def test_summary_averages_only_points_whose_runs_all_succeeded(tmp_path):
     rows = [
         {"run": run, "model.lr": lr, "seed": seed, "status": "ok", **dict(zip(scores, values))}
         for run, lr, seed, values in [
-            (0, 0.1, 0, (0.5, 0.4, 0.2)), (1, 0.1, 1, (0.7, 0.6, 0.4)), (2, 0.1, 2, (0.6, 0.5, 0.3)),
+            (0, 0.1, 0, (0.5, 0.4, 0.2)),
+            (1, 0.1, 1, (0.7, 0.6, 0.4)),
+            (2, 0.1, 2, (0.6, 0.5, 0.3)),
             (3, 0.2, 0, (0.9, 0.9, 0.9)),
         ]
-    ] + [{"run": 4, "model.lr": 0.2, "seed": 1, "status": "failed", "error": "boom"}]  # fmt: skip
+    ] + [{"run": 4, "model.lr": 0.2, "seed": 1, "status": "failed", "error": "boom"}]
     first, second = summarise(sweep, rows)
     assert first["status"] == "ok" and first["n"] == 3
     assert first["test_mIoU"] == pytest.approx((0.5, 0.1)) and first["test_context_IoU"] == pytest.approx((0.3, 0.1))
@@ -140,8 +147,11 @@ def test_bundle_axis_sets_several_options_per_value(tmp_path):
     parsed = Sweep.from_file(sweep)
     assert parsed.points() == [{"head": "fcn"}, {"head": "dfn"}]
     args = parsed.arguments({"head": "dfn"}, seed=1)
-    assert args[-3:] == ["--model.head=attnseg.heads.DFNHead", '--model.loss_weights={"stage1": 0.0}',
-                         "--seed_everything=1"]  # fmt: skip
+    assert args[-3:] == [
+        "--model.head=attnseg.heads.DFNHead",
+        '--model.loss_weights={"stage1": 0.0}',
+        "--seed_everything=1",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -200,8 +210,14 @@ def test_ablation_grids_differ_only_in_the_module_under_test(name, expected, mod
 
 # every head of configs/model/ (attnseg.heads.head_configs), by its config's name: a new head joins the heads grid
 HEADS_GRID = {name: config.cls.__name__ for name, config in head_configs().items()}
-BAND_GRID = {"danet_pam": "DANetHead", "danet_cam": "DANetHead", "flanet": "FLANetHead", "ccnet": "CCNetHead",
-             "deeplabv3": "ASPPHead", "pspnet": "PSPHead"}  # fmt: skip
+BAND_GRID = {
+    "danet_pam": "DANetHead",
+    "danet_cam": "DANetHead",
+    "flanet": "FLANetHead",
+    "ccnet": "CCNetHead",
+    "deeplabv3": "ASPPHead",
+    "pspnet": "PSPHead",
+}
 
 
 @pytest.mark.parametrize("name, expected", [("heads", HEADS_GRID), ("band", BAND_GRID)])
@@ -251,12 +267,20 @@ def test_sweep_file_errors(tmp_path, capsys):
 
 
 def test_override_formatting_and_labels():
-    overrides = {"model.head.init_args.pam": False, "model.lr": 0.02, "trainer.logger": None, "data.crop_size": [8, 8],
-                 "model.head.class_path": "attnseg.heads.FCNHead"}  # fmt: skip
+    overrides = {
+        "model.head.init_args.pam": False,
+        "model.lr": 0.02,
+        "trainer.logger": None,
+        "data.crop_size": [8, 8],
+        "model.head.class_path": "attnseg.heads.FCNHead",
+    }
     assert override_args(overrides) == [
-        "--model.head.init_args.pam=false", "--model.lr=0.02", "--trainer.logger=null", "--data.crop_size=[8, 8]",
+        "--model.head.init_args.pam=false",
+        "--model.lr=0.02",
+        "--trainer.logger=null",
+        "--data.crop_size=[8, 8]",
         "--model.head.class_path=attnseg.heads.FCNHead",
-    ]  # fmt: skip
+    ]
     assert short_names(["model.head.init_args.channels", "model.aux.channels", "model.lr"]) == {
         "model.head.init_args.channels": "init_args.channels",
         "model.aux.channels": "aux.channels",
@@ -298,8 +322,13 @@ def test_video_ablation_compares_2d_and_3d_attention_on_the_same_batches(capsys)
             "CrissCrossAttention3D" if head.frames == 3 else "CrissCrossAttention"
         )
         outputs = head([torch.randn(6, c, 4, 4) for c in task.model.encoder.channels])  # two 3-frame clips
-        built.append((task.loss_weights, {k: v.shape for k, v in outputs.items()},
-                      {k: v.shape for k, v in head.state_dict().items()}))  # fmt: skip
+        built.append(
+            (
+                task.loss_weights,
+                {k: v.shape for k, v in outputs.items()},
+                {k: v.shape for k, v in head.state_dict().items()},
+            )
+        )
     assert all(b == built[0] for b in built)
 
 
@@ -367,11 +396,24 @@ def test_results_csv_reads_back_as_the_rows_written(tmp_path):
     sweep = Sweep.from_file(CONFIGS / "ablation" / "danet.yaml")
     rows = []
     for index, (point, seed) in enumerate(sweep.runs()[:5]):
-        row = {"run": index, **point, "seed": seed, "status": "ok", "val_mIoU": 0.5 + index / 100,
-               "test_mIoU": 0.4 + index / 100, "test_context_IoU": 0.3, "params": 1234567, "GFLOPs": 7.07,
-               "train_images_per_s": 30.5, "time_s": 118.2, "run_dir": f"runs/attnseg/r{index}",
-               "best_checkpoint": "x.ckpt", "steps_to_context": 100 * index or None,
-               "curve": f"curves/run{index}.csv", "error": None}  # fmt: skip
+        row = {
+            "run": index,
+            **point,
+            "seed": seed,
+            "status": "ok",
+            "val_mIoU": 0.5 + index / 100,
+            "test_mIoU": 0.4 + index / 100,
+            "test_context_IoU": 0.3,
+            "params": 1234567,
+            "GFLOPs": 7.07,
+            "train_images_per_s": 30.5,
+            "time_s": 118.2,
+            "run_dir": f"runs/attnseg/r{index}",
+            "best_checkpoint": "x.ckpt",
+            "steps_to_context": 100 * index or None,
+            "curve": f"curves/run{index}.csv",
+            "error": None,
+        }
         rows.append(row)
     rows[-1].update(status="failed", error="ValueError: boom", test_mIoU=None)
     write_results(sweep, rows, tmp_path, "g", [])
@@ -384,13 +426,20 @@ def test_a_sweep_run_again_continues_the_interrupted_run_and_keeps_finished_ones
     """Ctrl+C in the first run's step 3 (of 2 epochs of 2 steps) ends the sweep; running it again continues that run
     from its last.ckpt in its own run folder and then runs the second; a third time runs nothing and keeps every row.
     A results.csv of another grid is refused."""
-    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 2\n"
-                        "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
+    sweep = write_sweep(
+        tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 2\ngrid:\n  model.head.init_args.num_convs: [1, 2]\n"
+    )
     flag = tmp_path / "interrupted"
     interrupt = {"class_path": "tests.helpers.faults.InterruptOnce", "init_args": {"flag": str(flag), "step": 3}}
-    extra = ["--", *FAST, "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-             "--trainer.limit_test_batches=1", *wandb_in(tmp_path / "runs"),
-             f"--trainer.callbacks+={json.dumps(interrupt)}"]  # fmt: skip
+    extra = [
+        "--",
+        *FAST,
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+        *wandb_in(tmp_path / "runs"),
+        f"--trainer.callbacks+={json.dumps(interrupt)}",
+    ]
     out = tmp_path / "out"
     assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 130
     first = list(csv.DictReader(open(out / "results.csv")))
@@ -422,8 +471,9 @@ def test_a_sweep_run_again_continues_the_interrupted_run_and_keeps_finished_ones
 def test_runs_of_a_sweep_split_by_only_share_one_table_and_their_numbers(tmp_path, capsys):
     """``--only`` runs a part of the grid; the runs keep their numbers in the whole grid, their curve files are named
     by the run, and the other part, run later into the same folder, joins the same table."""
-    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 1\n"
-                        "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
+    sweep = write_sweep(
+        tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 1\ngrid:\n  model.head.init_args.num_convs: [1, 2]\n"
+    )
     extra = ["--", *TINY, *wandb_in(tmp_path / "runs")]
     out = tmp_path / "out"
     assert main_code("sweep", str(sweep), "--out", str(out), "--only", "model.head.init_args.num_convs=2", *extra) == 0
@@ -441,14 +491,23 @@ def test_runs_of_a_sweep_split_by_only_share_one_table_and_their_numbers(tmp_pat
 
 def test_an_interrupted_sweep_keeps_the_rows_of_runs_after_the_interrupted_one(tmp_path):
     """Run 1 finished in an earlier call; a Ctrl+C in run 0 of the next call leaves run 1's row in the table."""
-    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 2\n"
-                        "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
-    base = ["--", *FAST, "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-            "--trainer.limit_test_batches=1", *wandb_in(tmp_path / "runs")]  # fmt: skip
+    sweep = write_sweep(
+        tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 2\ngrid:\n  model.head.init_args.num_convs: [1, 2]\n"
+    )
+    base = [
+        "--",
+        *FAST,
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+        *wandb_in(tmp_path / "runs"),
+    ]
     out = tmp_path / "out"
     assert main_code("sweep", str(sweep), "--out", str(out), "--only", "model.head.init_args.num_convs=2", *base) == 0
-    interrupt = {"class_path": "tests.helpers.faults.InterruptOnce",
-                 "init_args": {"flag": str(tmp_path / "flag"), "step": 3}}  # fmt: skip
+    interrupt = {
+        "class_path": "tests.helpers.faults.InterruptOnce",
+        "init_args": {"flag": str(tmp_path / "flag"), "step": 3},
+    }
     assert (
         main_code("sweep", str(sweep), "--out", str(out), *base, f"--trainer.callbacks+={json.dumps(interrupt)}") == 130
     )
@@ -459,8 +518,9 @@ def test_an_interrupted_sweep_keeps_the_rows_of_runs_after_the_interrupted_one(t
 def test_a_stop_signal_ends_the_sweep_even_when_its_run_fails_first(tmp_path):
     """SIGTERM to the whole job can kill a loader worker before the main process finishes its step: the run then
     fails with the worker's error, and the sweep stops there (status 143) instead of starting the next run."""
-    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 2\n"
-                        "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
+    sweep = write_sweep(
+        tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 2\ngrid:\n  model.head.init_args.num_convs: [1, 2]\n"
+    )
     stop = {"class_path": "tests.helpers.faults.StopSignalThenError", "init_args": {"flag": str(tmp_path / "f")}}
     extra = [
         "--",
@@ -507,8 +567,10 @@ def test_short_names_one_seed_without_spread_and_an_online_wandb_sweep(tmp_path,
     assert main_code("sweep", "ablation/nothing", "--dry-run") == 2
     assert "no shipped sweep of that name" in capsys.readouterr().err
     sweep = write_sweep(tmp_path / "sw.yaml", "grid:\n  model.lr: [0.1, 0.2]\n")
-    rows = [{"run": k, "model.lr": lr, "seed": 0, "status": "ok", "val_mIoU": 0.5 + k / 10, "test_mIoU": 0.4}
-            for k, lr in enumerate((0.1, 0.2))]  # fmt: skip
+    rows = [
+        {"run": k, "model.lr": lr, "seed": 0, "status": "ok", "val_mIoU": 0.5 + k / 10, "test_mIoU": 0.4}
+        for k, lr in enumerate((0.1, 0.2))
+    ]
     write_results(Sweep.from_file(sweep), rows, tmp_path / "out", "g", [])
     summary = (tmp_path / "out" / "results.md").read_text().split("Every run:")[0]
     assert "| 0.1 | 50.0 | 40.0 |" in summary and "±" not in summary.split("|---")[1]
@@ -525,14 +587,28 @@ def test_a_real_ctrl_c_stops_the_sweep_and_a_rerun_continues_it(tmp_path):
     import sys
     import time
 
-    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 6\n"
-                        "grid:\n  model.head.init_args.num_convs: [1, 2]\n")  # fmt: skip
+    sweep = write_sweep(
+        tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 6\ngrid:\n  model.head.init_args.num_convs: [1, 2]\n"
+    )
     out = tmp_path / "out"
-    command = [str(Path(sys.executable).parent / "attnseg"), "sweep", str(sweep), "--out", str(out), "--", *FAST,
-               "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", *wandb_in(tmp_path / "runs"),
-               "--trainer.callbacks+=tests.helpers.faults.Slow"]  # fmt: skip
-    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "PYTHONPATH": str(CONFIGS.parent),
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    command = [
+        str(Path(sys.executable).parent / "attnseg"),
+        "sweep",
+        str(sweep),
+        "--out",
+        str(out),
+        "--",
+        *FAST,
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+        *wandb_in(tmp_path / "runs"),
+        "--trainer.callbacks+=tests.helpers.faults.Slow",
+    ]
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
+        "PYTHONPATH": str(CONFIGS.parent),
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     note, deadline = out / "folders" / "num_convs=1,seed=0.txt", time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -557,8 +633,10 @@ def test_a_real_ctrl_c_stops_the_sweep_and_a_rerun_continues_it(tmp_path):
 def test_curves_are_named_by_the_run_so_other_seed_subsets_keep_them(tmp_path):
     """Run numbers depend on the seeds an invocation runs (--seeds 2 numbers its first run 0): a later invocation with
     every seed must not take that run's curve for another run's."""
-    sweep = write_sweep(tmp_path / "sw.yaml", "fixed:\n  trainer.max_epochs: 1\n"
-                        "grid:\n  model.head.init_args.num_convs: [1]\nseeds: [0, 1]\n")  # fmt: skip
+    sweep = write_sweep(
+        tmp_path / "sw.yaml",
+        "fixed:\n  trainer.max_epochs: 1\ngrid:\n  model.head.init_args.num_convs: [1]\nseeds: [0, 1]\n",
+    )
     extra = ["--", *TINY, *wandb_in(tmp_path / "runs")]
     out = tmp_path / "out"
     assert main_code("sweep", str(sweep), "--out", str(out), "--seeds", "1", *extra) == 0

@@ -80,7 +80,10 @@ def test_head_lr_multiplier_and_poly_schedule(optimizer):
         opt.step()
         sched.step()
     assert lrs[0] == pytest.approx([0.02 * 0.1, 0.2 * 0.1])  # warmup starts at warmup_ratio
-    poly = lambda it: (1 - it / 100) ** 0.9  # noqa: E731
+
+    def poly(it):
+        return (1 - it / 100) ** 0.9
+
     assert lrs[5][0] == pytest.approx(0.02 * poly(5) * (0.1 + 0.9 * 5 / 10))
     assert lrs[50] == pytest.approx([0.02 * poly(50), 0.2 * poly(50)])
     assert lrs[99][1] == pytest.approx(0.2 * poly(99))

@@ -19,8 +19,15 @@ from attnseg.data import SyntheticShapes
 from attnseg.visualize import confusion_figure
 from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
 
-TINY = ["--config", QUICKSTART, *FAST, "--config", CONFIGS / "logger/csv.yaml", "--trainer.limit_val_batches=1",
-        "--overlays.num_images=0"]  # fmt: skip
+TINY = [
+    "--config",
+    QUICKSTART,
+    *FAST,
+    "--config",
+    CONFIGS / "logger/csv.yaml",
+    "--trainer.limit_val_batches=1",
+    "--overlays.num_images=0",
+]
 
 
 def test_ema_weights_are_validated_saved_and_resumed(tmp_path):
@@ -74,8 +81,17 @@ def test_check_data_show_draws_samples_with_their_labels(tmp_path, capsys):
 
 
 def test_plot_draws_the_curves_of_csv_runs(tmp_path, capsys):
-    fits = [run_cli("fit", *TINY, "--trainer.max_steps=4", "--trainer.log_every_n_steps=1",
-                    "--trainer.val_check_interval=1", f"--seed_everything={seed}") for seed in (0, 1)]  # fmt: skip
+    fits = [
+        run_cli(
+            "fit",
+            *TINY,
+            "--trainer.max_steps=4",
+            "--trainer.log_every_n_steps=1",
+            "--trainer.val_check_interval=1",
+            f"--seed_everything={seed}",
+        )
+        for seed in (0, 1)
+    ]
     folders = [Path(f.trainer.logger.log_dir) for f in fits]
     assert run(["plot", str(folders[0])]) == 0
     assert f"wrote {folders[0] / 'curves.png'} (1 run(s))" in capsys.readouterr().out
@@ -96,11 +112,26 @@ def test_plot_draws_the_curves_of_csv_runs(tmp_path, capsys):
         run(["plot", "nowhere"])
 
 
-@pytest.mark.parametrize("names", [
-    ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"],
-    ["person;individual;someone;somebody;mortal;soul", "windowpane;window", "cabinet", "sidewalk;pavement"] * 5,
-    [f"class {k} with a long name" for k in range(150)],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "names",
+    [
+        [
+            "Sky",
+            "Building",
+            "Pole",
+            "Road",
+            "Pavement",
+            "Tree",
+            "SignSymbol",
+            "Fence",
+            "Car",
+            "Pedestrian",
+            "Bicyclist",
+        ],
+        ["person;individual;someone;somebody;mortal;soul", "windowpane;window", "cabinet", "sidewalk;pavement"] * 5,
+        [f"class {k} with a long name" for k in range(150)],
+    ],
+)
 def test_confusion_matrix_labels_stay_inside_the_figure(names):
     k = len(names)
     figure = confusion_figure(torch.rand(k, k) * 100, names, "title")

@@ -43,7 +43,7 @@ def raw_file(name: str) -> dict[str, torch.Tensor]:
                 "_bn0.running_var": "bn1.running_var",
                 "_blocks.0._depthwise_conv.weight": "blocks.0.0.conv_dw.weight",
                 "_blocks.15._project_conv.weight": "blocks.6.0.conv_pwl.weight",
-            },  # fmt: skip
+            },
             marks=needs("efficientnet_lite0"),
         ),
         pytest.param(
@@ -58,7 +58,7 @@ def raw_file(name: str) -> dict[str, torch.Tensor]:
                 "features.1.conv.0.0.weight": "blocks.0.0.conv_dw.weight",
                 "features.17.conv.2.weight": "blocks.6.0.conv_pwl.weight",
                 "features.17.conv.3.running_var": "blocks.6.0.bn3.running_var",
-            },  # fmt: skip
+            },
             marks=needs("mobilenetv2"),
         ),
     ],
@@ -128,8 +128,11 @@ def test_a_shape_mismatch_names_the_package_the_key_and_both_shapes(tmp_path, mo
     first = next(iter(tensors))
     tensors[first] = torch.zeros(64, 3, 5, 5)  # conv1 is 64 x 3 x 7 x 7
     spec = fake_package(tmp_path, monkeypatch, tensors, "resnet18")
-    with pytest.raises(ValueError, match=rf"fake-weights's {first} is \(64, 3, 5, 5\) but timm's resnet18 has "
-                                         r"conv1.weight at that position as \(64, 3, 7, 7\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=rf"fake-weights's {first} is \(64, 3, 5, 5\) but timm's resnet18 has "
+        r"conv1.weight at that position as \(64, 3, 7, 7\)",
+    ):
         Encoder("resnet18", pretrained=spec)
 
 

@@ -136,8 +136,16 @@ def show_samples(data, n: int, out: Path) -> list[Path]:
         images = [denormalize(image[None], data.mean, data.std)[0] for image, _ in samples]
         masks = [mask.numpy() for _, mask in samples]
         title = f"{name}: {len(samples)} of {len(dataset)} samples" + (" (augmented)" if name == "train" else "")
-        figure = overlay_figure(images, masks, masks, data.palette, data.class_names, data.ignore_index, title=title,
-                                columns=("image", "label", "label over the image"))  # fmt: skip
+        figure = overlay_figure(
+            images,
+            masks,
+            masks,
+            data.palette,
+            data.class_names,
+            data.ignore_index,
+            title=title,
+            columns=("image", "label", "label over the image"),
+        )
         path = out / f"{name}.png"
         figure.savefig(path, dpi=100)
         written.append(path)
@@ -158,8 +166,14 @@ def export_command(argv: list[str]) -> int:
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by attnseg fit")
     parser.add_argument("--output", required=True, help="the file to write (e.g. model.pt, model.pt2)")
     parser.add_argument("--format", default="torchscript", choices=["torchscript", "export"])
-    parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
-                        help="the image size traced at (torchscript) or fixed (export); default 512 512")  # fmt: skip
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[512, 512],
+        metavar=("H", "W"),
+        help="the image size traced at (torchscript) or fixed (export); default 512 512",
+    )
     args = parser.parse_args(argv)
     path = export(Segmenter(args.ckpt_path), args.output, tuple(args.size), args.format)
     print(f"wrote {path} ({args.format}; checked against the model)")

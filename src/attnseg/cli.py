@@ -108,9 +108,11 @@ class AttnSegCLI(LightningCLI):
         parser.add_lightning_class_args(Throughput, "throughput")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         parser.add_argument(
-            "--base", type=Optional[Union[str, list[str]]], default=None,
+            "--base",
+            type=Optional[Union[str, list[str]]],
+            default=None,
             help="In a config file: the configs it builds on, read before it (attnseg.configs); cleared once read.",
-        )  # fmt: skip
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """Parse, then resolve ``--ckpt_path last`` and make a resumed fit continue its own run directory and

@@ -102,8 +102,13 @@ def curves_figure(curves: dict[str, Sequence[Sequence[dict[str, Any]]]], context
             mean = [100 * m for _, m, _ in points]
             std = [100 * d for _, _, d in points]
             (line,) = ax.plot(steps, mean, marker=".", label=f"{name} (n={len(runs)})")
-            ax.fill_between(steps, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                            color=line.get_color(), alpha=0.2)  # fmt: skip
+            ax.fill_between(
+                steps,
+                [m - d for m, d in zip(mean, std)],
+                [m + d for m, d in zip(mean, std)],
+                color=line.get_color(),
+                alpha=0.2,
+            )
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
         ax.set_ylim(0, 100)
@@ -156,8 +161,12 @@ def metrics_figure(runs: dict[str, str | Path]):
         for name, series in data.items():
             points = series.get(column, [])
             scale = 1 if column == "train/loss" else 100
-            ax.plot([s for s, _ in points], [scale * v for _, v in points], marker="." if len(points) < 50 else None,
-                    label=name)  # fmt: skip
+            ax.plot(
+                [s for s, _ in points],
+                [scale * v for _, v in points],
+                marker="." if len(points) < 50 else None,
+                label=name,
+            )
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
         if column == "train/loss":

@@ -39,9 +39,16 @@ class SyncBatchNorm(nn.BatchNorm2d):
     """``BatchNorm2d`` (optionally followed by ``drop`` and ``act``, as timm's ``BatchNormAct2d``) whose training
     statistics are computed over the whole global batch. Outside distributed training it is a plain batch norm."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, drop: Optional[nn.Module] = None,
-                 act: Optional[nn.Module] = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        drop: Optional[nn.Module] = None,
+        act: Optional[nn.Module] = None,
+    ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.drop = drop if drop is not None else nn.Identity()
         self.act = act if act is not None else nn.Identity()
@@ -74,8 +81,9 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every ``BatchNorm2d`` / ``BatchNormAct2d`` in ``module`` by ``SyncBatchNorm``, keeping its state."""
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm):
         extra = dict(drop=module.drop, act=module.act) if isinstance(module, BatchNormAct2d) else {}
-        new = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats, **extra)  # fmt: skip
+        new = SyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, **extra
+        )
         new.load_state_dict(module.state_dict())
         new.train(module.training)
         return new
@@ -89,12 +97,14 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
     if isinstance(module, SyncBatchNorm):
         fused = not (isinstance(module.act, nn.Identity) and isinstance(module.drop, nn.Identity))
         if fused:
-            new = BatchNormAct2d(module.num_features, module.eps, module.momentum, module.affine,
-                                 module.track_running_stats)  # fmt: skip
+            new = BatchNormAct2d(
+                module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            )
             new.drop, new.act = module.drop, module.act
         else:
-            new = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                 module.track_running_stats)  # fmt: skip
+            new = nn.BatchNorm2d(
+                module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            )
         new.load_state_dict(module.state_dict())
         new.train(module.training)
         return new

@@ -43,8 +43,15 @@ class EncoderConfig:
     out_indices: Optional[tuple[int, ...]] = None
 
 
-HUB_MISSES = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout", "ReadTimeout",
-              "MaxRetryError", "NameResolutionError")  # fmt: skip
+HUB_MISSES = (
+    "LocalEntryNotFoundError",
+    "OfflineModeIsEnabled",
+    "ConnectionError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "MaxRetryError",
+    "NameResolutionError",
+)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

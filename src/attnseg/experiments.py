@@ -18,12 +18,36 @@ import yaml
 
 # Options that do not change what an experiment is: a run resumed with other values is the same experiment.
 NOT_IDENTITY = {
-    "model": {"optimizer", "lr", "momentum", "weight_decay", "no_decay_norm_bias", "head_lr_mult", "poly_power",
-              "min_lr", "warmup_iters", "warmup_ratio", "inference", "nonfinite_loss", "divergence_factor",
-              "channels_last", "compile"},
-    "data": {"root", "num_workers", "pin_memory", "persistent_workers", "cache_decoded", "check_before_fit",
-             "val_batch_size", "val_split", "test_split", "predict_dir"},
-}  # fmt: skip
+    "model": {
+        "optimizer",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "no_decay_norm_bias",
+        "head_lr_mult",
+        "poly_power",
+        "min_lr",
+        "warmup_iters",
+        "warmup_ratio",
+        "inference",
+        "nonfinite_loss",
+        "divergence_factor",
+        "channels_last",
+        "compile",
+    },
+    "data": {
+        "root",
+        "num_workers",
+        "pin_memory",
+        "persistent_workers",
+        "cache_decoded",
+        "check_before_fit",
+        "val_batch_size",
+        "val_split",
+        "test_split",
+        "predict_dir",
+    },
+}
 
 
 def flatten(value, prefix: str) -> dict:

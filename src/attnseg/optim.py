@@ -35,11 +35,18 @@ def param_groups(task) -> list[dict]:
     for name, part, mult in (("encoder", task.model.encoder, 1.0), ("head", task.model.head, hp.head_lr_mult)):
         decay, no_decay = decay_split(part) if hp.no_decay_norm_bias else (list(part.parameters()), [])
         common = {"lr": hp.lr * mult, "lr_mult": mult}
-        groups.append({"params": [p for p in decay if p.requires_grad], **common, "name": name,
-                       "weight_decay": hp.weight_decay})  # fmt: skip
+        groups.append(
+            {"params": [p for p in decay if p.requires_grad], **common, "name": name, "weight_decay": hp.weight_decay}
+        )
         if no_decay:
-            groups.append({"params": [p for p in no_decay if p.requires_grad], **common, "weight_decay": 0.0,
-                           "name": f"{name}_no_decay"})  # fmt: skip
+            groups.append(
+                {
+                    "params": [p for p in no_decay if p.requires_grad],
+                    **common,
+                    "weight_decay": 0.0,
+                    "name": f"{name}_no_decay",
+                }
+            )
     return groups
 
 

@@ -37,8 +37,18 @@ from attnseg.experiments import experiment_identity
 
 ENCODER_SHORT = {"resnet18": "r18", "resnet34": "r34", "resnet50": "r50", "resnet101": "r101", "resnet152": "r152"}
 # how a run is trained, beyond what it is (experiments.experiment_identity): part of the recipe
-RECIPE_MODEL = ("optimizer", "lr", "momentum", "weight_decay", "no_decay_norm_bias", "head_lr_mult", "poly_power",
-                "min_lr", "warmup_iters", "warmup_ratio")  # fmt: skip
+RECIPE_MODEL = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "no_decay_norm_bias",
+    "head_lr_mult",
+    "poly_power",
+    "min_lr",
+    "warmup_iters",
+    "warmup_ratio",
+)
 RECIPE_TRAINER = ("max_epochs", "max_steps", "accumulate_grad_batches")
 # filled from the data when the classes are instantiated (cli.py links them): in a saved config, not before
 LINKED = ("model.num_classes", "model.class_names", "model.ignore_index")

@@ -48,8 +48,10 @@ def hold(folder: Path) -> None:
         ) from None
     command = " ".join(sys.argv[:1] + sys.argv[1:8]) + (" ..." if len(sys.argv) > 8 else "")
     os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                 f"{command}\n".encode())  # fmt: skip
+    os.write(
+        fd,
+        f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n".encode(),
+    )
     _held[folder] = fd
 
 

@@ -19,6 +19,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
 from attnseg.constants import IGNORE_INDEX, class_series
+from attnseg.divergence import DivergenceGuard
 from attnseg.encoder import Encoder, EncoderConfig
 from attnseg.heads import FCNHead
 from attnseg.inference import MultiScaleFlip, SlidingWindow, Whole
@@ -120,7 +121,7 @@ class SegmentationTask(LightningModule):
         # an optimiser / scheduler class with its arguments (the CLI keeps them in the checkpoint's config)
         self.optimizer_factory = None if isinstance(optimizer, str) else optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self._first_loss: Optional[float] = None  # the reference of divergence_factor
+        self.guard = DivergenceGuard(nonfinite_loss, divergence_factor)
         self._labelled_pixels = torch.zeros((), dtype=torch.long)  # non-void training pixels of the epoch
         if isinstance(encoder, dict):
             encoder = EncoderConfig(**encoder)
@@ -204,23 +205,6 @@ class SegmentationTask(LightningModule):
                 terms[name] = weight * criterion(logits, masks)
         return terms
 
-    def _check_divergence(self, value: float) -> None:
-        """Stop when the loss exceeds ``divergence_factor`` times the first step's loss of this fit (the model's
-        loss before any update, whatever the learning rate)."""
-        factor = self.hparams.divergence_factor
-        if factor is None:
-            return
-        if self._first_loss is None:
-            self._first_loss = value
-            return
-        if value > factor * self._first_loss:
-            raise FloatingPointError(
-                f"training loss {value:.4g} at step {self.global_step} (epoch {self.current_epoch}) is over "
-                f"{factor:g} times the loss of the first step ({self._first_loss:.4g}): the run diverged. Training "
-                "stopped; the checkpoints written so far are kept. Lower model.lr or set trainer.gradient_clip_val "
-                "(model.divergence_factor: null turns this check off)."
-            )
-
     def on_train_epoch_start(self) -> None:
         self._labelled_pixels = torch.zeros((), dtype=torch.long, device=self.device)
 
@@ -233,57 +217,25 @@ class SegmentationTask(LightningModule):
                 "(attnseg check-data reads them all)"
             )
 
-    def _nonfinite_tensors(self, tensors: dict[str, torch.Tensor]) -> list[str]:
-        return [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-
     def on_validation_epoch_start(self) -> None:
         """Before validating (and so before any checkpoint of this step): every parameter and buffer is finite."""
-        if self.trainer.state.fn != "fit" or self.trainer.sanity_checking:
-            return
-        bad = self._nonfinite_tensors(dict(self.model.state_dict()))
-        if bad:
-            raise FloatingPointError(
-                f"{len(bad)} parameter or buffer tensor(s) hold NaN or inf at step {self.global_step} (e.g. "
-                f"{', '.join(bad[:3])}): the run diverged although its loss stayed finite. Training stopped; the "
-                "checkpoints written so far are kept. Lower model.lr or set trainer.gradient_clip_val."
-            )
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.guard.check_model(self.model, self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Never write a model with NaN or inf in it (a diverged run's checkpoint, which would load as best)."""
-        bad = self._nonfinite_tensors(checkpoint.get("state_dict", {}))
-        if bad:
-            raise FloatingPointError(
-                f"not writing a checkpoint at step {self.global_step}: {len(bad)} tensor(s) hold NaN or inf (e.g. "
-                f"{', '.join(bad[:3])}); the run diverged. The checkpoints written before are kept."
-            )
+        self.guard.check_checkpoint(checkpoint, self.global_step)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
-        skipping = self.hparams.nonfinite_loss == "skip" and self.trainer.world_size == 1
-        buffers = [(b, b.detach().clone()) for b in self.model.buffers() if b.is_floating_point()] if skipping else []
+        skipping = self.guard.nonfinite_loss == "skip" and self.trainer.world_size == 1
+        saved = self.guard.statistics(self.model, skipping)
         terms = self.compute_losses(self.model(images), masks)
         loss = sum(terms.values())
-        value = float(loss.detach())
-        # a forward can overflow a batch norm's running variance while its loss stays finite (an activation too large
-        # to square in fp32 is normalised to 0): with skip, such a step is skipped too
-        statistics_broken = skipping and not bool(torch.stack([torch.isfinite(b).all() for b, _ in buffers]).all())
-        if not math.isfinite(value) or statistics_broken:
-            detail = ", ".join(f"{name}={float(t.detach()):.4g}" for name, t in terms.items())
-            detail += "; non-finite batch norm statistics" if statistics_broken else ""
-            if skipping:  # nor do the batch norm statistics of this forward stay
-                with torch.no_grad():
-                    for buffer, before in buffers:
-                        buffer.copy_(before)
-                what = "loss" if not math.isfinite(value) else "forward"
-                rank_zero_warn(f"non-finite {what} at step {self.global_step} ({detail}): step skipped")
-                self.log("train/skipped_steps", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
-                return None
-            raise FloatingPointError(
-                f"non-finite training loss at step {self.global_step} (epoch {self.current_epoch}): {detail}. "
-                "Training stopped; the checkpoints written so far are kept. Lower model.lr, set "
-                "trainer.gradient_clip_val, or set model.nonfinite_loss: skip (single process)."
-            )
-        self._check_divergence(value)
+        skipped = self.guard.check_step(terms, saved, skipping, self.global_step, self.current_epoch)
+        if skipped:
+            rank_zero_warn(skipped)
+            self.log("train/skipped_steps", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+            return None
         self._labelled_pixels += (masks != self.ignore_index).sum()  # no synchronisation: read at the epoch's end
         bs = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)

@@ -37,10 +37,16 @@ from tests.helpers.wandb_offline import read_run, wandb_in
 CLASSES = list(SyntheticShapes.classes)
 # Two epochs of two steps, each followed by a validation on the 8 validation images (two batches of 4).
 SHORT = [
-    "--config", QUICKSTART, *FAST,
-    "--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.log_every_n_steps=1",
-    "--throughput.warmup_steps=1", "--model.optimizer=sgd", "--model.head_lr_mult=10",
-]  # fmt: skip
+    "--config",
+    QUICKSTART,
+    *FAST,
+    "--trainer.max_epochs=2",
+    "--trainer.limit_train_batches=2",
+    "--trainer.log_every_n_steps=1",
+    "--throughput.warmup_steps=1",
+    "--model.optimizer=sgd",
+    "--model.head_lr_mult=10",
+]
 VAL_PIXELS = 8 * 32 * 32
 
 
@@ -188,8 +194,18 @@ def test_csv_logger_gets_the_numbers_and_media_files():
     with open(directory / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     columns = set(rows[0])
-    expected = {"model/params", "model/GFLOPs", "perf/train_images_per_s", "perf/val_images_per_s", "lr-SGD/encoder",
-                "lr-SGD/head", "train/loss_out", "train/loss_aux", "val/mIoU", "val/IoU/cold_blob"}  # fmt: skip
+    expected = {
+        "model/params",
+        "model/GFLOPs",
+        "perf/train_images_per_s",
+        "perf/val_images_per_s",
+        "lr-SGD/encoder",
+        "lr-SGD/head",
+        "train/loss_out",
+        "train/loss_aux",
+        "val/mIoU",
+        "val/IoU/cold_blob",
+    }
     assert expected <= columns
     # the learning rates are the optimiser's: the head's is 10x the encoder's
     lrs = [(float(r["lr-SGD/encoder"]), float(r["lr-SGD/head"])) for r in rows if r["lr-SGD/encoder"]]
@@ -209,12 +225,21 @@ def test_csv_logger_gets_the_numbers_and_media_files():
         assert float(r["IoU"]) == pytest.approx(float(last[f"val/IoU/{r['class']}"]), nan_ok=True)
 
     # test: table and confusion matrix of the test set in the test run's own directory
-    test = run_cli("test", "--config", QUICKSTART, *FAST, "--config", CONFIGS / "logger/csv.yaml",
-                   "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path)  # fmt: skip
+    test = run_cli(
+        "test",
+        "--config",
+        QUICKSTART,
+        *FAST,
+        "--config",
+        CONFIGS / "logger/csv.yaml",
+        "--ckpt_path",
+        cli.trainer.checkpoint_callback.best_model_path,
+    )
     test_media = Path(test.trainer.logger.log_dir) / "media" / "test"
     assert sorted(p.name for p in test_media.iterdir()) == [
-        "IoU_table_step000000.csv", "confusion_matrix_step000000.png"
-    ]  # fmt: skip
+        "IoU_table_step000000.csv",
+        "confusion_matrix_step000000.png",
+    ]
 
 
 def test_media_switches_and_no_logger():
@@ -300,8 +325,9 @@ def test_figures_for_many_classes_and_mixed_sizes():
     assert pixels.shape[2] == 3 and max(pixels.shape[:2]) <= 1700
     images = [np.zeros((20, 30, 3), np.uint8), np.zeros((40, 16, 3), np.uint8)]
     labels = [np.full((20, 30), 3), np.full((40, 16), 255)]
-    fig = overlay_figure(images, labels, [np.zeros((20, 30), int), np.ones((40, 16), int)], default_palette(4),
-                         ["a", "b", "c", "d"])  # fmt: skip
+    fig = overlay_figure(
+        images, labels, [np.zeros((20, 30), int), np.ones((40, 16), int)], default_palette(4), ["a", "b", "c", "d"]
+    )
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["a", "b", "d"]  # the classes present, not the ignore label
 

@@ -46,8 +46,16 @@ HEAD_LR_MULT = {"cityscapes.yaml": 1.0}
 
 def test_every_file_has_a_recipe_and_a_data_file():
     assert set(EXPERIMENTS) == set(RECIPES) | OWN_RECIPES | PAPER_RECIPES
-    assert {"synthetic.yaml", "camvid.yaml", "camvid_half.yaml", "cityscapes.yaml", "voc_aug.yaml", "ade20k.yaml",
-            "pascal_context.yaml", "coco_stuff.yaml"} == set(DATA_FILES)  # fmt: skip
+    assert {
+        "synthetic.yaml",
+        "camvid.yaml",
+        "camvid_half.yaml",
+        "cityscapes.yaml",
+        "voc_aug.yaml",
+        "ade20k.yaml",
+        "pascal_context.yaml",
+        "coco_stuff.yaml",
+    } == set(DATA_FILES)
 
 
 @pytest.mark.parametrize("name", DATA_FILES)
@@ -63,9 +71,21 @@ def test_data_files_are_group_files_of_known_datasets(name):
     options = set(inspect.signature(SegDataModule).parameters)
     assert set(values) <= options
     stated = {
-        "dataset", "root", "dataset_args", "train_splits", "val_split", "test_split", "batch_size", "val_batch_size",
-        "crop_size", "scale_range", "base_size", "cat_max_ratio", "flip", "photometric",
-    }  # fmt: skip
+        "dataset",
+        "root",
+        "dataset_args",
+        "train_splits",
+        "val_split",
+        "test_split",
+        "batch_size",
+        "val_batch_size",
+        "crop_size",
+        "scale_range",
+        "base_size",
+        "cat_max_ratio",
+        "flip",
+        "photometric",
+    }
     assert stated <= set(values)
     assert values["root"] is None  # the download's location is given with --data.root
     assert f"--config data/{name.removesuffix('.yaml')}" in text, "the header shows how to use the file"
@@ -86,9 +106,14 @@ def test_experiment_composes_with_a_model_file_and_a_root(name, capsys, tmp_path
     assert "mmsegmentation" in header
 
     printed = printed_config(
-        capsys, "--config", CONFIGS / "experiment" / name, "--config", CONFIGS / "model" / "danet.yaml",
-        "--data.root", tmp_path,
-    )  # fmt: skip
+        capsys,
+        "--config",
+        CONFIGS / "experiment" / name,
+        "--config",
+        CONFIGS / "model" / "danet.yaml",
+        "--data.root",
+        tmp_path,
+    )
     assert yaml.safe_load(text)["base"] == [f"../data/{data_file}"]
     data_values = yaml.safe_load((CONFIGS / "data" / data_file).read_text())["data"]
     data = printed["data"]
@@ -102,8 +127,12 @@ def test_experiment_composes_with_a_model_file_and_a_root(name, capsys, tmp_path
     assert trainer["check_val_every_n_epoch"] is None
     assert trainer["precision"] is None and trainer["devices"] == "auto"  # left to the user
     assert model["head"]["class_path"] == "attnseg.heads.DANetHead"  # the second --config chose the head
-    assert model["encoder"] == {"name": "resnet101", "output_stride": 8, "pretrained": "/path/to/resnet101.pth",
-                                "out_indices": None}  # fmt: skip
+    assert model["encoder"] == {
+        "name": "resnet101",
+        "output_stride": 8,
+        "pretrained": "/path/to/resnet101.pth",
+        "out_indices": None,
+    }
     assert model["optimizer"] == "sgd" and model["lr"] == lr and model["weight_decay"] == decay
     assert model["momentum"] == 0.9 and model["poly_power"] == 0.9
     assert model["head_lr_mult"] == HEAD_LR_MULT.get(name, 10.0)
@@ -115,16 +144,23 @@ def test_experiment_composes_with_a_model_file_and_a_root(name, capsys, tmp_path
 
 def test_cpu_camvid_recipe_trains_at_half_size_and_scores_full_size_labels(capsys, tmp_path):
     printed = printed_config(
-        capsys, "--config", CONFIGS / "experiment" / "camvid_r18_cpu.yaml", "--config", CONFIGS / "model" / "fcn.yaml",
-        "--data.root", tmp_path,
-    )  # fmt: skip
+        capsys,
+        "--config",
+        CONFIGS / "experiment" / "camvid_r18_cpu.yaml",
+        "--config",
+        CONFIGS / "model" / "fcn.yaml",
+        "--data.root",
+        tmp_path,
+    )
     data, model = printed["data"], printed["model"]
     assert data["dataset"] == "CamVid" and data["train_splits"] == ["train", "val"]
     assert data["crop_size"] == [180, 240] and data["scale_range"] == [0.25, 1.0]
     assert model["encoder"]["name"] == "resnet18" and model["encoder"]["pretrained"] is None
     assert model["optimizer"] == "adamw" and model["head_lr_mult"] == 1.0
-    assert model["inference"] == {"class_path": "attnseg.inference.MultiScaleFlip",
-                                  "init_args": {"scales": [0.5], "flip": False, "base": None}}  # fmt: skip
+    assert model["inference"] == {
+        "class_path": "attnseg.inference.MultiScaleFlip",
+        "init_args": {"scales": [0.5], "flip": False, "base": None},
+    }
 
 
 def test_data_file_on_top_of_the_quickstart_replaces_its_data(capsys, tmp_path):

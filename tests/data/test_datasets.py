@@ -85,8 +85,18 @@ def test_class_metadata():
     assert Cityscapes.classes[:3] == ("road", "sidewalk", "building") and Cityscapes.classes[-1] == "bicycle"
     assert Cityscapes.palette[0] == (128, 64, 128)
     assert CamVid.classes == (
-        "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
-    )  # fmt: skip
+        "Sky",
+        "Building",
+        "Pole",
+        "Road",
+        "Pavement",
+        "Tree",
+        "SignSymbol",
+        "Fence",
+        "Car",
+        "Pedestrian",
+        "Bicyclist",
+    )
     assert VOC.palette[:3] == ((0, 0, 0), (128, 0, 0), (0, 128, 0)) and VOC.palette[15] == (192, 128, 128)
 
 
@@ -292,9 +302,16 @@ def test_colour_label_image_fails(tmp_path):
 
 def test_datamodule_batches_a_real_layout(tmp_path):
     dm = SegDataModule(
-        "Cityscapes", root=str(layouts.cityscapes(tmp_path)), batch_size=2, crop_size=(16, 16), num_workers=0,
-        base_size=(10, 20), scale_range=(1.0, 1.0), flip=False, test_split="val",
-    )  # fmt: skip
+        "Cityscapes",
+        root=str(layouts.cityscapes(tmp_path)),
+        batch_size=2,
+        crop_size=(16, 16),
+        num_workers=0,
+        base_size=(10, 20),
+        scale_range=(1.0, 1.0),
+        flip=False,
+        test_split="val",
+    )
     assert dm.num_classes == 19 and dm.class_names[0] == "road"
     dm.setup("fit")
     images, masks = next(iter(dm.train_dataloader()))

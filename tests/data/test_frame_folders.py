@@ -36,8 +36,13 @@ def test_clips_are_centred_on_labelled_frames_and_only_those_are_scored(tmp_path
     make_videos(tmp_path)
     ds = FrameFolders(tmp_path, "train", classes=CLASSES, frames=3)
     assert len(ds) == 4  # park 1, then street 0, 2, 4 (videos by name)
-    expected = {0: ("park", [0, 1, 1], 1), 1: ("street", [0, 1, 2], 0), 2: ("street", [1, 2, 3], 2),
-                3: ("street", [2, 3, 4], 4)}  # fmt: skip  # windows shifted inside the video; a short one repeats
+    # windows shifted inside the video; a short one repeats
+    expected = {
+        0: ("park", [0, 1, 1], 1),
+        1: ("street", [0, 1, 2], 0),
+        2: ("street", [1, 2, 3], 2),
+        3: ("street", [2, 3, 4], 4),
+    }
     for i, (video, window, labelled) in expected.items():
         clip, mask = ds[i]
         assert isinstance(clip, tv_tensors.Video) and clip.shape == (3, 3, 12, 16)
@@ -51,9 +56,17 @@ def test_clips_are_centred_on_labelled_frames_and_only_those_are_scored(tmp_path
 def test_the_datamodule_batches_clips_as_frames_with_the_given_classes(tmp_path):
     make_videos(tmp_path)
     make_videos(tmp_path, "val")
-    data = SegDataModule(dataset="FrameFolders", root=str(tmp_path), dataset_args={"classes": CLASSES, "frames": 3},
-                         batch_size=2, val_batch_size=2, crop_size=None, scale_range=None, photometric=False,
-                         num_workers=0)  # fmt: skip
+    data = SegDataModule(
+        dataset="FrameFolders",
+        root=str(tmp_path),
+        dataset_args={"classes": CLASSES, "frames": 3},
+        batch_size=2,
+        val_batch_size=2,
+        crop_size=None,
+        scale_range=None,
+        photometric=False,
+        num_workers=0,
+    )
     assert data.class_names == CLASSES and len(data.palette) == 3
     data.setup("fit")
     images, masks = next(iter(data.train_dataloader()))

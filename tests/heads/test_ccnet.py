@@ -54,8 +54,11 @@ def test_gradients_equal_the_masked_full_attention(shape):
     random_gamma(m)
     x, weight = 2 * torch.randn(shape), torch.randn(shape)
     grads = []
-    for fn, layout in [(m, torch.contiguous_format), (lambda t: masked_cca(m, t), torch.contiguous_format),
-                       (m, torch.channels_last)]:  # fmt: skip
+    for fn, layout in [
+        (m, torch.contiguous_format),
+        (lambda t: masked_cca(m, t), torch.contiguous_format),
+        (m, torch.channels_last),
+    ]:
         m.zero_grad()
         xr = x.clone(memory_format=layout).requires_grad_(True)
         out = fn(fn(xr))
@@ -103,8 +106,10 @@ def test_recurrence_shares_weights_and_zero_is_the_baseline():
     assert list(maps) == ["step1", "step2"] and all(m.shape == (1, h, w, h + w) for m in maps.values())
 
 
-@pytest.mark.parametrize("ccl,aux,expected", [(False, True, {"out", "aux"}), (True, True, {"out", "ccl", "aux"}),
-                                              (True, False, {"out", "ccl"})])  # fmt: skip
+@pytest.mark.parametrize(
+    "ccl,aux,expected",
+    [(False, True, {"out", "aux"}), (True, True, {"out", "ccl", "aux"}), (True, False, {"out", "ccl"})],
+)
 def test_switches_change_the_outputs(ccl, aux, expected):
     head = CCNetHead(CHANNELS["resnet50/16"], num_classes=3, ccl=ccl, ccl_dim=8, aux=aux)
     out = head(fake_features(CHANNELS["resnet50/16"], batch=2))

@@ -98,8 +98,11 @@ def test_position_attention_gradients_equal_the_naive_formula(block_elements, mo
     x = torch.randn(2, 8, 5, 7)
     weight = torch.randn(2, 8, 5, 7)
     grads = []
-    for fn, layout in [(m, torch.contiguous_format), (lambda t: naive_pam(m, t), torch.contiguous_format),
-                       (m, torch.channels_last)]:  # fmt: skip
+    for fn, layout in [
+        (m, torch.contiguous_format),
+        (lambda t: naive_pam(m, t), torch.contiguous_format),
+        (m, torch.channels_last),
+    ]:
         m.zero_grad()
         xr = x.clone(memory_format=layout).requires_grad_(True)
         out = fn(xr)
@@ -151,8 +154,10 @@ def test_ablation_variants_differ_only_in_the_attention_modules():
     pam_only = {k for k in both if k.startswith("branches.pam.attention.")}
     cam_only = {k for k in both if k.startswith("branches.cam.attention.")}
     assert set(both) - set(neither) == pam_only | cam_only
-    assert pam_only == {f"branches.pam.attention.{n}" for n in ("query.weight", "query.bias", "key.weight", "key.bias",
-                                                               "value.weight", "value.bias", "gamma")}  # fmt: skip
+    assert pam_only == {
+        f"branches.pam.attention.{n}"
+        for n in ("query.weight", "query.bias", "key.weight", "key.bias", "value.weight", "value.bias", "gamma")
+    }
     assert cam_only == {"branches.cam.attention.gamma"}
     assert set(shapes[True, False]) == set(neither) | pam_only and set(shapes[False, True]) == set(neither) | cam_only
 

@@ -99,8 +99,10 @@ def test_rrb_and_cab():
         torch.testing.assert_close(cab(low, context), cab(low, context.expand(2, 8, 9, 11).contiguous()))
 
 
-@pytest.mark.parametrize("border,expected", [(True, {"stage1", "stage2", "stage3", "out", "border"}),
-                                             (False, {"stage1", "stage2", "stage3", "out"})])  # fmt: skip
+@pytest.mark.parametrize(
+    "border,expected",
+    [(True, {"stage1", "stage2", "stage3", "out", "border"}), (False, {"stage1", "stage2", "stage3", "out"})],
+)
 def test_border_switch_and_deep_supervision_names(border, expected):
     channels = CHANNELS["resnet50/16"]
     head = DFNHead(channels, num_classes=3, channels=16, border=border)

@@ -36,8 +36,17 @@ def test_gradients_equal_the_loops_and_reach_every_parameter():
         (fn(x) * weight).sum().backward()
         grads.append({"x": x.grad.clone(), **{n: p.grad.clone() for n, p in block.named_parameters()}})
     ours, naive = grads
-    assert set(ours) == {"x", "gamma", "prior_h.weight", "prior_h.bias", "prior_w.weight", "prior_w.bias",
-                         "fuse.conv.weight", "fuse.bn.weight", "fuse.bn.bias"}  # fmt: skip
+    assert set(ours) == {
+        "x",
+        "gamma",
+        "prior_h.weight",
+        "prior_h.bias",
+        "prior_w.weight",
+        "prior_w.bias",
+        "fuse.conv.weight",
+        "fuse.bn.weight",
+        "fuse.bn.bias",
+    }
     for name in ours:
         assert ours[name].abs().sum() > 0, f"{name} got no gradient"
         torch.testing.assert_close(

@@ -97,13 +97,17 @@ class OptimizerProbe(Callback):
         self.done = True
         opt = trainer.optimizers[0]
         moments = sum(float(t.double().sum()) for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
-        self.path.write_text(json.dumps({
-            "step": trainer.global_step,
-            "epoch": trainer.current_epoch,
-            "lr": [g["lr"] for g in opt.param_groups],
-            "weight_decay": [g["weight_decay"] for g in opt.param_groups],
-            "moments": moments,
-        }))  # fmt: skip
+        self.path.write_text(
+            json.dumps(
+                {
+                    "step": trainer.global_step,
+                    "epoch": trainer.current_epoch,
+                    "lr": [g["lr"] for g in opt.param_groups],
+                    "weight_decay": [g["weight_decay"] for g in opt.param_groups],
+                    "moments": moments,
+                }
+            )
+        )
 
 
 class PoisonBatchNorm(Callback):

@@ -18,8 +18,21 @@ from attnseg.data.io import voc_palette
 H, W = 20, 30
 # A few Cityscapes label ids and their official train ids (255: not evaluated), checked independently of the table.
 CITYSCAPES_IDS = {
-    0: 255, 1: 255, 4: 255, 7: 0, 8: 1, 9: 255, 11: 2, 17: 5, 21: 8, 23: 10, 24: 11, 26: 13, 29: 255, 33: 18,
-}  # fmt: skip
+    0: 255,
+    1: 255,
+    4: 255,
+    7: 0,
+    8: 1,
+    9: 255,
+    11: 2,
+    17: 5,
+    21: 8,
+    23: 10,
+    24: 11,
+    26: 13,
+    29: 255,
+    33: 18,
+}
 
 
 def write_image(path: Path, rng: np.random.Generator, size: tuple[int, int] = (H, W)) -> None:
@@ -174,10 +187,18 @@ def experiment_case(config: str, dataset: str, *extra: str):
 
     def args(tmp_path: Path) -> list:
         return [
-            "--config", CONFIGS / config, "--data.root", LAYOUTS[dataset](tmp_path),
-            "--model.encoder.name=resnet18", "--model.encoder.pretrained=null", "--trainer.max_steps=2",
-            "--trainer.accelerator=cpu", "--trainer.devices=1", *SMALL, *extra,
-        ]  # fmt: skip
+            "--config",
+            CONFIGS / config,
+            "--data.root",
+            LAYOUTS[dataset](tmp_path),
+            "--model.encoder.name=resnet18",
+            "--model.encoder.pretrained=null",
+            "--trainer.max_steps=2",
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=1",
+            *SMALL,
+            *extra,
+        ]
 
     return args
 
@@ -197,9 +218,15 @@ def pretrained_experiment_case(config: str, dataset: str, package: str):
         if importlib.util.find_spec(PACKAGES[package].module) is None:
             pytest.skip(f"not installed: {PACKAGES[package].pip_command}")
         return [
-            "--config", CONFIGS / config, "--data.root", LAYOUTS[dataset](tmp_path), "--trainer.max_steps=2",
-            "--trainer.accelerator=cpu", "--trainer.devices=1", *SMALL,
-        ]  # fmt: skip
+            "--config",
+            CONFIGS / config,
+            "--data.root",
+            LAYOUTS[dataset](tmp_path),
+            "--trainer.max_steps=2",
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=1",
+            *SMALL,
+        ]
 
     return args
 

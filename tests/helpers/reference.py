@@ -135,7 +135,10 @@ def criss_cross_mask_3d(t: int, h: int, w: int, device: torch.device | str = "cp
     frame = torch.arange(t, device=device).repeat_interleave(h * w)
     row = torch.arange(h, device=device).repeat_interleave(w).repeat(t)
     col = torch.arange(w, device=device).repeat(t * h)
-    same = lambda a: a[:, None] == a[None, :]  # noqa: E731
+
+    def same(a):
+        return a[:, None] == a[None, :]
+
     return (same(frame) & same(row)) | (same(frame) & same(col)) | (same(row) & same(col))
 
 
@@ -160,7 +163,10 @@ def einsum_cca_3d(m, x: torch.Tensor) -> torch.Tensor:
     q, k, v = (p(frames).float().reshape(b, t, -1, h, w).transpose(1, 2) for p in (m.query, m.key, m.value))
     with fp32(x):
         row = torch.einsum("bcthw,bcthv->bthwv", q, k)
-        centre = lambda n: torch.diag(torch.full((n,), float("inf"), device=x.device))  # noqa: E731
+
+        def centre(n):
+            return torch.diag(torch.full((n,), float("inf"), device=x.device))
+
         col = torch.einsum("bcthw,bctgw->bthwg", q, k) - centre(h)[:, None, :]  # (H, G) on dims 2 and 4
         time = torch.einsum("bcthw,bcshw->bthws", q, k) - centre(t)[:, None, None, :]  # (T, S) on dims 1 and 4
         weights = torch.softmax(torch.cat([row, col, time], dim=-1), dim=-1)

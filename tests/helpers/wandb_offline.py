@@ -61,8 +61,15 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     "history": [{...}]}`` of
     one offline run; ``history`` has one dict (key: value) per ``log`` call, in order."""
     (path,) = Path(run_dir).glob("run-*.wandb")
-    out: dict[str, Any] = {"summary": {}, "config": {}, "group": "", "name": "", "tags": [], "history_keys": set(),
-                           "history": []}  # fmt: skip
+    out: dict[str, Any] = {
+        "summary": {},
+        "config": {},
+        "group": "",
+        "name": "",
+        "tags": [],
+        "history_keys": set(),
+        "history": [],
+    }
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":

@@ -161,9 +161,16 @@ class SegDataModule(LightningDataModule):
         hp = self.hparams
         if train:
             transforms = train_transforms(
-                hp.crop_size, hp.scale_range, hp.base_size, hp.cat_max_ratio, hp.flip, hp.photometric,
-                self.ignore_index, self.mean, self.std,
-            )  # fmt: skip
+                hp.crop_size,
+                hp.scale_range,
+                hp.base_size,
+                hp.cat_max_ratio,
+                hp.flip,
+                hp.photometric,
+                self.ignore_index,
+                self.mean,
+                self.std,
+            )
         else:
             transforms = eval_transforms(self.mean, self.std)
         dataset = self.dataset_cls(self.root, split, transforms=transforms, **self.dataset_args)

@@ -156,7 +156,7 @@ def normalize(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAG
                     "others": None,
                 },
                 scale=True,
-            ),  # fmt: skip
+            ),
             v2.Normalize(mean=list(mean), std=list(std)),
         ]
     )

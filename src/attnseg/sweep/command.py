@@ -34,9 +34,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("sweep", help="sweep file (YAML with base, grid, and optionally fixed, name, test)")
     parser.add_argument("--out", default=None, help="folder for the results (default: runs/sweeps/<name>)")
     parser.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the sweep in --out (what a re-run does anyway): finished runs are kept, failed "
-                             "and unfinished ones run again, the latter from their last.ckpt")  # fmt: skip
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in --out (what a re-run does anyway): finished runs are kept, failed "
+        "and unfinished ones run again, the latter from their last.ckpt",
+    )
     parser.add_argument(
         "--seeds",
         type=int,
@@ -99,8 +102,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
     problems = check_points(sweep, extra)
     if problems:
-        print(f"attnseg sweep: {sweep.path}: {len(problems)} grid point(s) do not parse; nothing was run:",
-              *problems, sep="\n  ", file=sys.stderr)  # fmt: skip
+        print(
+            f"attnseg sweep: {sweep.path}: {len(problems)} grid point(s) do not parse; nothing was run:",
+            *problems,
+            sep="\n  ",
+            file=sys.stderr,
+        )
         return 2
     if args.dry_run:
         then = ", then test on the best checkpoint" if sweep.test else ""
@@ -140,16 +147,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         started = time.perf_counter()
         spent = run_seconds((before or {}).get("time_s")) if resume is not None else 0.0  # its earlier attempts
         try:
-            table[key] = run_point(sweep, index, point, extra, group, seed, out if leader else None, resume,
-                                   (before or {}).get("curve"))  # fmt: skip
+            table[key] = run_point(
+                sweep, index, point, extra, group, seed, out if leader else None, resume, (before or {}).get("curve")
+            )
             table[key]["time_s"] = round(table[key]["time_s"] + spent, 1)
             stopped = stop_received()  # a stop signal whose run ended in an error first (a killed loader worker)
             code = 128 + stopped if stopped is not None else None
         except (KeyboardInterrupt, SystemExit) as err:  # Ctrl+C (Lightning turns it into SystemExit), SIGTERM
             code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) and err.code > 128 else 130
         if code is not None:  # the sweep stops here; a re-run continues this run from its last.ckpt
-            table[key] = {"run": index, **point, "seed": seed, "status": "interrupted", "error": "interrupted",
-                          "time_s": round(time.perf_counter() - started + spent, 1)}  # fmt: skip
+            table[key] = {
+                "run": index,
+                **point,
+                "seed": seed,
+                "status": "interrupted",
+                "error": "interrupted",
+                "time_s": round(time.perf_counter() - started + spent, 1),
+            }
             if leader:
                 write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
             print(f"\nSweep {sweep.name} interrupted at run {index}; results so far in {out}/", file=sys.stderr)

@@ -13,8 +13,19 @@ from typing import Any, Optional, Sequence
 from attnseg.curves import curves_figure, read_curve
 from attnseg.sweep.spec import Sweep, point_label, run_key, short_names
 
-COLUMNS = ["run", "seed", "status", "val_mIoU", "test_mIoU", "test_context_IoU", "steps_to_context", "params",
-           "GFLOPs", "train_images_per_s", "time_s"]  # fmt: skip
+COLUMNS = [
+    "run",
+    "seed",
+    "status",
+    "val_mIoU",
+    "test_mIoU",
+    "test_context_IoU",
+    "steps_to_context",
+    "params",
+    "GFLOPs",
+    "train_images_per_s",
+    "time_s",
+]
 CONTEXT_THRESHOLD = 0.8  # "steps to 80 % context IoU": the val context IoU a run's curve must reach
 SCORES = (("val_mIoU", "val mIoU"), ("test_mIoU", "test mIoU"), ("test_context_IoU", "context IoU"))
 
@@ -90,8 +101,14 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
     scores = [(k, label) for k, label in SCORES if context or k != "test_context_IoU"]
     summary = summarise(sweep, rows)
     steps_header = [f"steps to {CONTEXT_THRESHOLD:.0%} context IoU"] if context else []
-    header = [*(names[k] for k in keys), *(f"{label} (%)" for _, label in scores), *steps_header, "seeds", "time (s)",
-              "status"]  # fmt: skip
+    header = [
+        *(names[k] for k in keys),
+        *(f"{label} (%)" for _, label in scores),
+        *steps_header,
+        "seeds",
+        "time (s)",
+        "status",
+    ]
     lines = [
         f"# Sweep `{sweep.name}`",
         "",
@@ -122,8 +139,18 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
         cells += [str(entry["n"]), f"{time_s[0]:.0f}" if time_s else "-", entry["status"]]
         lines.append("| " + " | ".join(cells) + " |")
 
-    run_header = ["#", *(names[k] for k in keys), "seed", *(f"{label} (%)" for _, label in scores), *steps_header,
-                  "params (M)", "GFLOPs", "train img/s", "time (s)", "status"]  # fmt: skip
+    run_header = [
+        "#",
+        *(names[k] for k in keys),
+        "seed",
+        *(f"{label} (%)" for _, label in scores),
+        *steps_header,
+        "params (M)",
+        "GFLOPs",
+        "train img/s",
+        "time (s)",
+        "status",
+    ]
     lines += [
         "",
         "Every run:",
@@ -150,8 +177,13 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
     if failed:
         lines += ["", "Failed runs:", ""] + [f"- run {row['run']}: {row['error']}" for row in failed]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    plot_results(summary, keys, out / "results.png", title=f"sweep {sweep.name} (mean ± std over seeds {sweep.seeds})",
-                 context=bool(context))  # fmt: skip
+    plot_results(
+        summary,
+        keys,
+        out / "results.png",
+        title=f"sweep {sweep.name} (mean ± std over seeds {sweep.seeds})",
+        context=bool(context),
+    )
     plot_curves(sweep, rows, out / "learning_curves.png")
 
 
@@ -193,11 +225,16 @@ def results_figure(summary: list[dict[str, Any]], keys: Sequence[str], title: st
         offset = (s - (len(series) - 1) / 2) * width
         means = [100 * e[key][0] if e.get(key) else 0.0 for e in summary]
         stds = [100 * e[key][1] if e.get(key) else 0.0 for e in summary]
-        bars = ax.bar([i + offset for i in range(len(summary))], means, width,
-                      yerr=[0.0 if math.isnan(d) else d for d in stds], capsize=3, label=label)  # fmt: skip
+        bars = ax.bar(
+            [i + offset for i in range(len(summary))],
+            means,
+            width,
+            yerr=[0.0 if math.isnan(d) else d for d in stds],
+            capsize=3,
+            label=label,
+        )
         texts = [(f"{m:.1f}" if math.isnan(d) else f"{m:.1f}±{d:.1f}") if m else "" for m, d in zip(means, stds)]
-        ax.bar_label(bars, labels=texts, fontsize=7,
-                     padding=2)  # fmt: skip
+        ax.bar_label(bars, labels=texts, fontsize=7, padding=2)
     for i, entry in enumerate(summary):
         if entry["status"] != "ok":
             ax.text(i, 1.0, entry["status"], ha="center", va="bottom", rotation=90, color="tab:red")
@@ -209,8 +246,9 @@ def results_figure(summary: list[dict[str, Any]], keys: Sequence[str], title: st
     return fig
 
 
-def plot_results(summary: list[dict[str, Any]], keys: Sequence[str], path: Path, title: str = "",
-                 context: bool = False) -> bool:  # fmt: skip
+def plot_results(
+    summary: list[dict[str, Any]], keys: Sequence[str], path: Path, title: str = "", context: bool = False
+) -> bool:
     """``results_figure`` saved to ``path``; False (and a message) where matplotlib is missing."""
     try:
         fig = results_figure(summary, keys, title, context)

@@ -44,18 +44,27 @@ class SweepRunCLI(AttnSegCLI):
     """
 
     def __init__(
-        self, args: Sequence[str], group: str, label: str, test: bool = True,
-        context_classes: Sequence[str] = (), source: str = "sweep", curve: Optional[Path] = None,
+        self,
+        args: Sequence[str],
+        group: str,
+        label: str,
+        test: bool = True,
+        context_classes: Sequence[str] = (),
+        source: str = "sweep",
+        curve: Optional[Path] = None,
         folder: Optional[Path] = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.group, self.label, self.test_after_fit, self.curve, self.folder = group, label, test, curve, folder
         self.context_classes, self.source = list(context_classes), source
         super().__init__(args=args, parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}})
 
     def before_instantiate_classes(self) -> None:
         loggers = self.config[self.subcommand].trainer.logger
-        loggers = [lg for lg in (loggers if isinstance(loggers, list) else [loggers])
-                   if getattr(lg, "class_path", "").rpartition(".")[2] == WandbLogger.__name__]  # fmt: skip
+        loggers = [
+            lg
+            for lg in (loggers if isinstance(loggers, list) else [loggers])
+            if getattr(lg, "class_path", "").rpartition(".")[2] == WandbLogger.__name__
+        ]
         for logger in loggers:
             logger.init_args.name = logger.init_args.get("name") or self.label
         super().before_instantiate_classes()  # the group (one per grid point: its seeds) and tags from the config
@@ -177,8 +186,16 @@ def run_point(
         row["curve"] = str(curve)
     args = sweep.arguments(point, extra, seed) + ([f"--ckpt_path={resume}"] if resume is not None else [])
     try:
-        cli = SweepRunCLI(args, group, label, sweep.test, sweep.context_classes, str(sweep.path), curve,
-                          folder_note(out, point, seed) if out is not None else None)  # fmt: skip
+        cli = SweepRunCLI(
+            args,
+            group,
+            label,
+            sweep.test,
+            sweep.context_classes,
+            str(sweep.path),
+            curve,
+            folder_note(out, point, seed) if out is not None else None,
+        )
         trainer = cli.trainer
         callback = trainer.checkpoint_callback
         if callback is not None and callback.best_model_score is not None:

@@ -101,8 +101,9 @@ class Sweep:
         if not isinstance(context, list) or not all(isinstance(c, str) for c in context):
             raise ValueError(f"{path}: context_classes is {context!r}; expected a list of class names")
         name = str(spec.get("name") or path.stem)
-        return cls(path, name, base, dict(grid), dict(fixed), bool(spec.get("test", True)), list(seeds), context,
-                   bundles)  # fmt: skip
+        return cls(
+            path, name, base, dict(grid), dict(fixed), bool(spec.get("test", True)), list(seeds), context, bundles
+        )
 
     def points(self) -> list[dict[str, Any]]:
         """Every combination of the grid's values, the first key varying slowest."""

@@ -46,5 +46,5 @@ def wandb_sweep(sweep: Sweep, extra: Sequence[str] = ()) -> dict[str, Any]:
             "--trainer.logger.init_args.offline=false",
             *extra,
             "${args}",
-        ],  # fmt: skip  # an agent reports to the W&B server, not to offline files
+        ],  # an agent reports to the W&B server, not to offline files
     }
