@@ -21,7 +21,7 @@ from attnseg.cli import AttnSegCLI
 from attnseg.configs import configs_command
 from attnseg.data.check import check_samples, report
 from attnseg.sweep import main as sweep
-from attnseg.visualize import denormalize, overlay_figure
+from attnseg.visualize import show_samples
 
 USAGE = """usage: attnseg <command> [options]
 
@@ -121,35 +121,6 @@ def check_data(argv: list[str]) -> int:
         for path in show_samples(data, shown.show, Path(shown.output_dir)):
             print(f"wrote {path}")
     return 1 if problems else 0
-
-
-def show_samples(data, n: int, out: Path) -> list[Path]:
-    """Draw the first ``n`` training samples as training sees them (augmented, after the datamodule's transforms) and
-    the first ``n`` validation samples: image, label, label over the image, with a legend of the classes present, to
-    ``out/train.png`` and ``out/val.png``. Returns the files written."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, dataset in (("train", data.train_dataset), ("val", data.val_dataset)):
-        if dataset is None or len(dataset) == 0:
-            continue
-        samples = [dataset[i] for i in range(min(n, len(dataset)))]
-        images = [denormalize(image[None], data.mean, data.std)[0] for image, _ in samples]
-        masks = [mask.numpy() for _, mask in samples]
-        title = f"{name}: {len(samples)} of {len(dataset)} samples" + (" (augmented)" if name == "train" else "")
-        figure = overlay_figure(
-            images,
-            masks,
-            masks,
-            data.palette,
-            data.class_names,
-            data.ignore_index,
-            title=title,
-            columns=("image", "label", "label over the image"),
-        )
-        path = out / f"{name}.png"
-        figure.savefig(path, dpi=100)
-        written.append(path)
-    return written
 
 
 def export_command(argv: list[str]) -> int:

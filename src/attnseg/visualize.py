@@ -3,6 +3,7 @@ overlays, and matplotlib figures of predictions and confusion matrices (all as n
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -258,3 +259,32 @@ def attention_figure(
         ax.set_axis_off()
     fig.supxlabel("colour: attention weight ** 0.4 (faint weights visible); +: the query pixel", fontsize=8)
     return fig
+
+
+def show_samples(data, n: int, out: Path) -> list[Path]:
+    """Draw the first ``n`` training samples as training sees them (augmented, after the datamodule's transforms) and
+    the first ``n`` validation samples: image, label, label over the image, with a legend of the classes present, to
+    ``out/train.png`` and ``out/val.png``. Returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, dataset in (("train", data.train_dataset), ("val", data.val_dataset)):
+        if dataset is None or len(dataset) == 0:
+            continue
+        samples = [dataset[i] for i in range(min(n, len(dataset)))]
+        images = [denormalize(image[None], data.mean, data.std)[0] for image, _ in samples]
+        masks = [mask.numpy() for _, mask in samples]
+        title = f"{name}: {len(samples)} of {len(dataset)} samples" + (" (augmented)" if name == "train" else "")
+        figure = overlay_figure(
+            images,
+            masks,
+            masks,
+            data.palette,
+            data.class_names,
+            data.ignore_index,
+            title=title,
+            columns=("image", "label", "label over the image"),
+        )
+        path = out / f"{name}.png"
+        figure.savefig(path, dpi=100)
+        written.append(path)
+    return written
