@@ -29,25 +29,14 @@ from typing import Optional
 
 import torch
 
+from attnseg.data import CamVid
 from attnseg.heads import head_configs
 
 REPO = Path(__file__).resolve().parents[1]
 HEADS = sorted(head_configs(), key=lambda name: (name != "fcn", name))  # configs/model/*.yaml, the baseline first
 # DFN at output stride 32, as its paper and TorchSeg train it; every other head at the recipe's 8, with its defaults.
 HEAD_ARGS = {"dfn": ["--model.encoder.output_stride=32"]}
-CLASSES = [
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-]
+CLASSES = list(CamVid.classes)
 
 
 def attnseg(*args: str, log: Path) -> None:

@@ -157,13 +157,17 @@ def test_ddp_two_cpu_processes_fit_and_validate_match_single_process(tmp_path):
         *ddp,
         "--trainer.sync_batchnorm=true",
         "--trainer.max_epochs=1",
-        "--trainer.default_root_dir=ddp",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir=ddp",
         "--trainer.callbacks+=tests.helpers.faults.Probe",
         timeout=600,
     )
     probe = json.loads(Path("probe.json").read_text())
     assert probe["world_size"] == 2 and probe["end_step"] == 2  # 7 samples, batch 2, 2 ranks: 2 steps
-    ckpt = next(Path("ddp").rglob("last.ckpt"))
+    # both ranks name the run folder alike (rank 1 inherits rank 0's name): one folder, its checkpoints inside
+    folders = [p for p in Path("ddp").glob("*/*") if p.is_dir()]
+    assert len(folders) == 1 and (folders[0] / "metrics.csv").is_file(), folders
+    ckpt = next(folders[0].rglob("last.ckpt"))
 
     Path("probe.json").unlink()
     attnseg(

@@ -16,19 +16,23 @@ from typing import Optional
 
 import yaml
 
+# The model options of how a run is optimised: the optimiser and its schedule.
+OPTIMISATION = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "no_decay_norm_bias",
+    "head_lr_mult",
+    "poly_power",
+    "min_lr",
+    "warmup_iters",
+    "warmup_ratio",
+)
 # Options that do not change what an experiment is: a run resumed with other values is the same experiment.
 NOT_IDENTITY = {
     "model": {
-        "optimizer",
-        "lr",
-        "momentum",
-        "weight_decay",
-        "no_decay_norm_bias",
-        "head_lr_mult",
-        "poly_power",
-        "min_lr",
-        "warmup_iters",
-        "warmup_ratio",
+        *OPTIMISATION,
         "inference",
         "nonfinite_loss",
         "divergence_factor",

@@ -33,22 +33,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from attnseg.checkpoint import run_of_checkpoint
-from attnseg.experiments import experiment_identity
+from attnseg.experiments import OPTIMISATION, experiment_identity
 
 ENCODER_SHORT = {"resnet18": "r18", "resnet34": "r34", "resnet50": "r50", "resnet101": "r101", "resnet152": "r152"}
-# how a run is trained, beyond what it is (experiments.experiment_identity): part of the recipe
-RECIPE_MODEL = (
-    "optimizer",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "no_decay_norm_bias",
-    "head_lr_mult",
-    "poly_power",
-    "min_lr",
-    "warmup_iters",
-    "warmup_ratio",
-)
 RECIPE_TRAINER = ("max_epochs", "max_steps", "accumulate_grad_batches")
 # filled from the data when the classes are instantiated (cli.py links them): in a saved config, not before
 LINKED = ("model.num_classes", "model.class_names", "model.ignore_index")
@@ -75,7 +62,7 @@ def recipe_key(config: Any) -> str:
     for key in ("seed", *LINKED):
         items.pop(key, None)
     model, trainer = config.get("model") or {}, config.get("trainer") or {}
-    for key in RECIPE_MODEL:
+    for key in OPTIMISATION:  # how a run is trained, beyond what it is: part of the recipe
         items[f"model.{key}"] = json.dumps(plain(model.get(key)), sort_keys=True, default=str)
     for key in RECIPE_TRAINER:
         items[f"trainer.{key}"] = json.dumps(trainer.get(key), default=str)
