@@ -57,6 +57,7 @@ def broken_camvid(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
     return root, faults
 
 
+@pytest.mark.slow
 def test_check_data_reads_every_sample_and_names_every_problem(tmp_path):
     root, faults = broken_camvid(tmp_path)
     proc = attnseg("check-data", *TINY_CAMVID, "--data.root", root)
@@ -83,6 +84,7 @@ def test_check_before_fit_stops_before_any_step_and_writes_nothing(tmp_path):
     assert not list(Path(".").rglob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_all_void_training_labels_are_refused_by_the_check_and_warned_in_training(tmp_path):
     root = camvid(tmp_path)
     for label in (root / "trainannot").iterdir():
@@ -105,6 +107,7 @@ def test_upper_case_suffixes_are_read_and_broken_links_named(tmp_path):
         CamVid(root, "train")
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_named_with_what_they_are(tmp_path):
     cli = run_cli(
         "fit",
@@ -147,6 +150,7 @@ def test_bad_option_values_are_named_before_anything_is_built(option, message):
         run_cli("fit", "--config", QUICKSTART, *FAST, option)
 
 
+@pytest.mark.slow
 def test_errors_end_with_one_line_and_the_traceback_is_on_request(tmp_path):
     proc = attnseg("fit", "--config", QUICKSTART, *FAST, "--data.batch_size=-2")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

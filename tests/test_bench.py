@@ -61,6 +61,7 @@ def test_references_compute_the_modules_formula(key, dtype):
                 assert (ours - ref).norm() <= 2e-2 * ref.norm()
 
 
+@pytest.mark.slow
 def test_attention_script_writes_the_table(tmp_path):
     out = tmp_path / "tmp.md"
     cmd = [
@@ -140,6 +141,7 @@ def test_update_section_keeps_cells_a_run_did_not_measure(tmp_path):
     assert "- CPU: a CPU" in text and "- CUDA: a GPU" in text
 
 
+@pytest.mark.slow
 def test_model_script_measures_every_head(tmp_path):
     out = tmp_path / "m.md"
     bench_model.main(
@@ -185,6 +187,7 @@ def test_model_script_measures_every_head(tmp_path):
         assert float(eval_up[:-1]) == pytest.approx(float(eval_rate) / float(baseline[10]), rel=0.02, abs=0.006), row
 
 
+@pytest.mark.slow
 def test_model_script_measures_each_output_stride(tmp_path):
     out = tmp_path / "m.md"
     bench_model.main(
@@ -319,6 +322,7 @@ def test_data_script_reads_a_data_group_file():
     assert len(data.train_dataset) == 367 + 101 and list(data.hparams.crop_size) == [180, 240]
 
 
+@pytest.mark.slow
 def test_figures_script_draws_the_attention_of_a_blob_pixel(tmp_path):
     from tests.helpers.cli import FAST, QUICKSTART, run_cli
 
@@ -390,6 +394,7 @@ def _context_benchmark_model(head_class, **head_args):
     return SegmentationModel(encoder, head_class(encoder.channels, 7, aux=False, **head_args)), size
 
 
+@pytest.mark.slow
 def test_context_benchmark_puts_the_cue_beyond_convolutions_and_one_criss_cross_step():
     """On the context benchmark (256 px, ResNet-18 to its stride-8 stage), over 64 test images: every blob's rows
     and columns are farther from its two_hop cue than CCNet without attention (R = 0) reaches, so one criss-cross

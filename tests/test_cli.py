@@ -117,6 +117,7 @@ def test_every_config_is_exercised():
     assert files - sweeps <= set(CASES), f"configs without a CLI test: {sorted(files - sweeps - set(CASES))}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", sorted(CASES))
 def test_config_fast_dev_run(config, tmp_path):
     args = CASES[config](tmp_path)
@@ -142,6 +143,7 @@ def test_print_config_shows_resolved_choices(capsys):
     assert printed["trainer"]["logger"]["init_args"]["offline"] is True
 
 
+@pytest.mark.slow
 def test_head_and_encoder_options_from_the_command_line():
     cli = run_cli(
         "fit",
@@ -162,6 +164,7 @@ def test_head_and_encoder_options_from_the_command_line():
     assert cli.model.num_classes == 7 and cli.model.class_names[-1] == "cold_blob"
 
 
+@pytest.mark.slow
 def test_two_runs_in_one_directory_keep_their_own_config(capsys):
     short = ["--config", QUICKSTART, *FAST, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"]
     first = run_cli("fit", *short)
@@ -180,6 +183,7 @@ def test_two_runs_in_one_directory_keep_their_own_config(capsys):
     assert f"Best checkpoint: {best}" in out and Path(best).is_file()
 
 
+@pytest.mark.slow
 def test_console_script_and_module_entry_points():
     for cmd in (["attnseg", "--help"], [sys.executable, "-m", "attnseg", "--help"]):
         exe = Path(sys.executable).parent / cmd[0] if cmd[0] == "attnseg" else cmd[0]
@@ -235,6 +239,7 @@ def test_paper_recipes_resolve_to_their_sources(tmp_path, capsys):
         assert printed["data"]["dataset"] == "Cityscapes" and printed["model"]["encoder"]["name"] == "resnet101"
 
 
+@pytest.mark.slow
 def test_help_lists_every_command_with_a_line_each():
     attnseg = Path(sys.executable).parent / "attnseg"
     proc = subprocess.run([attnseg, "--help"], capture_output=True, text=True, timeout=120)
@@ -248,6 +253,7 @@ def test_help_lists_every_command_with_a_line_each():
     assert sweep.returncode == 0 and "usage:" in sweep.stdout
 
 
+@pytest.mark.slow
 def test_the_smoke_recipe_validates_and_writes_inside_its_run_folder(capsys):
     """trainer/smoke over the quickstart at full size: 4 steps, one validation with a printed result, the checkpoint
     and the logs in the run's own folder and nothing in the working folder besides runs/."""

@@ -154,6 +154,7 @@ def run_attnseg(*args: str, cwd: Path, exe: Path = ATTNSEG) -> subprocess.Comple
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
 
 
+@pytest.mark.slow
 def test_configs_command_lists_shows_and_copies(tmp_path):
     listed = run_attnseg("configs", cwd=tmp_path)
     assert listed.returncode == 0
@@ -182,6 +183,7 @@ def test_configs_command_lists_shows_and_copies(tmp_path):
     assert mine.read_text().endswith("# edited\n")  # never overwritten
 
 
+@pytest.mark.slow
 def test_bare_fit_says_what_to_pass(tmp_path):
     bare = run_attnseg("fit", cwd=tmp_path)
     assert bare.returncode == 2 and bare.stdout == ""

@@ -47,6 +47,7 @@ def run_until_trained(args, env, min_step: int = 6, **popen):
     raise AssertionError(f"fit did not reach step {min_step}: {proc.communicate()[1][-2000:]}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
 def test_a_stop_signal_saves_the_current_step_exits_non_zero_and_last_continues_there(name, tmp_path):
     bin_dir = tmp_path / "bin"
@@ -89,6 +90,7 @@ def living_members(group: int) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
 def test_sigterm_to_the_whole_job_with_loader_workers_still_saves_the_current_step():
     """SLURM's scancel signals every process of the job, DataLoader workers too: the workers must not die first
@@ -123,6 +125,7 @@ sys.exit(0)  # the iterator is still alive: Python's exit shuts its workers down
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start_method", ["fork", "forkserver"])
 def test_workers_left_running_at_exit_are_shut_down_by_their_main_process(start_method):
     """Workers ignore SIGTERM from outside, not from their own main process: an interpreter that exits with a
@@ -158,6 +161,7 @@ def test_an_error_mid_epoch_saves_the_last_completed_step_first():
     assert saved >= 2 and step(last) == saved  # at least the first epoch, and the step the error found
 
 
+@pytest.mark.slow
 def test_a_run_whose_loss_explodes_stops_and_writes_no_inf_checkpoint():
     """SGD at lr 1e3: the loss climbs without becoming NaN; the run must stop as diverged, not end as a success."""
     args = [
@@ -179,6 +183,7 @@ def test_a_run_whose_loss_explodes_stops_and_writes_no_inf_checkpoint():
         assert finite(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]), ckpt
 
 
+@pytest.mark.slow
 def test_non_finite_buffers_stop_before_validation_and_are_never_saved(tmp_path):
     cli = run_cli("fit", "--config", QUICKSTART, *FAST, *CSV, "--trainer.max_epochs=1")
     task, trainer = cli.model, cli.trainer
@@ -198,6 +203,7 @@ def test_non_finite_buffers_stop_before_validation_and_are_never_saved(tmp_path)
         )
 
 
+@pytest.mark.slow
 def test_checkpoints_get_the_users_file_mode_and_stale_temporaries_are_removed():
     mask = os.umask(0o022)
     try:
@@ -212,6 +218,7 @@ def test_checkpoints_get_the_users_file_mode_and_stale_temporaries_are_removed()
         os.umask(mask)
 
 
+@pytest.mark.slow
 def test_a_run_resumed_from_a_signal_keeps_writing_the_same_last_ckpt(tmp_path):
     """The stop comes before the checkpoint callback's first save: the resumed run's saves overwrite that
     ``last.ckpt`` (which ``--ckpt_path last`` finds), not a ``last-v1.ckpt`` beside it."""
@@ -247,6 +254,7 @@ def test_a_restored_checkpoint_callback_names_last_ckpt_in_its_own_folder(tmp_pa
     assert elsewhere.last_model_path == ""  # another folder's state: Lightning's rule (nothing restored)
 
 
+@pytest.mark.slow
 def test_a_stop_signal_during_validation_stops_there_and_the_resume_validates_whole(capsys):
     """SIGTERM at the second batch of the first validation (after step 4): the fit stops there (143) without
     finishing that validation, saves step 4, and the resumed fit trains on and validates every later epoch whole."""

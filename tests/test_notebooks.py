@@ -59,6 +59,7 @@ def test_notebook_is_committed_with_the_outputs_of_its_defaults(name, images):
     assert nb.metadata.kernelspec.name == "python3"
 
 
+@pytest.mark.slow
 def test_ablation_notebook_by_default_reads_the_shipped_ccnet_sweep():
     stored, _ = outputs(nbformat.read(NOTEBOOKS / "ablation_results.ipynb", as_version=4))
     text, images = outputs(execute("ablation_results.ipynb", NOTEBOOKS))
@@ -67,6 +68,7 @@ def test_ablation_notebook_by_default_reads_the_shipped_ccnet_sweep():
     assert text == stored  # the committed outputs are what the notebook prints now
 
 
+@pytest.mark.slow
 def test_ablation_notebook_reads_a_sweep(tmp_path):
     sweep = Sweep(
         path=tmp_path / "danet.yaml",
@@ -115,6 +117,7 @@ def test_ablation_notebook_reads_a_sweep(tmp_path):
         execute("ablation_results.ipynb", tmp_path, results_csv=str(tmp_path / "missing.csv"), sweep_file=None)
 
 
+@pytest.mark.slow
 def test_attention_notebook_trains_small_models_and_draws_the_maps(tmp_path):
     nb = execute(
         "attention_maps.ipynb",

@@ -19,6 +19,7 @@ SHORT = [
 ]
 
 
+@pytest.mark.slow
 def test_injected_optimizer_and_scheduler_keep_the_groups(tmp_path):
     cli = run_cli(
         "fit",
@@ -54,6 +55,7 @@ def test_injected_optimizer_and_scheduler_keep_the_groups(tmp_path):
     assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.gamma == 0.5
 
 
+@pytest.mark.slow
 def test_default_is_the_builtin_optimizer_with_the_poly_schedule(tmp_path):
     cli = run_cli(
         "fit",
@@ -73,6 +75,7 @@ def test_default_is_the_builtin_optimizer_with_the_poly_schedule(tmp_path):
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * (1 - 2 / max_iters) ** 0.9)
 
 
+@pytest.mark.slow
 def test_plateau_scheduler_watches_val_miou(tmp_path):
     cli = run_cli(
         "fit",

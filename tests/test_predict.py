@@ -31,6 +31,7 @@ def images(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_predict_writes_masks_and_overlays(images, tmp_path, capsys):
     fit = run_cli(
         "fit",
@@ -168,6 +169,7 @@ def test_image_folder_keeps_names_and_sizes(images):
     assert [b[1][0]["name"] for b in batches] == ["beach", "street"]
 
 
+@pytest.mark.slow
 def test_sixteen_bit_greyscale_is_scaled_to_eight_bits_in_every_reader(tmp_path):
     """A 16-bit greyscale PNG (mode I;16) is read as its 8-bit scaling (65535 -> 255), not clipped to white, by the
     datasets' reader, the predict folder and the overlays; a floating-point image is refused naming the file."""

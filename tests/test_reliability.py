@@ -340,6 +340,7 @@ def test_batch_errors_name_the_option(tmp_path):
         SameSizeCollate("data.val_batch_size")(samples)
 
 
+@pytest.mark.slow
 def test_two_resumes_of_one_run_one_writes_the_other_is_refused(tmp_path):
     """A second ``--ckpt_path last`` started while the first still trains the run is refused, naming the holder; the
     first keeps writing alone; once the holder is gone (even killed with SIGKILL) the run resumes again."""

@@ -27,6 +27,7 @@ def step(ckpt: Path) -> int:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
 
 
+@pytest.mark.slow
 def test_last_resumes_this_experiment_not_the_newest_run(caplog):
     fcn = run_cli("fit", *BASE)
     run_cli("fit", *BASE, *DANET)  # newer, another experiment
@@ -96,6 +97,7 @@ def test_an_experiment_is_what_a_run_trains_not_how():
     assert same_experiment(config, newer)
 
 
+@pytest.mark.slow
 def test_options_set_on_resume_win_and_are_reported_with_the_state_restored(caplog):
     """``--model.lr`` and ``--model.nonfinite_loss`` given when resuming are used (and said), while the optimiser's
     moments and the schedule's position are those saved."""
@@ -144,6 +146,7 @@ def test_options_that_define_the_model_are_refused_on_resume():
 FIVE = [*BASE, "--data.dataset_args.num_samples=20", "--trainer.max_epochs=-1"]  # 5 steps per epoch
 
 
+@pytest.mark.slow
 def test_the_end_of_fit_saves_the_final_step_after_the_last_validation(caplog, recwarn):
     """Validations at steps 2, 4, 7; fit ends at step 8 mid-epoch: last.ckpt holds step 8, and a resume to 13
     trains exactly the 5 added steps, saying plainly that the rest of the epoch is reshuffled (in place of
@@ -157,6 +160,7 @@ def test_the_end_of_fit_saves_the_final_step_after_the_last_validation(caplog, r
     assert not [w for w in recwarn if "not resumable" in str(w.message) or "will be deleted" in str(w.message)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("more", [["--trainer.max_steps=15"], ["--trainer.max_epochs=3", "--trainer.max_steps=-1"]])
 def test_extending_a_run_saved_at_an_epoch_end_trains_exactly_the_added_steps(more, recwarn):
     """A run of 2 whole epochs (10 steps, saved at the second epoch's end) extended to 15 steps or to 3 epochs
@@ -174,6 +178,7 @@ def test_extending_a_run_saved_at_an_epoch_end_trains_exactly_the_added_steps(mo
     assert sorted(int(row["epoch"]) for row in rows if row["val/mIoU"]) == [0, 1, 2]  # one validation per epoch
 
 
+@pytest.mark.slow
 def test_a_resume_that_fails_to_load_keeps_every_metrics_row():
     """Resuming from the step-2 checkpoint with data of another class count fails at loading; metrics.csv is
     then byte for byte as before. A resume that loads keeps the rows before its step and logs the rest again."""

@@ -137,6 +137,7 @@ def test_names_given_by_the_user_are_kept(tmp_path):
     assert (record.display_name, record.run_group, list(record.tags)) == ("mine", "study", ["a", "b"])
 
 
+@pytest.mark.slow
 def test_tensorboard_and_csv_run_folders_are_named_like_the_runs(tmp_path):
     """A fit's folder is its run name (a repeat gets -2), an evaluation of it gets its own folder beside it and leaves
     the training run's files as they were, and a resumed TensorBoard fit continues its folder with one HParams

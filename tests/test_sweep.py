@@ -29,6 +29,7 @@ def write_sweep(path: Path, body: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_point_and_seed_and_survives_a_failing_point(tmp_path, capsys):
     (tmp_path / "sweeps").mkdir()
     sweep = write_sweep(
@@ -422,6 +423,7 @@ def test_results_csv_reads_back_as_the_rows_written(tmp_path):
     assert summarise(sweep, back) == summarise(sweep, rows)
 
 
+@pytest.mark.slow
 def test_a_sweep_run_again_continues_the_interrupted_run_and_keeps_finished_ones(tmp_path, capsys):
     """Ctrl+C in the first run's step 3 (of 2 epochs of 2 steps) ends the sweep; running it again continues that run
     from its last.ckpt in its own run folder and then runs the second; a third time runs nothing and keeps every row.
@@ -468,6 +470,7 @@ def test_a_sweep_run_again_continues_the_interrupted_run_and_keeps_finished_ones
     assert "holds another sweep's results (no column for grid key(s) ['model.lr'])" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_runs_of_a_sweep_split_by_only_share_one_table_and_their_numbers(tmp_path, capsys):
     """``--only`` runs a part of the grid; the runs keep their numbers in the whole grid, their curve files are named
     by the run, and the other part, run later into the same folder, joins the same table."""
@@ -489,6 +492,7 @@ def test_runs_of_a_sweep_split_by_only_share_one_table_and_their_numbers(tmp_pat
     assert (out / "results.md").read_text().split("Every run:")[0].count("| ok |") == 2
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_keeps_the_rows_of_runs_after_the_interrupted_one(tmp_path):
     """Run 1 finished in an earlier call; a Ctrl+C in run 0 of the next call leaves run 1's row in the table."""
     sweep = write_sweep(
@@ -515,6 +519,7 @@ def test_an_interrupted_sweep_keeps_the_rows_of_runs_after_the_interrupted_one(t
     assert [(r["run"], r["status"]) for r in rows] == [("0", "interrupted"), ("1", "ok")]
 
 
+@pytest.mark.slow
 def test_a_stop_signal_ends_the_sweep_even_when_its_run_fails_first(tmp_path):
     """SIGTERM to the whole job can kill a loader worker before the main process finishes its step: the run then
     fails with the worker's error, and the sweep stops there (status 143) instead of starting the next run."""
@@ -579,6 +584,7 @@ def test_short_names_one_seed_without_spread_and_an_online_wandb_sweep(tmp_path,
     assert "--trainer.logger.init_args.offline=false" in yaml.safe_load(spec.read_text().split("\n", 1)[1])["command"]
 
 
+@pytest.mark.slow
 def test_a_real_ctrl_c_stops_the_sweep_and_a_rerun_continues_it(tmp_path):
     """SIGINT to a running `attnseg sweep` process (the terminal's Ctrl+C): exit status 130, the run recorded as
     interrupted with its last.ckpt saved; the same command again continues that run and finishes the sweep."""

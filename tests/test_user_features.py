@@ -80,6 +80,7 @@ def test_check_data_show_draws_samples_with_their_labels(tmp_path, capsys):
         run(["check-data", "--config", str(QUICKSTART), *FAST, "--show", "-1"])
 
 
+@pytest.mark.slow
 def test_plot_draws_the_curves_of_csv_runs(tmp_path, capsys):
     fits = [
         run_cli(

@@ -50,6 +50,7 @@ SHORT = [
 VAL_PIXELS = 8 * 32 * 32
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_media_tables_and_summary(tmp_path):
     cli = run_cli("fit", *SHORT, "--overlays.num_images=3", *wandb_in(tmp_path / "runs"))
     (run,) = (tmp_path / "runs" / "wandb").glob("offline-run-*")
@@ -116,6 +117,7 @@ def script_val_miou(monkeypatch, values: list[float]) -> None:
     monkeypatch.setattr(SegmentationTask, "_log_metrics", scripted)
 
 
+@pytest.mark.slow
 def test_wandb_summary_keeps_the_best_validation_and_a_table_replaces_many_series(tmp_path, monkeypatch):
     """val/mIoU falls after the first validation: the run summary holds its maximum and when it was reached, not the
     last value. More classes than MAX_CLASS_SERIES (lowered to 3 for the 7 synthetic classes): the per-class IoU is a
@@ -146,6 +148,7 @@ def test_wandb_summary_keeps_the_best_validation_and_a_table_replaces_many_serie
     assert "val/IoU_table" in summary
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_the_scalars_images_tables_config_and_hparams():
     cli = run_cli("fit", *SHORT, "--config", CONFIGS / "logger/tensorboard.yaml")
     directory = Path(cli.trainer.logger.log_dir)
@@ -188,6 +191,7 @@ def test_tensorboard_gets_the_scalars_images_tables_config_and_hparams():
     assert "class_path: lightning.pytorch.loggers.TensorBoardLogger" in config and "attnseg.heads.FCNHead" in config
 
 
+@pytest.mark.slow
 def test_csv_logger_gets_the_numbers_and_media_files():
     cli = run_cli("fit", *SHORT, "--config", CONFIGS / "logger/csv.yaml")
     directory = Path(cli.trainer.logger.log_dir)
@@ -242,6 +246,7 @@ def test_csv_logger_gets_the_numbers_and_media_files():
     ]
 
 
+@pytest.mark.slow
 def test_media_switches_and_no_logger():
     csv_args = ["--config", CONFIGS / "logger/csv.yaml", "--trainer.max_epochs=1"]
     cli = run_cli("fit", *SHORT, *csv_args, "--overlays.num_images=0", "--tables.enabled=false")
@@ -257,6 +262,7 @@ def test_media_switches_and_no_logger():
     assert measured == [{}, {}]
 
 
+@pytest.mark.slow
 def test_overlays_reuse_the_validation_steps_predictions(monkeypatch):
     """Drawing the overlays runs no inference of its own: as many forward passes with overlays as without."""
     from attnseg.task import SegmentationTask

@@ -174,6 +174,7 @@ def test_cityscapes_fixture_maps_to_the_official_train_ids():
         assert np.unique(mask[label_ids == label_id]).tolist() == [train_ids[counts.argmax()]], f"label id {label_id}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID} (../shared beside the repository)")
 def test_real_camvid_splits_sizes_and_labels():
     for split, length in {"train": 367, "val": 101, "test": 233}.items():

@@ -52,6 +52,7 @@ def test_the_page_has_the_three_files():
     assert set(blocks()) == {"src/attnseg/heads/eca.py", "configs/model/eca.yaml", "tests/heads/test_eca.py"}
 
 
+@pytest.mark.slow
 def test_a_new_head_file_and_config_are_found_and_pass_the_contract(eca_added):
     module, _ = eca_added
     found = head_configs()
@@ -63,6 +64,7 @@ def test_a_new_head_file_and_config_are_found_and_pass_the_contract(eca_added):
     check_in_a_real_model(found["eca"])
 
 
+@pytest.mark.slow
 def test_a_new_head_is_benchmarked_and_named_without_other_edits(eca_added, capsys):
     import bench.complexity as bench_complexity
     import bench.model as bench_model

@@ -32,6 +32,7 @@ def test_outputs_losses_shapes_training_and_evaluation(name, encoder, output_str
     check_contract(HEADS[name], encoder, output_stride)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_in_a_real_model_at_odd_size_batch_one(name):
     check_in_a_real_model(HEADS[name])

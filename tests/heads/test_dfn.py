@@ -140,6 +140,7 @@ def test_head_needs_two_feature_maps():
     assert set(out) == {"stage1", "out", "border"}
 
 
+@pytest.mark.slow
 def test_border_loss_through_the_task():
     task = SegmentationTask(
         head=lambda c, k: DFNHead(c, k, channels=16, edge_width=3),
