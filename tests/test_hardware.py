@@ -48,7 +48,7 @@ def _config(accelerator="cpu", precision=None, channels_last=None) -> Namespace:
 def _choose(config, flags, monkeypatch, caplog) -> str:
     monkeypatch.setattr(hardware, "cpu_bf16_flags", lambda: flags)
     with caplog.at_level(logging.INFO):
-        hardware.choose_cpu_fast_path(config)
+        hardware.choose_fast_path(config)
     return caplog.text
 
 
@@ -75,7 +75,36 @@ def test_values_set_by_the_user_are_kept(precision, channels_last, monkeypatch, 
     assert config.model.channels_last is (True if channels_last is None else channels_last)
 
 
-def test_gpu_runs_are_left_alone(monkeypatch, caplog):
-    config = _config(accelerator="gpu")
+def _gpu(monkeypatch, capability, name="NVIDIA H200") -> None:
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(hardware.torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(hardware.torch.cuda, "get_device_name", lambda device=None: name)
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda", "auto"])
+def test_a_bf16_gpu_gets_bf16_channels_last_and_the_cudnn_autotuner_and_says_so(accelerator, monkeypatch, caplog):
+    _gpu(monkeypatch, (9, 0))
+    config = _config(accelerator=accelerator)
     text = _choose(config, ("amx_bf16",), monkeypatch, caplog)
-    assert config.trainer.precision is None and config.model.channels_last is None and "CPU precision" not in text
+    assert config.trainer.precision == "bf16-mixed" and config.model.channels_last is True
+    assert config.trainer.benchmark is True and "CPU precision" not in text
+    assert (
+        "GPU precision: bf16-mixed, channels_last=True, cudnn.benchmark=True (NVIDIA H200, compute capability 9.0)"
+        in text
+    )
+
+
+def test_an_older_gpu_stays_fp32_and_the_users_values_are_kept(monkeypatch, caplog):
+    _gpu(monkeypatch, (7, 5), "Tesla T4")
+    config = _config(accelerator="gpu")
+    text = _choose(config, (), monkeypatch, caplog)
+    assert config.trainer.precision is None and config.model.channels_last is False
+    assert (
+        "GPU precision: 32-true, channels_last=False, cudnn.benchmark=True (Tesla T4, compute capability 7.5: no"
+        in text
+    )
+    _gpu(monkeypatch, (8, 0))
+    config = _config(accelerator="gpu", precision="32-true", channels_last=False)
+    config.trainer.benchmark = False
+    _choose(config, (), monkeypatch, caplog)
+    assert (config.trainer.precision, config.model.channels_last, config.trainer.benchmark) == ("32-true", False, False)

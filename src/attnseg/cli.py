@@ -34,7 +34,7 @@ from attnseg.csv_history import keep_csv_history
 from attnseg.data import SegDataModule
 from attnseg.distributed import SyncBatchNormPlugin
 from attnseg.experiments import experiment_fingerprint, flatten, last_checkpoints
-from attnseg.hardware import choose_cpu_fast_path
+from attnseg.hardware import choose_fast_path
 from attnseg.interruption import Interruption
 from attnseg.lightning_internals import run_subcommand, subcommand_parser
 from attnseg.predict import PredictionWriter
@@ -220,7 +220,7 @@ class AttnSegCLI(LightningCLI):
                 "--ckpt_path: options that differ from the checkpoint's, used as given: "
                 + ", ".join(f"{key}={value} (checkpoint: {old})" for key, (value, old) in self._kept_on_resume.items())
             )
-        choose_cpu_fast_path(config)
+        choose_fast_path(config)
         normalise_like_the_encoder(config)
         name_wandb_runs(config, self.subcommand)
         name_run_folders(config, self.subcommand)
