@@ -195,3 +195,20 @@ def test_branch_widths_follow_the_official_code(encoder):
         == channels[-1] // 4
     )
     assert head.branches["pam"].attention.query.out_channels == max(1, channels[-1] // 4 // 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_key_heads_equal_one_head_of_the_whole_value_width(dtype):
+    """PAM's CUDA bf16 path splits V into heads of the key width sharing Q and K; on any device that is the same
+    attention as one head over all of V (here on the CPU, against the formula)."""
+    from attnseg.ops import shared_key_heads
+
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 35, 4).to(dtype), torch.randn(2, 35, 4).to(dtype)
+    v = torch.randn(2, 35, 16).to(dtype)
+    expected = torch.softmax(q.double() @ k.double().transpose(1, 2), dim=-1) @ v.double()
+    ours = shared_key_heads(q, k, v)
+    assert ours.shape == v.shape and ours.dtype == dtype
+    tolerance = {} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}  # fp32's defaults; bf16 rounding
+    torch.testing.assert_close(ours, expected.to(dtype), **tolerance)
+    assert shared_key_heads(q, k, v[..., :15]) is None  # a value width that is not a multiple of the key width

@@ -23,7 +23,7 @@ from timm.layers import ConvNormAct
 from torch import nn
 
 from attnseg.heads.base import NameWord, QKVAttention, SegClassifier, SegHead, branch_channels
-from attnseg.ops import channel_attention, channel_weights, query_block_attention
+from attnseg.ops import channel_attention, channel_weights, query_block_attention, shared_key_heads
 from attnseg.precision import bf16_autocast, full_precision
 
 
@@ -47,7 +47,10 @@ class PositionAttention(QKVAttention):
     Under bf16 autocast (``bf16-mixed``) the module takes the fast path instead: Q, K, V stay bf16 and
     ``scaled_dot_product_attention`` runs a flash kernel (fp32 accumulation, softmax statistics in fp32, the
     (N, N) map never held). The CPU's flash kernel wants equal query and value widths, so Q and K are
-    zero-padded to C channels (zero channels add nothing to any energy). The residual sum is fp32.
+    zero-padded to C channels (zero channels add nothing to any energy). On CUDA, whose flash kernels take head
+    dimensions up to 256, V's channels are split into heads of the key width that all share Q and K
+    (``attnseg.ops.shared_key_heads``: the same softmax for every head, so the same result). The residual sum is
+    fp32.
 
     Args:
         in_channels: channels C of the input (and of the value projection).
@@ -77,6 +80,10 @@ class PositionAttention(QKVAttention):
     def _attend_bf16(self, x: torch.Tensor) -> torch.Tensor:
         """``V S^T`` (B, N, C) in bf16 from the bf16 projections, by a flash kernel (fp32 accumulation)."""
         q, k, v = (p(x).to(torch.bfloat16).flatten(2).transpose(1, 2) for p in (self.query, self.key, self.value))
+        if q.device.type == "cuda":  # heads of the key width: within the CUDA flash kernels' head dimension
+            out = shared_key_heads(q.contiguous(), k.contiguous(), v.contiguous())
+            if out is not None:
+                return out.transpose(1, 2)
         if q.device.type == "cpu" and q.shape[-1] != v.shape[-1]:
             q, k = (F.pad(t, (0, v.shape[-1] - t.shape[-1])) for t in (q, k))
         q, k, v = (t.contiguous()[:, None] for t in (q, k, v))  # (B, 1, N, C): one head
