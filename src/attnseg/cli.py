@@ -22,7 +22,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from attnseg import runlock
 from attnseg.arguments import check_config_files, evaluation_needs_a_config, where_set
@@ -33,12 +33,18 @@ from attnseg.constants import MONITOR
 from attnseg.csv_history import keep_csv_history
 from attnseg.data import SegDataModule
 from attnseg.distributed import SyncBatchNormPlugin
-from attnseg.experiments import experiment_fingerprint, flatten, last_checkpoints
+from attnseg.experiments import flatten
 from attnseg.hardware import choose_fast_path
 from attnseg.interruption import Interruption
 from attnseg.lightning_internals import run_subcommand, subcommand_parser
 from attnseg.predict import PredictionWriter
-from attnseg.resume import MODEL_DEFINING, RESUMABLE, check_checkpoint_path, load_checkpoint, same
+from attnseg.resume import (
+    MODEL_DEFINING,
+    check_checkpoint_path,
+    differences,
+    last_of_this_experiment,
+    load_checkpoint,
+)
 from attnseg.run_names import FOLDER_LOGGERS, name_run_folders, name_wandb_runs, plain
 from attnseg.task import SegmentationTask
 from attnseg.weights import normalise_like_the_encoder
@@ -146,28 +152,13 @@ class AttnSegCLI(LightningCLI):
             root = Path(logger_args.get("save_dir") or ".") / name
             resolved = yaml.safe_load(parser.dump(self.config, skip_none=False))[subcommand]
             normalise_like_the_encoder(resolved)  # as the run's saved config.yaml has it
-            fingerprint = experiment_fingerprint(resolved)
             sub = subcommand_parser(self, subcommand)
             defaults = yaml.safe_load(sub.dump(sub.get_defaults(), skip_none=False))
             normalise_like_the_encoder(defaults)
-            found, others, unreadable = last_checkpoints(root, resolved, defaults)
-            for run in unreadable:
-                rank_zero_warn(f"--ckpt_path last: passed over {run}: it has a last.ckpt but no readable config.yaml")
-            if not found:
-                elsewhere = f" ({others} run(s) there belong to other experiments)" if others else ""
-                rank_zero_warn(
-                    f"--ckpt_path last: no last.ckpt of this experiment (fingerprint {fingerprint}) under "
-                    f"{root}/*/checkpoints{elsewhere}; starting from scratch"
-                )
-                config.ckpt_path = None
+            found = last_of_this_experiment(root, resolved, defaults)
+            config.ckpt_path = str(found) if found is not None else None
+            if found is None:
                 return
-            if len(found) > 1:
-                raise ValueError(
-                    f"--ckpt_path last: {len(found)} runs of this experiment (fingerprint {fingerprint}) under "
-                    f"{root}: " + ", ".join(str(p) for p in found) + ". Pass the checkpoint to resume as --ckpt_path"
-                )
-            rank_zero_info(f"--ckpt_path last: resuming this experiment (fingerprint {fingerprint}) from {found[0]}")
-            config.ckpt_path = str(found[0])
         check_checkpoint_path(config.ckpt_path)
         self._check_checkpoint_matches_config(subcommand, config)
         run = run_of_checkpoint(Path(config.ckpt_path))
@@ -192,18 +183,14 @@ class AttnSegCLI(LightningCLI):
             return
         defaults = subcommand_parser(self, subcommand).get_defaults()
         ours = flatten(plain(config.model), "model")
-        default = flatten(plain(defaults.model), "model")
-        theirs = flatten(plain(saved), "model")
-        conflicts = []
-        for key, value in ours.items():
-            given = self._given is not None and self._given.get(f"{subcommand}.{key}") is not None
-            if key not in theirs or not (given or value != default.get(key)) or same(value, theirs[key]):
-                continue
-            option = key.split(".")[1]
-            if option in RESUMABLE:
-                self._kept_on_resume[key] = (value, theirs[key])
-            elif subcommand == "fit" or option in MODEL_DEFINING:  # evaluation ignores the training options
-                conflicts.append(f"{key}={value} (checkpoint: {theirs[key]}{where_set(self._args, key)})")
+        given = {key for key in ours if self._given is not None and self._given.get(f"{subcommand}.{key}") is not None}
+        kept, differ = differences(ours, flatten(plain(defaults.model), "model"), flatten(plain(saved), "model"), given)
+        self._kept_on_resume.update(kept)
+        conflicts = [
+            f"{key}={value} (checkpoint: {old}{where_set(self._args, key)})"
+            for key, (value, old) in differ.items()
+            if subcommand == "fit" or key.split(".")[1] in MODEL_DEFINING  # evaluation ignores the training options
+        ]
         if conflicts:
             raise ValueError(
                 f"--ckpt_path {config.ckpt_path}: the checkpoint was trained with a different model: "

@@ -1,16 +1,18 @@
-"""What a ``--ckpt_path`` is checked for before a run reads it: a checkpoint file written by ``fit`` (an error says
-what was found instead), and which of the user's model options may differ from the checkpoint's
-(``RESUMABLE``: how it trains and evaluates) and which must match (the rest for ``fit``; ``MODEL_DEFINING`` for an
-evaluation)."""
+"""What a ``--ckpt_path`` means before a run reads it: ``last`` resolved to this experiment's ``last.ckpt``
+(``last_of_this_experiment``), a checkpoint file written by ``fit`` (an error says what was found instead), and which
+of the user's model options may differ from the checkpoint's (``RESUMABLE``: how it trains and evaluates) and which
+must match (the rest for ``fit``; ``MODEL_DEFINING`` for an evaluation): ``differences``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from attnseg.experiments import NOT_IDENTITY
+from attnseg.experiments import NOT_IDENTITY, experiment_fingerprint, last_checkpoints
 
 
 def check_checkpoint_path(path: str) -> None:
@@ -67,3 +69,39 @@ RESUMABLE = NOT_IDENTITY["model"] - {"optimizer", "no_decay_norm_bias"}
 def same(a, b) -> bool:
     """Equal as configuration values (tuples and lists alike)."""
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def last_of_this_experiment(root: Path, resolved: dict, defaults: dict) -> Optional[Path]:
+    """``--ckpt_path last``: the ``last.ckpt`` of the one run under ``root/*/checkpoints`` that trains the experiment of
+    ``resolved`` (its fingerprint; ``defaults`` fill what a saved config lacks), said in one line; None (start from
+    scratch, with a warning) when there is none; an error naming them when there are several."""
+    fingerprint = experiment_fingerprint(resolved)
+    found, others, unreadable = last_checkpoints(root, resolved, defaults)
+    for run in unreadable:
+        rank_zero_warn(f"--ckpt_path last: passed over {run}: it has a last.ckpt but no readable config.yaml")
+    if not found:
+        elsewhere = f" ({others} run(s) there belong to other experiments)" if others else ""
+        rank_zero_warn(
+            f"--ckpt_path last: no last.ckpt of this experiment (fingerprint {fingerprint}) under "
+            f"{root}/*/checkpoints{elsewhere}; starting from scratch"
+        )
+        return None
+    if len(found) > 1:
+        raise ValueError(
+            f"--ckpt_path last: {len(found)} runs of this experiment (fingerprint {fingerprint}) under "
+            f"{root}: " + ", ".join(str(p) for p in found) + ". Pass the checkpoint to resume as --ckpt_path"
+        )
+    rank_zero_info(f"--ckpt_path last: resuming this experiment (fingerprint {fingerprint}) from {found[0]}")
+    return found[0]
+
+
+def differences(ours: dict, default: dict, theirs: dict, given: set[str]) -> tuple[dict, dict]:
+    """The model options (flat ``model.x.y`` keys) the user set (``given``, or other than ``default``) whose value
+    differs from the checkpoint's (``theirs``): ``(kept, differ)``, each ``{key: (ours, theirs)}``. Kept: the
+    ``RESUMABLE`` ones, used as given; differ: the rest, which must match the checkpoint."""
+    kept, differ = {}, {}
+    for key, value in ours.items():
+        if key not in theirs or not (key in given or value != default.get(key)) or same(value, theirs[key]):
+            continue
+        (kept if key.split(".")[1] in RESUMABLE else differ)[key] = (value, theirs[key])
+    return kept, differ
