@@ -196,3 +196,33 @@ def test_compiled_model_trains_and_matches_eager():
     assert set(compiled) == {"out", "pam", "cam", "aux"}
     for name in eager:
         torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_that_cannot_compile_says_so_and_runs_eager(monkeypatch):
+    """A compile failure at the first compiled call (here a Dynamo error from a stand-in for torch.compile) is one
+    warning naming the head, and the model runs eager from then on, with the eager model's outputs."""
+    from attnseg.compiling import compile_or_eager
+    from attnseg.encoder import Encoder
+    from attnseg.heads import FCNHead
+    from attnseg.model import SegmentationModel
+
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        raise torch._dynamo.exc.TorchDynamoException("cannot trace this operation\nmore lines")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, *args, **kwargs: failing)
+    torch.manual_seed(0)
+    model = SegmentationModel(Encoder("resnet18", output_stride=8), FCNHead([64, 128, 256, 512], 3)).eval()
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(images)["out"]
+        compile_or_eager(model, "FCNHead")
+        message = r"model.compile: FCNHead could not be compiled \(TorchDynamoException: cannot trace this operation\)"
+        with pytest.warns(UserWarning, match=message + "; eager"):
+            first = model(images)["out"]
+        second = model(images)["out"]
+    assert calls == [1] and model._compiled_call_impl is None
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)

@@ -18,6 +18,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
+from attnseg.compiling import compile_or_eager
 from attnseg.constants import IGNORE_INDEX, class_series
 from attnseg.divergence import DivergenceGuard
 from attnseg.encoder import Encoder, EncoderConfig
@@ -85,7 +86,8 @@ class SegmentationTask(LightningModule):
             None (the default): the ``attnseg`` command turns it on for CPU runs on CPUs with AMX or AVX512-BF16,
             with bf16 autocast (``trainer.precision`` unset); otherwise off.
         compile: speed knob: ``torch.compile`` the model (``nn.Module.compile``, in place: parameter names and
-            checkpoints are unchanged). The first steps, and the first step at each new input size, compile.
+            checkpoints are unchanged). The first steps, and the first step at each new input size, compile. A
+            model that cannot be compiled says so in one warning and runs eager (``attnseg.compiling``).
     """
 
     def __init__(
@@ -184,7 +186,7 @@ class SegmentationTask(LightningModule):
             self.model.to(memory_format=torch.channels_last)
             self.model.register_forward_pre_hook(_images_channels_last)
         if self.hparams.compile:
-            self.model.compile()
+            compile_or_eager(self.model, type(self.model.head).__name__)
 
     # ----------------------------------------------------------------------------------- steps
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
