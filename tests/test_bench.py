@@ -142,31 +142,9 @@ def test_update_section_keeps_cells_a_run_did_not_measure(tmp_path):
 def test_model_script_measures_every_head(tmp_path):
     out = tmp_path / "m.md"
     bench_model.main(
-        [
-            "--device",
-            "cpu",
-            "--heads",
-            "fcn",
-            "danet",
-            "--encoders",
-            "resnet18",
-            "--sizes",
-            "32",
-            "--batch",
-            "2",
-            "--precision",
-            "bf16-mixed",
-            "fp32",
-            "--layouts",
-            "channels-last",
-            "contiguous",
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-            "--out",
-            str(out),
-        ]
+        "--device cpu --heads fcn danet --encoders resnet18 --sizes 32 --batch 2 --steps 1 --warmup 0".split()
+        + "--precision bf16-mixed fp32 --layouts channels-last contiguous".split()
+        + ["--out", str(out)]
     )
     rows = table_rows(out.read_text(), 15)
     settings = ["fp32", "fp32 (channels-last)", "bf16-mixed", "bf16-mixed (channels-last)"]  # the baseline first
@@ -188,29 +166,9 @@ def test_model_script_measures_every_head(tmp_path):
 def test_model_script_measures_each_output_stride(tmp_path):
     out = tmp_path / "m.md"
     bench_model.main(
-        [
-            "--device",
-            "cpu",
-            "--heads",
-            "fcn",
-            "--encoders",
-            "resnet18",
-            "--output-strides",
-            "8",
-            "16",
-            "--sizes",
-            "32",
-            "--batch",
-            "1",
-            "--precision",
-            "fp32",
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-            "--out",
-            str(out),
-        ]
+        "--device cpu --heads fcn --encoders resnet18 --output-strides 8 16".split()
+        + "--sizes 32 --batch 1 --precision fp32 --steps 1 --warmup 0 --out".split()
+        + [str(out)]
     )
     rows = table_rows(out.read_text(), 15)
     assert [r[1] for r in rows] == ["resnet18-D8", "resnet18-D16"]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from attnseg.__main__ import run
 from attnseg.curves import metrics_figure
-from attnseg.data import SyntheticShapes
+from attnseg.data import CamVid, SyntheticShapes
 from attnseg.visualize import confusion_figure
 from tests.helpers.cli import CONFIGS, FAST, QUICKSTART, run_cli
 
@@ -116,19 +116,7 @@ def test_plot_draws_the_curves_of_csv_runs(tmp_path, capsys):
 @pytest.mark.parametrize(
     "names",
     [
-        [
-            "Sky",
-            "Building",
-            "Pole",
-            "Road",
-            "Pavement",
-            "Tree",
-            "SignSymbol",
-            "Fence",
-            "Car",
-            "Pedestrian",
-            "Bicyclist",
-        ],
+        list(CamVid.classes),
         ["person;individual;someone;somebody;mortal;soul", "windowpane;window", "cabinet", "sidewalk;pavement"] * 5,
         [f"class {k} with a long name" for k in range(150)],
     ],

@@ -70,24 +70,8 @@ def test_a_new_head_is_benchmarked_and_named_without_other_edits(eca_added, caps
     import bench.model as bench_model
 
     bench_model.main(
-        [
-            "--device",
-            "cpu",
-            "--heads",
-            "eca",
-            "--encoders",
-            "resnet18",
-            "--sizes",
-            "32",
-            "--batch",
-            "1",
-            "--precision",
-            "fp32",
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-        ]
+        "--device cpu --heads eca --encoders resnet18 --sizes 32 --batch 1".split()
+        + "--precision fp32 --steps 1 --warmup 0".split()
     )
     bench_complexity.main(["--heads", "eca", "--encoder", "resnet18", "--size", "64"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("eca |", "| eca |"))]
