@@ -1,7 +1,7 @@
 """Train every head on CamVid with one shared recipe, test each on the 233 test images, print a Markdown table.
 
     python -m bench.camvid_results --root ../shared/data/camvid --out runs/camvid_results \
-        [--recipe camvid_r18_cpu] [--heads fcn danet ...] [--seeds 0 1 2] [--steps N] [-- EXTRA CLI ARGS]
+        [--recipe camvid_r18_cpu] [--heads fcn danet ...] [--seeds 0 1 2] [--steps N] [--tta] [-- EXTRA CLI ARGS]
 
 Each head is ``attnseg fit --config configs/experiment/<recipe>.yaml --config configs/model/<head>.yaml``
 (the recipe's iterations unless ``--steps``; DFN at output stride 32, its paper's) with the CSV logger under
@@ -12,6 +12,9 @@ again; a killed fit resumes from its last checkpoint (``--ckpt_path last``), and
 the runs that made it (``OUT/<run>/fit_seconds.json``). The table holds every finished run in ``OUT`` (so that
 heads and seeds can be trained in several calls): test mIoU, per-class IoU, iterations, fit minutes, seconds per
 iteration, and for a head with several seeds a row of their mean ± std; it goes to stdout and ``OUT/results.md``.
+With ``--tta`` each run (a finished one too) is also tested with multi-scale + flip inference
+(``attnseg.inference.MultiScaleFlip``: scales 0.5-1.75 and their mirror images, the DANet and CCNet papers' test
+protocol), kept as ``OUT/<run>/test_msflip.json`` and shown as a column beside the single-scale mIoU.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ HEADS = sorted(head_configs(), key=lambda name: (name != "fcn", name))  # config
 # DFN at output stride 32, as its paper and TorchSeg train it; every other head at the recipe's 8, with its defaults.
 HEAD_ARGS = {"dfn": ["--model.encoder.output_stride=32"]}
 CLASSES = list(CamVid.classes)
+TTA = "--model.inference=attnseg.inference.MultiScaleFlip"  # its default scales 0.5 ... 1.75, with flips
 
 
 def attnseg(*args: str, log: Path) -> None:
@@ -53,14 +57,9 @@ def last_metrics(metrics_csv: Path, prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in rows[-1].items() if k.startswith(prefix) and v != ""}
 
 
-def run_head(head: str, seed: Optional[int], args: argparse.Namespace, out: Path) -> dict:
-    name = head if seed is None else f"{head}-s{seed}"
-    directory = out / name
-    done = directory / "test.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    directory.mkdir(parents=True, exist_ok=True)
-    common = [
+def fit_args(head: str, seed: Optional[int], args: argparse.Namespace, directory: Path) -> list[str]:
+    """The options of a run's ``attnseg fit``; its tests take the same with the logger named ``test``."""
+    return [
         "--config",
         str(REPO / "configs" / "experiment" / f"{args.recipe}.yaml"),
         "--config",
@@ -76,7 +75,34 @@ def run_head(head: str, seed: Optional[int], args: argparse.Namespace, out: Path
         *([f"--seed_everything={seed}"] if seed is not None else []),
         *args.extra,
     ]
-    log = directory / "log.txt"
+
+
+def run_test(common: list[str], directory: Path, ckpt: Path, name: str, *extra: str) -> dict[str, float]:
+    """``attnseg test`` of ``ckpt`` logged under ``directory/name``; its test metrics."""
+    test_args = [a if a != "--trainer.logger.name=fit" else f"--trainer.logger.name={name}" for a in common]
+    attnseg("test", *test_args, *extra, "--ckpt_path", str(ckpt), log=directory / "log.txt")
+    return last_metrics(max((directory / name).glob("*/metrics.csv"), key=lambda p: p.stat().st_mtime), "test/")
+
+
+def run_head(head: str, seed: Optional[int], args: argparse.Namespace, out: Path) -> dict:
+    name = head if seed is None else f"{head}-s{seed}"
+    directory = out / name
+    done = directory / "test.json"
+    common = fit_args(head, seed, args, directory)
+    if done.is_file():
+        result = json.loads(done.read_text())
+    else:
+        result = fit_and_test(head, seed, common, directory)
+        done.write_text(json.dumps(result, indent=1))
+    tta = directory / "test_msflip.json"
+    if args.tta and not tta.is_file():
+        metrics = run_test(common, directory, Path(result["checkpoint"]), "test_msflip", TTA)
+        tta.write_text(json.dumps(metrics, indent=1))
+    return result
+
+
+def fit_and_test(head: str, seed: Optional[int], common: list[str], directory: Path) -> dict:
+    directory.mkdir(parents=True, exist_ok=True)
     seconds = directory / "fit_seconds.json"  # wall time of the fit, over every run that continued it
     running = directory / "fit_running.json"  # the start of a run in progress (left behind if it was killed)
     segments = json.loads(seconds.read_text()) if seconds.is_file() else []
@@ -88,26 +114,20 @@ def run_head(head: str, seed: Optional[int], args: argparse.Namespace, out: Path
     start = time.time()
     running.write_text(json.dumps({"start": start}))
     seconds.write_text(json.dumps(segments))
-    attnseg("fit", *common, "--ckpt_path", "last", log=log)
+    attnseg("fit", *common, "--ckpt_path", "last", log=directory / "log.txt")
     segments.append(round(time.time() - start, 1))
     seconds.write_text(json.dumps(segments))
     running.unlink()
-    fit_s = sum(segments)
     ckpt = max((directory / "fit").glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    test_args = [a if a != "--trainer.logger.name=fit" else "--trainer.logger.name=test" for a in common]
-    attnseg("test", *test_args, "--ckpt_path", str(ckpt), log=log)
-    metrics_csv = max((directory / "test").glob("*/metrics.csv"), key=lambda p: p.stat().st_mtime)
-    result = {
+    return {
         "head": head,
         "seed": seed,
-        "test": last_metrics(metrics_csv, "test/"),
+        "test": run_test(common, directory, ckpt, "test"),
         "steps": torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"],
-        "fit_minutes": round(fit_s / 60, 1),
+        "fit_minutes": round(sum(segments) / 60, 1),
         "skipped_steps": skipped_steps(ckpt.parent.parent / "metrics.csv"),
         "checkpoint": str(ckpt),
     }
-    done.write_text(json.dumps(result, indent=1))
-    return result
 
 
 def skipped_steps(metrics_csv: Path) -> int:
@@ -119,10 +139,14 @@ def skipped_steps(metrics_csv: Path) -> int:
 
 
 def table(results: list[dict]) -> str:
+    """One row per run (a ``test_msflip`` entry, where any run has one, adds the multi-scale + flip mIoU) and, for a
+    head with several seeds, a row of their mean ± std."""
+    tta = any("test_msflip" in r for r in results)
     short = [c[:8] for c in CLASSES]
+    msflip_header = "MS+flip mIoU | " if tta else ""
     lines = [
-        "| run | test mIoU | " + " | ".join(short) + " | steps | fit (min) | s/iter |",
-        "|---|---|" + "---|" * len(CLASSES) + "---|---|---|",
+        f"| run | test mIoU | {msflip_header}" + " | ".join(short) + " | steps | fit (min) | s/iter |",
+        "|---|---|" + ("---|" if tta else "") + "---|" * len(CLASSES) + "---|---|---|",
     ]
     by_head: dict[str, list[dict]] = {}
     for r in results:
@@ -131,23 +155,35 @@ def table(results: list[dict]) -> str:
         for r in runs:
             t = r["test"]
             name = head if r.get("seed") is None else f"{head} (seed {r['seed']})"
+            msflip = f"{100 * r['test_msflip']['test/mIoU']:.1f} | " if "test_msflip" in r else "- | "
             ious = " | ".join(f"{100 * t[f'test/IoU/{c}']:.1f}" for c in CLASSES)
             per_step = 60 * r["fit_minutes"] / max(1, r["steps"])
             lines.append(
-                f"| {name} | **{100 * t['test/mIoU']:.1f}** | {ious} | {r['steps']} | {r['fit_minutes']} | "
-                f"{per_step:.2f} |"
+                f"| {name} | **{100 * t['test/mIoU']:.1f}** | {msflip if tta else ''}{ious} | {r['steps']} | "
+                f"{r['fit_minutes']} | {per_step:.2f} |"
             )
         if len(runs) > 1:
             cells = [
                 spread([100 * r["test"][key] for r in runs])
                 for key in ["test/mIoU"] + [f"test/IoU/{c}" for c in CLASSES]
             ]
+            msflips = [100 * r["test_msflip"]["test/mIoU"] for r in runs if "test_msflip" in r]
+            msflip = (spread(msflips) if len(msflips) == len(runs) else "-") + " | "
             minutes = spread([r["fit_minutes"] for r in runs])
             lines.append(
-                f"| {head}, mean ± std of {len(runs)} | **{cells[0]}** | {' | '.join(cells[1:])} | "
-                f"{runs[0]['steps']} | {minutes} | |"
+                f"| {head}, mean ± std of {len(runs)} | **{cells[0]}** | {msflip if tta else ''}"
+                f"{' | '.join(cells[1:])} | {runs[0]['steps']} | {minutes} | |"
             )
     return "\n".join(lines)
+
+
+def with_tta(done: Path) -> dict:
+    """A run's ``test.json`` with its multi-scale + flip metrics (``test_msflip.json`` beside it), where tested."""
+    result = json.loads(done.read_text())
+    tta = done.parent / "test_msflip.json"
+    if tta.is_file():
+        result["test_msflip"] = json.loads(tta.read_text())
+    return result
 
 
 def spread(values: list[float]) -> str:
@@ -166,6 +202,7 @@ def main() -> None:
     parser.add_argument("--heads", nargs="+", default=HEADS, choices=HEADS)
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="one run per seed (default: one run)")
     parser.add_argument("--steps", type=int, default=None, help="training iterations (default: the recipe's)")
+    parser.add_argument("--tta", action="store_true", help="also test with multi-scale + flip (a column of the table)")
     args = parser.parse_args(argv)
     args.extra = extra
     if not (args.root / "testannot").is_dir():
@@ -175,7 +212,7 @@ def main() -> None:
     for head in args.heads:
         for seed in args.seeds or [None]:
             run_head(head, seed, args, args.out)
-    results = [json.loads(p.read_text()) for p in args.out.glob("*/test.json")]
+    results = [with_tta(p) for p in args.out.glob("*/test.json")]
     results.sort(key=lambda r: (HEADS.index(r["head"]), r.get("seed") if r.get("seed") is not None else -1))
     text = (
         f"{table(results)}\n\nMachine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "

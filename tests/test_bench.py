@@ -3,6 +3,8 @@ attention references they time against the modules: the same formula, the same o
 
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
 import sys
 
@@ -193,6 +195,37 @@ def test_camvid_table_gives_each_run_and_the_mean_and_std_of_a_heads_seeds():
     assert lines[5].startswith("| fcn, mean ± std of 3 | **62.0 ± 2.0** | 62.0 ± 2.0 |")
     assert lines[5].endswith("| 1500 | 30.7 ± 1.2 | |")
     assert lines[6].startswith("| danet (seed 0) | **65.0** |") and len(lines) == 7  # one seed: no mean row
+
+
+def test_camvid_table_adds_the_multi_scale_flip_column_where_a_run_has_it():
+    tested = {**camvid_result("fcn", 0, 0.60), "test_msflip": {"test/mIoU": 0.615}}
+    lines = bench_camvid.table([tested, camvid_result("fcn", 1, 0.62)]).splitlines()
+    assert lines[0].startswith("| run | test mIoU | MS+flip mIoU | Sky |")
+    assert lines[2].startswith("| fcn (seed 0) | **60.0** | 61.5 | 60.0 |")
+    assert lines[3].startswith("| fcn (seed 1) | **62.0** | - | 62.0 |")
+    assert lines[4].startswith("| fcn, mean ± std of 2 | **61.0 ± 1.4** | - | 61.0 ± 1.4 |")  # not every seed tested
+    assert all(len(line.split("|")) == len(lines[0].split("|")) for line in lines)
+
+
+def test_camvid_tta_tests_a_finished_run_once_with_multi_scale_flip(tmp_path, monkeypatch):
+    run = tmp_path / "fcn-s0"
+    run.mkdir()
+    (run / "test.json").write_text(json.dumps(camvid_result("fcn", 0, 0.60)))
+    calls = []
+
+    def fake_attnseg(*args, log):
+        calls.append(args)
+        name = next(a.split("=", 1)[1] for a in args if a.startswith("--trainer.logger.name="))
+        (run / name / "version_0").mkdir(parents=True)
+        (run / name / "version_0" / "metrics.csv").write_text("test/mIoU,test/IoU/Sky\n0.625,0.9\n")
+
+    monkeypatch.setattr(bench_camvid, "attnseg", fake_attnseg)
+    args = argparse.Namespace(recipe="r", root=tmp_path, steps=None, extra=[], tta=True)
+    for _ in range(2):
+        bench_camvid.run_head("fcn", 0, args, tmp_path)
+    assert len(calls) == 1 and calls[0][0] == "test" and bench_camvid.TTA in calls[0]
+    assert calls[0][-2:] == ("--ckpt_path", "x")  # the run's own checkpoint, as its test.json names it
+    assert bench_camvid.with_tta(run / "test.json")["test_msflip"] == {"test/mIoU": 0.625, "test/IoU/Sky": 0.9}
 
 
 def test_complexity_script_counts_parameters_and_flops(tmp_path):
