@@ -101,8 +101,15 @@ BAND_GRID = {
 }
 
 
-@pytest.mark.parametrize("name, expected", [("heads", HEADS_GRID), ("band", BAND_GRID)])
-def test_heads_grids_give_every_head_the_same_supervision(name, expected):
+@pytest.mark.parametrize(
+    "name, expected, variant, channels, epochs",
+    [
+        ("heads", HEADS_GRID, "far", 128, 12),
+        ("band", BAND_GRID, "band", 128, 12),
+        ("heads_quickstart", HEADS_GRID, "far", None, 3),
+    ],
+)
+def test_heads_grids_give_every_head_the_same_supervision(name, expected, variant, channels, epochs):
     sweep = Sweep.from_file(CONFIGS / "ablation" / f"{name}.yaml")
     assert sorted(p["head"] for p in sweep.points()) == sorted(expected), f"configs/ablation/{name}.yaml's heads"
     assert sweep.seeds == [0, 1, 2] and sweep.context_classes == ["warm_blob", "cold_blob"]
@@ -114,8 +121,11 @@ def test_heads_grids_give_every_head_the_same_supervision(name, expected):
         heads[point["head"]] = type(task.model.head).__name__
         assert {k: v for k, v in task.loss_weights.items() if v} == {"out": 1.0, "aux": 0.4}, point
         assert not getattr(task.model.head, "output_losses", {}), point  # no loss of its own (DFN's border is off)
-        if name == "band":  # every head as wide as the encoder's feature
-            assert cli.config["model"]["head"]["init_args"]["channels"] == 128, point
+        if channels:  # every head as wide as the encoder's feature
+            assert cli.config["model"]["head"]["init_args"]["channels"] == channels, point
+        assert (
+            cli.config["data"]["dataset_args"]["variant"] == variant and cli.config["trainer"]["max_epochs"] == epochs
+        )
         if name == "band" and point["head"].startswith("danet_"):  # one attention module each, the other off
             keep = point["head"].removeprefix("danet_")
             for k in ("pam", "cam"):
