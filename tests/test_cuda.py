@@ -100,6 +100,21 @@ def test_every_block_on_cuda_equals_the_cpu_in_fp32(name):
     assert max(found.values()) <= EXACT, found
 
 
+@pytest.mark.parametrize("backend", ["MATH", "EFFICIENT_ATTENTION"])
+def test_fla_channel_attention_on_cuda_equals_the_cpu_with_each_sdpa_backend(backend):
+    """FLA's attention (``scaled_dot_product_attention``, scale 1, keys broadcast over the lines) at the published
+    width, one SDPA backend at a time, against the CPU in fp32: says which kernel a gap of FLA on CUDA comes from."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from attnseg.heads.flanet import _channel_attention
+
+    torch.manual_seed(0)
+    seq, prior = torch.randn(2, 33, 512, 33), 0.1 * torch.randn(2, 33, 512)
+    with sdpa_kernel(getattr(SDPBackend, backend)):
+        gpu = _channel_attention(seq.cuda(), prior.cuda()).cpu()
+    assert relative(gpu, _channel_attention(seq, prior)) <= EXACT
+
+
 @pytest.mark.parametrize("name", sorted(set(BLOCKS) - {"criss-cross-3d"}))  # the 3D module has no bf16 path
 def test_every_bf16_fast_path_on_cuda_is_within_its_tolerance(name):
     module, x, grad = block(name)
