@@ -1,7 +1,8 @@
 """Train every head on CamVid with one shared recipe, test each on the 233 test images, print a Markdown table.
 
     python -m bench.camvid_results --root ../shared/data/camvid --out runs/camvid_results \
-        [--recipe camvid_r18_cpu] [--heads fcn danet ...] [--seeds 0 1 2] [--steps N] [--tta] [-- EXTRA CLI ARGS]
+        [--recipe camvid_r18_cpu] [--heads fcn danet ...] [--seeds 0 1 2] [--steps N] [--tta] [--keep DIR]
+        [-- EXTRA CLI ARGS]
 
 Each head is ``attnseg fit --config configs/experiment/<recipe>.yaml --config configs/model/<head>.yaml``
 (the recipe's iterations unless ``--steps``; DFN at output stride 32, its paper's) with the CSV logger under
@@ -14,7 +15,9 @@ heads and seeds can be trained in several calls): test mIoU, per-class IoU, iter
 iteration, and for a head with several seeds a row of their mean ± std; it goes to stdout and ``OUT/results.md``.
 With ``--tta`` each run (a finished one too) is also tested with multi-scale + flip inference
 (``attnseg.inference.MultiScaleFlip``: scales 0.5-1.75 and their mirror images, the DANet and CCNet papers' test
-protocol), kept as ``OUT/<run>/test_msflip.json`` and shown as a column beside the single-scale mIoU.
+protocol), kept as ``OUT/<run>/test_msflip.json`` and shown as a column beside the single-scale mIoU. With
+``--keep DIR`` every finished run's records are also written to ``DIR/<run>.json`` and ``DIR/<run>.msflip.json``
+(a folder under version control, while ``OUT`` holds checkpoints and logs), and runs recorded there are skipped.
 """
 
 from __future__ import annotations
@@ -88,17 +91,35 @@ def run_head(head: str, seed: Optional[int], args: argparse.Namespace, out: Path
     name = head if seed is None else f"{head}-s{seed}"
     directory = out / name
     done = directory / "test.json"
+    tta = directory / "test_msflip.json"
+    keep = args.keep
+    if keep is not None:  # records kept earlier count as finished runs
+        for record, local in ((keep / f"{name}.json", done), (keep / f"{name}.msflip.json", tta)):
+            if record.is_file() and not local.is_file():
+                directory.mkdir(parents=True, exist_ok=True)
+                local.write_text(record.read_text())
     common = fit_args(head, seed, args, directory)
     if done.is_file():
         result = json.loads(done.read_text())
     else:
         result = fit_and_test(head, seed, common, directory)
         done.write_text(json.dumps(result, indent=1))
-    tta = directory / "test_msflip.json"
+        keep_record(done, keep, f"{name}.json")
     if args.tta and not tta.is_file():
+        if not Path(result["checkpoint"]).is_file():
+            print(f"{name}: --tta needs its checkpoint {result['checkpoint']}, which is gone; not tested", flush=True)
+            return result
         metrics = run_test(common, directory, Path(result["checkpoint"]), "test_msflip", TTA)
         tta.write_text(json.dumps(metrics, indent=1))
+        keep_record(tta, keep, f"{name}.msflip.json")
     return result
+
+
+def keep_record(path: Path, keep: Optional[Path], name: str) -> None:
+    """A copy of a finished run's record in ``keep`` (``--keep``), where one is given."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / name).write_text(path.read_text())
 
 
 def fit_and_test(head: str, seed: Optional[int], common: list[str], directory: Path) -> dict:
@@ -203,6 +224,13 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="one run per seed (default: one run)")
     parser.add_argument("--steps", type=int, default=None, help="training iterations (default: the recipe's)")
     parser.add_argument("--tta", action="store_true", help="also test with multi-scale + flip (a column of the table)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="a folder of finished runs' records (<run>.json, <run>.msflip.json): those runs are skipped, and each "
+        "run that finishes is recorded there too, e.g. docs/results/camvid_mobilenetv2",
+    )
     args = parser.parse_args(argv)
     args.extra = extra
     if not (args.root / "testannot").is_dir():

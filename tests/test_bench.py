@@ -7,6 +7,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -207,11 +208,8 @@ def test_camvid_table_adds_the_multi_scale_flip_column_where_a_run_has_it():
     assert all(len(line.split("|")) == len(lines[0].split("|")) for line in lines)
 
 
-def test_camvid_tta_tests_a_finished_run_once_with_multi_scale_flip(tmp_path, monkeypatch):
-    run = tmp_path / "fcn-s0"
-    run.mkdir()
-    (run / "test.json").write_text(json.dumps(camvid_result("fcn", 0, 0.60)))
-    calls = []
+def fake_test(run: Path, calls: list):
+    """``attnseg`` that records its arguments and writes a test's metrics.csv under ``run``."""
 
     def fake_attnseg(*args, log):
         calls.append(args)
@@ -219,13 +217,43 @@ def test_camvid_tta_tests_a_finished_run_once_with_multi_scale_flip(tmp_path, mo
         (run / name / "version_0").mkdir(parents=True)
         (run / name / "version_0" / "metrics.csv").write_text("test/mIoU,test/IoU/Sky\n0.625,0.9\n")
 
-    monkeypatch.setattr(bench_camvid, "attnseg", fake_attnseg)
-    args = argparse.Namespace(recipe="r", root=tmp_path, steps=None, extra=[], tta=True)
+    return fake_attnseg
+
+
+def test_camvid_tta_tests_a_finished_run_once_with_multi_scale_flip(tmp_path, monkeypatch):
+    run = tmp_path / "fcn-s0"
+    run.mkdir()
+    ckpt = run / "last.ckpt"
+    ckpt.write_text("weights")
+    (run / "test.json").write_text(json.dumps({**camvid_result("fcn", 0, 0.60), "checkpoint": str(ckpt)}))
+    calls = []
+    monkeypatch.setattr(bench_camvid, "attnseg", fake_test(run, calls))
+    args = argparse.Namespace(recipe="r", root=tmp_path, steps=None, extra=[], tta=True, keep=None)
     for _ in range(2):
         bench_camvid.run_head("fcn", 0, args, tmp_path)
     assert len(calls) == 1 and calls[0][0] == "test" and bench_camvid.TTA in calls[0]
-    assert calls[0][-2:] == ("--ckpt_path", "x")  # the run's own checkpoint, as its test.json names it
+    assert calls[0][-2:] == ("--ckpt_path", str(ckpt))  # the run's own checkpoint, as its test.json names it
     assert bench_camvid.with_tta(run / "test.json")["test_msflip"] == {"test/mIoU": 0.625, "test/IoU/Sky": 0.9}
+
+
+def test_camvid_keep_skips_recorded_runs_and_records_new_tests(tmp_path, monkeypatch, capsys):
+    """A run recorded in --keep is not trained again; its TTA result is recorded there; a run whose checkpoint is
+    gone is not tested with --tta (it says so)."""
+    keep, out = tmp_path / "kept", tmp_path / "out"
+    keep.mkdir()
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_text("weights")
+    (keep / "fcn-s0.json").write_text(json.dumps({**camvid_result("fcn", 0, 0.60), "checkpoint": str(ckpt)}))
+    (keep / "danet-s0.json").write_text(json.dumps(camvid_result("danet", 0, 0.65)))  # checkpoint "x": gone
+    calls = []
+    monkeypatch.setattr(bench_camvid, "attnseg", fake_test(out / "fcn-s0", calls))
+    args = argparse.Namespace(recipe="r", root=tmp_path, steps=None, extra=[], tta=True, keep=keep)
+    assert bench_camvid.run_head("fcn", 0, args, out)["test"]["test/mIoU"] == 0.60
+    assert bench_camvid.run_head("danet", 0, args, out)["test"]["test/mIoU"] == 0.65
+    assert [c[0] for c in calls] == ["test"]  # no fit; one test, of the run whose checkpoint exists
+    assert json.loads((keep / "fcn-s0.msflip.json").read_text())["test/mIoU"] == 0.625
+    assert not (keep / "danet-s0.msflip.json").exists() and "which is gone; not tested" in capsys.readouterr().out
+    assert (out / "danet-s0" / "test.json").is_file()  # the table of OUT lists it
 
 
 def test_complexity_script_counts_parameters_and_flops(tmp_path):

@@ -5,8 +5,8 @@ import pytest
 
 from tests.helpers.cli import CONFIGS, QUICKSTART, run_cli
 
-# README, "Set up": FCN's best val mIoU over seeds 0-2 (configs/ablation/heads_quickstart.yaml), and the margin a run may fall
-# below it (bf16 arithmetic differs between CPUs; seeds 0-2 spread by less than this).
+# README, "Set up": FCN's best val mIoU over seeds 0-2 (configs/ablation/heads_quickstart.yaml), and the margin a
+# run may fall below it (bf16 arithmetic differs between CPUs; seeds 0-2 spread by less than this).
 FCN_VAL_MIOU, MARGIN = 0.733, 0.03
 LOCAL = ("background", "disc", "box", "warm_cue", "cold_cue")
 CONTEXT = ("warm_blob", "cold_blob")
