@@ -27,6 +27,9 @@ For the SyntheticShapes variant at the given size it prints:
    ablations train): the gradient of the blob logits at blob pixels with respect to the input image, averaged
    over test images; the radius (in pixels, around the blob pixel) that holds 95 % and 99 % of its absolute mass.
 5. each row's test context-class IoU from the sweep, next to chance.
+6. on ``two_hop``, for each CCNet checkpoint with R >= 2: its ``gamma`` and the weights of the relay's two links
+   (``relay_attention``: step 1 from a relay cell to the cue, step 2 from a blob to the relay cells), next to what
+   uniform weights give.
 
 A context IoU near chance with a receptive-field radius below the cue distance is the measurement that the cue is
 beyond what the encoder and a convolutional head see.
@@ -159,6 +162,37 @@ def effective_receptive_field(task: SegmentationTask, dataset: SyntheticShapes, 
     return tuple(float(radius[order][int((mass < q).sum())]) for q in (0.95, 0.99))
 
 
+def relay_attention(task: SegmentationTask, dataset: SyntheticShapes, images: int) -> tuple[float, ...]:
+    """How a CCNet model with R >= 2 weighs the two links of the two-hop relay, on the feature grid: the mean step-1
+    weight that a relay cell (in a blob's row and the cue's columns) puts on the cue's rows of its column, and the
+    mean step-2 weight that a blob cell puts on the cue's columns of its row (where the relay cells are), each with
+    what uniform weights over the H + W - 1 positions would give. Returns (step 1, uniform, step 2, uniform)."""
+    model = task.model.eval()
+    sums, count = np.zeros(4), 0
+    for i in range(images):
+        image, mask = dataset[i]
+        with torch.no_grad():
+            maps = model.head.attention_maps(model.encoder(image[None].float()))
+        first, second = maps["step1"][0], maps["step2"][0]  # (h, w, h + w): column [..., :h], row [..., h:]
+        h, w = first.shape[:2]
+        grid = torch.nn.functional.interpolate(mask[None, None].float(), size=(h, w), mode="nearest")[0, 0]
+        cue, blob = torch.isin(grid, torch.tensor(CUES, dtype=grid.dtype)), (grid == WARM) | (grid == COLD)
+        if not cue.any() or not blob.any():
+            continue
+        cue_rows, cue_cols = cue.any(1).nonzero().flatten(), cue.any(0).nonzero().flatten()
+        relay = first[blob.any(1).nonzero().flatten()][:, cue_cols]  # the relay cells' step-1 weights
+        ys, xs = blob.nonzero(as_tuple=True)
+        positions = h + w - 1
+        sums += [
+            float(relay[..., cue_rows].sum(-1).mean()),
+            len(cue_rows) / positions,
+            float(second[ys, xs][:, h + cue_cols].sum(-1).mean()),
+            len(cue_cols) / positions,
+        ]
+        count += 1
+    return tuple(sums / max(count, 1))
+
+
 def axis_gaps(masks: list[np.ndarray]) -> tuple[float, float]:
     """Least gap (pixels) between the rows, and between the columns, of a blob and of its cue, over the images."""
     least = [np.inf, np.inf]
@@ -216,6 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "ERF radius 95 % (px) | ERF radius 99 % (px) |"
     )
     print("|---:|" + "---|" * len(keys) + "---:|---:|---:|---:|---:|")
+    relays = []  # CCNet with R >= 2 on two_hop: the weights of the relay's two links
     for row in rows:
         context = float(row["test_context_IoU"]) * 100
         try:
@@ -239,6 +274,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         r95, r99 = effective_receptive_field(task, test, args.images)
         cells = [row["run"], *(row[k] for k in keys), row["seed"], f"{context:.1f}", reach, f"{r95:.0f}", f"{r99:.0f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
+        head = task.model.head
+        if args.variant == "two_hop" and isinstance(head, CCNetHead) and head.recurrence >= 2 and head.frames == 1:
+            relays.append(
+                (row["run"], row["seed"], context, float(head.cca.gamma.detach()), relay_attention(task, test, args.images))
+            )
+    if relays:
+        print(
+            "\nThe relay's two links (% of a cell's criss-cross weight; uniform: what equal weights give):\n\n"
+            "| run | seed | context IoU (%) | gamma | step 1, relay cell -> cue (%) | uniform (%) | "
+            "step 2, blob -> relay cells (%) | uniform (%) |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+        )
+        for run, seed, context, gamma, weights in relays:
+            print(
+                f"| {run} | {seed} | {context:.1f} | {gamma:.3f} | "
+                + " | ".join(f"{100 * v:.1f}" for v in weights)
+                + " |"
+            )
 
 
 if __name__ == "__main__":

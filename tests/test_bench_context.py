@@ -129,6 +129,25 @@ def test_two_hop_path_goes_through_the_relay_that_carries_the_target():
     assert float((dense2 @ dense1)[0] @ target) == 1.0  # after two steps all of cell 0's attention is on the target
 
 
+def test_relay_attention_of_uniform_weights_is_the_uniform_share():
+    """With the query and key weights at 0 every energy is 0, so each criss-cross weight is 1 / (H + W - 1): both
+    links of the relay get exactly the uniform share (what the measurement compares a trained model's weights with)."""
+    from attnseg.data import SyntheticShapes
+    from attnseg.data.transforms import eval_transforms
+    from attnseg.heads import CCNetHead
+
+    model, _ = _context_benchmark_model(CCNetHead, recurrence=2, channels=16)
+    for projection in (model.head.cca.query, model.head.cca.key):
+        torch.nn.init.zeros_(projection.weight)
+        torch.nn.init.zeros_(projection.bias)
+    task = type("T", (), {"model": model})()
+    data = SyntheticShapes(split="test", image_size=128, num_samples=4, variant="two_hop")
+    data.transforms = eval_transforms()
+    first, uniform1, second, uniform2 = bench_context.relay_attention(task, data, images=4)
+    assert 0 < uniform1 < 1 and 0 < uniform2 < 1
+    assert first == pytest.approx(uniform1, rel=1e-5) and second == pytest.approx(uniform2, rel=1e-5)
+
+
 def _context_benchmark_model(head_class, **head_args):
     """A model of the context benchmark (configs/experiment/context.yaml: its encoder and image size)."""
     import yaml
