@@ -24,6 +24,7 @@ from attnseg.divergence import DivergenceGuard
 from attnseg.encoder import Encoder, EncoderConfig
 from attnseg.heads import FCNHead
 from attnseg.inference import MultiScaleFlip, SlidingWindow, Whole
+from attnseg.layout import contiguous_dilated_depthwise
 from attnseg.losses import CrossEntropy
 from attnseg.model import SegmentationModel
 from attnseg.optim import apply_options_on_resume, configure_optimizers
@@ -185,6 +186,7 @@ class SegmentationTask(LightningModule):
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.model.register_forward_pre_hook(_images_channels_last)
+            contiguous_dilated_depthwise(self.model)  # their bf16 weight gradient is wrong in channels-last on CPUs
         if self.hparams.compile:
             compile_or_eager(self.model, type(self.model.head).__name__)
 
