@@ -276,9 +276,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print("| " + " | ".join(cells) + " |", flush=True)
         head = task.model.head
         if args.variant == "two_hop" and isinstance(head, CCNetHead) and head.recurrence >= 2 and head.frames == 1:
-            relays.append(
-                (row["run"], row["seed"], context, float(head.cca.gamma.detach()), relay_attention(task, test, args.images))
-            )
+            gamma = float(head.cca.gamma.detach())
+            relays.append((row["run"], row["seed"], context, gamma, relay_attention(task, test, args.images)))
     if relays:
         print(
             "\nThe relay's two links (% of a cell's criss-cross weight; uniform: what equal weights give):\n\n"
