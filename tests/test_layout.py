@@ -76,3 +76,21 @@ def test_dilated_mobilenet_weight_gradients_in_bf16_channels_last_stay_the_size_
     assert len(got) == len(expected) > 0
     for g, e in zip(got, expected):
         assert torch.isfinite(g).all() and 0.5 < float(g.norm() / e.norm()) < 2.0
+
+
+def test_the_task_keeps_dilated_depthwise_convolutions_contiguous_with_channels_last():
+    """``SegmentationTask.configure_model`` with ``channels_last``: the dilated MobileNetV2's depthwise convolutions
+    get the hooks and contiguous weights; without ``channels_last`` they are left as they are."""
+    from attnseg.task import SegmentationTask
+
+    def dilated_depthwise(channels_last: bool) -> list[nn.Conv2d]:
+        task = SegmentationTask(
+            encoder={"name": "mobilenetv2_100", "output_stride": 16}, num_classes=3, channels_last=channels_last
+        )
+        task.configure_model()
+        return [m for m in task.model.modules() if is_dilated_depthwise(m)]
+
+    changed = dilated_depthwise(True)
+    assert changed and all(m._forward_pre_hooks and m._forward_hooks for m in changed)
+    assert all(m.weight.stride() == torch.empty(m.weight.shape).stride() for m in changed)
+    assert not any(m._forward_pre_hooks for m in dilated_depthwise(False))
