@@ -80,13 +80,18 @@ def test_dilated_mobilenet_weight_gradients_in_bf16_channels_last_stay_the_size_
 
 def test_the_task_keeps_dilated_depthwise_convolutions_contiguous_with_channels_last():
     """``SegmentationTask.configure_model`` with ``channels_last``: the dilated MobileNetV2's depthwise convolutions
-    get the hooks and contiguous weights; without ``channels_last`` they are left as they are."""
+    get the hooks and contiguous weights; without ``channels_last``, or for a trainer on a GPU, they are left as
+    they are."""
+    from types import SimpleNamespace
+
     from attnseg.task import SegmentationTask
 
-    def dilated_depthwise(channels_last: bool) -> list[nn.Conv2d]:
+    def dilated_depthwise(channels_last: bool, root_device: str | None = None) -> list[nn.Conv2d]:
         task = SegmentationTask(
             encoder={"name": "mobilenetv2_100", "output_stride": 16}, num_classes=3, channels_last=channels_last
         )
+        if root_device is not None:  # what configure_model reads of the trainer
+            task._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(root_device)))
         task.configure_model()
         return [m for m in task.model.modules() if is_dilated_depthwise(m)]
 
@@ -94,3 +99,7 @@ def test_the_task_keeps_dilated_depthwise_convolutions_contiguous_with_channels_
     assert changed and all(m._forward_pre_hooks and m._forward_hooks for m in changed)
     assert all(m.weight.stride() == torch.empty(m.weight.shape).stride() for m in changed)
     assert not any(m._forward_pre_hooks for m in dilated_depthwise(False))
+    assert all(m._forward_pre_hooks for m in dilated_depthwise(True, "cpu"))
+    on_gpu = dilated_depthwise(True, "cuda:0")
+    assert not any(m._forward_pre_hooks for m in on_gpu)
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in on_gpu)

@@ -8,7 +8,8 @@ rounding, 3e-3). Dilated encoders with depthwise convolutions (MobileNetV2, Effi
 or 16) hit it: their dilated stages train on wrong gradients, and one large entry in a weight is enough to
 overflow the batch norm after it. So, for a channels-last model, ``contiguous_dilated_depthwise`` keeps those
 convolutions' weights contiguous and runs them on a contiguous copy of their CPU input, the result going back to
-channels-last, at the cost of two copies of each such feature map. Inputs on other devices pass through unchanged.
+channels-last, at the cost of two copies of each such feature map. Inputs on other devices pass through
+unchanged, and ``SegmentationTask.configure_model`` applies it only when the trainer runs on the CPU.
 """
 
 from __future__ import annotations

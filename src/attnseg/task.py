@@ -186,9 +186,14 @@ class SegmentationTask(LightningModule):
         if self.hparams.channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.model.register_forward_pre_hook(_images_channels_last)
-            contiguous_dilated_depthwise(self.model)  # their bf16 weight gradient is wrong in channels-last on CPUs
+            if self._root_device().type == "cpu":  # their bf16 weight gradient is wrong in channels-last on CPUs
+                contiguous_dilated_depthwise(self.model)
         if self.hparams.compile:
             compile_or_eager(self.model, type(self.model.head).__name__)
+
+    def _root_device(self) -> torch.device:
+        """The device the trainer runs on (the model is still on the CPU when ``configure_model`` runs)."""
+        return self._trainer.strategy.root_device if self._trainer is not None else self.device
 
     # ----------------------------------------------------------------------------------- steps
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
