@@ -191,8 +191,8 @@ def test_a_real_ctrl_c_stops_the_sweep_and_a_rerun_continues_it(tmp_path):
 
 
 def test_curves_are_named_by_the_run_so_other_seed_subsets_keep_them(tmp_path):
-    """Run numbers depend on the seeds an invocation runs (--seeds 2 numbers its first run 0): a later invocation with
-    every seed must not take that run's curve for another run's."""
+    """A run's number is its place in the whole grid over the file's seeds (then any new ones), whatever seeds an
+    invocation runs; a later invocation with every seed keeps that run's curve and numbers the runs apart."""
     sweep = write_sweep(
         tmp_path / "sw.yaml",
         "fixed:\n  trainer.max_epochs: 1\ngrid:\n  model.head.init_args.num_convs: [1]\nseeds: [0, 1]\n",
@@ -201,7 +201,9 @@ def test_curves_are_named_by_the_run_so_other_seed_subsets_keep_them(tmp_path):
     out = tmp_path / "out"
     assert main_code("sweep", str(sweep), "--out", str(out), "--seeds", "1", *extra) == 0
     first = {r["seed"]: r["curve"] for r in csv.DictReader(open(out / "results.csv"))}
+    assert [r["run"] for r in csv.DictReader(open(out / "results.csv"))] == ["1"]  # seed 1 is the file's second
     kept = Path(first["1"]).read_text()
     assert main_code("sweep", str(sweep), "--out", str(out), *extra) == 0
     rows = {r["seed"]: r["curve"] for r in csv.DictReader(open(out / "results.csv"))}
     assert rows["1"] == first["1"] and Path(rows["1"]).read_text() == kept and rows["0"] != rows["1"]
+    assert {r["seed"]: r["run"] for r in csv.DictReader(open(out / "results.csv"))} == {"0": "0", "1": "1"}

@@ -71,12 +71,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         print(f"attnseg sweep: {err}", file=sys.stderr)
         return 2
+    whole = copy.deepcopy(sweep)  # before --only and --seeds: the table and the run numbers cover the whole grid
     if args.seeds is not None:
         if len(set(args.seeds)) != len(args.seeds):
             print(f"attnseg sweep: --seeds {args.seeds} repeat a seed; each seed once", file=sys.stderr)
             return 2
         sweep.seeds = list(args.seeds)
-    whole = copy.deepcopy(sweep)  # before --only: the table and the run numbers cover the whole grid
+        whole.seeds += [seed for seed in args.seeds if seed not in whole.seeds]  # the file's seeds, then new ones
     numbers = {run_key(point, seed): k for k, (point, seed) in enumerate(whole.runs())}
     try:
         for only in args.only:
@@ -126,6 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         print(f"attnseg sweep: {err}", file=sys.stderr)
         return 2
+    for key, row in earlier.items():  # rows written by calls with other --only or --seeds: numbered in the whole grid
+        row["run"] = numbers.get(key, row["run"])
     planned = {run_key(point, seed) for point, seed in runs}
     table = dict(earlier)  # every earlier row, replaced run by run: a write after any run keeps the rest
     if args.resume and not earlier:
