@@ -33,6 +33,12 @@ For the SyntheticShapes variant at the given size it prints:
 
 A context IoU near chance with a receptive-field radius below the cue distance is the measurement that the cue is
 beyond what the encoder and a convolutional head see.
+
+With ``--checkpoints`` (several checkpoints of one CCNet run with R >= 2 on ``two_hop``, e.g. every validation's, kept
+with ``--checkpoint.save_top_k=-1``) it prints instead the relay's two links at each checkpoint's step, next to
+``gamma`` and the uniform share: how the links part from uniform over training.
+
+    python -m bench.context --variant two_hop --images 24 --checkpoints runs/attnseg/<run>/checkpoints/best-*.ckpt
 """
 
 from __future__ import annotations
@@ -193,6 +199,21 @@ def relay_attention(task: SegmentationTask, dataset: SyntheticShapes, images: in
     return tuple(sums / max(count, 1))
 
 
+def relay_over_training(paths: Sequence[Path], dataset: SyntheticShapes, images: int) -> list[tuple]:
+    """``(global step, gamma, relay_attention)`` of each checkpoint, in the order of their steps. A checkpoint that
+    is not of a CCNet model with R >= 2 on single frames is an error naming it."""
+    rows = []
+    for path in paths:
+        task = SegmentationTask.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        head = task.model.head
+        if not (isinstance(head, CCNetHead) and head.recurrence >= 2 and head.frames == 1):
+            found = f"{type(head).__name__}" + (f" with R = {head.recurrence}" if isinstance(head, CCNetHead) else "")
+            raise SystemExit(f"--checkpoints {path}: a {found}; expected CCNet with recurrence >= 2 (the relay)")
+        step = int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+        rows.append((step, float(head.cca.gamma.detach()), relay_attention(task, dataset, images)))
+    return sorted(rows, key=lambda row: row[0])
+
+
 def axis_gaps(masks: list[np.ndarray]) -> tuple[float, float]:
     """Least gap (pixels) between the rows, and between the columns, of a blob and of its cue, over the images."""
     least = [np.inf, np.inf]
@@ -214,7 +235,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--encoder", default="resnet18", help="timm name of the encoder whose reach is printed")
     parser.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32))
     parser.add_argument("--out-indices", type=int, nargs="+", default=[0, 1, 2], help="the encoder's feature levels")
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        nargs="+",
+        help="checkpoints of one CCNet run (R >= 2): the relay's two links at each one's step, on two_hop",
+    )
     args = parser.parse_args(argv)
+    if args.checkpoints:
+        if args.variant != "two_hop":
+            raise SystemExit(f"--checkpoints measures the two-hop relay; add --variant two_hop (not {args.variant})")
+        test = SyntheticShapes(split="test", image_size=args.size, variant="two_hop")
+        test.transforms = eval_transforms()
+        print(
+            f"The relay's two links over training ({args.images} two_hop test images, {args.size}x{args.size}; % of a "
+            "cell's criss-cross weight):\n\n| step | gamma | step 1, relay cell -> cue (%) | uniform (%) | "
+            "step 2, blob -> relay cells (%) | uniform (%) |\n|---:|---:|---:|---:|---:|---:|"
+        )
+        for step, gamma, weights in relay_over_training(args.checkpoints, test, args.images):
+            print(f"| {step} | {gamma:.3f} | " + " | ".join(f"{100 * v:.1f}" for v in weights) + " |", flush=True)
+        return
 
     test = SyntheticShapes(split="test", image_size=args.size, variant=args.variant)
     masks = [test.generate(i)[1] for i in range(len(test))]

@@ -4,6 +4,8 @@ of a blob pixel with its two-hop path."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -146,6 +148,44 @@ def test_relay_attention_of_uniform_weights_is_the_uniform_share():
     first, uniform1, second, uniform2 = bench_context.relay_attention(task, data, images=4)
     assert 0 < uniform1 < 1 and 0 < uniform2 < 1
     assert first == pytest.approx(uniform1, rel=1e-5) and second == pytest.approx(uniform2, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_relay_over_training_reads_each_checkpoints_step_and_gamma(tmp_path, capsys):
+    """--checkpoints: one row per checkpoint, in the order of their steps, with the gamma the checkpoint holds; a
+    checkpoint without the relay (CCNet R = 1) is an error naming it."""
+    from tests.helpers.cli import FAST, QUICKSTART, run_cli
+
+    def fit(recurrence: int, steps: int) -> tuple[str, float]:
+        cli = run_cli(
+            "fit",
+            "--config",
+            QUICKSTART,
+            "--config",
+            "model/ccnet",
+            *FAST,
+            f"--model.head.init_args.recurrence={recurrence}",
+            f"--trainer.max_steps={steps}",
+            "--trainer.limit_val_batches=1",
+            "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path / str(recurrence)}",
+        )
+        return cli.trainer.checkpoint_callback.last_model_path, float(cli.model.model.head.cca.gamma.detach())
+
+    last, gamma = fit(2, 2)
+    early = tmp_path / "early.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    state["global_step"] = 1
+    torch.save(state, early)
+    bench_context.main(["--variant", "two_hop", "--size", "128", "--images", "2", "--checkpoints", last, str(early)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2"]  # sorted by step
+    assert all(float(row.split(" | ")[1]) == pytest.approx(gamma, abs=5e-4) for row in rows)
+    one, _ = fit(1, 1)
+    with pytest.raises(SystemExit, match=f"--checkpoints {re.escape(one)}: a CCNetHead with R = 1"):
+        bench_context.main(["--variant", "two_hop", "--size", "128", "--images", "1", "--checkpoints", one])
+    with pytest.raises(SystemExit, match="add --variant two_hop"):
+        bench_context.main(["--checkpoints", last])
 
 
 def _context_benchmark_model(head_class, **head_args):
