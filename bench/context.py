@@ -199,6 +199,11 @@ def relay_attention(task: SegmentationTask, dataset: SyntheticShapes, images: in
     return tuple(sums / max(count, 1))
 
 
+def has_relay(head: nn.Module) -> bool:
+    """A CCNet head on single frames with R >= 2: one whose two criss-cross steps ``relay_attention`` reads."""
+    return isinstance(head, CCNetHead) and head.recurrence >= 2 and head.frames == 1
+
+
 def relay_over_training(paths: Sequence[Path], dataset: SyntheticShapes, images: int) -> list[tuple]:
     """``(global step, gamma, relay_attention)`` of each checkpoint, in the order of their steps. A checkpoint that
     is not of a CCNet model with R >= 2 on single frames is an error naming it."""
@@ -206,7 +211,7 @@ def relay_over_training(paths: Sequence[Path], dataset: SyntheticShapes, images:
     for path in paths:
         task = SegmentationTask.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         head = task.model.head
-        if not (isinstance(head, CCNetHead) and head.recurrence >= 2 and head.frames == 1):
+        if not has_relay(head):
             found = f"{type(head).__name__}" + (f" with R = {head.recurrence}" if isinstance(head, CCNetHead) else "")
             raise SystemExit(f"--checkpoints {path}: a {found}; expected CCNet with recurrence >= 2 (the relay)")
         step = int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
@@ -315,7 +320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         cells = [row["run"], *(row[k] for k in keys), row["seed"], f"{context:.1f}", reach, f"{r95:.0f}", f"{r99:.0f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
         head = task.model.head
-        if args.variant == "two_hop" and isinstance(head, CCNetHead) and head.recurrence >= 2 and head.frames == 1:
+        if args.variant == "two_hop" and has_relay(head):
             gamma = float(head.cca.gamma.detach())
             relays.append((row["run"], row["seed"], context, gamma, relay_attention(task, test, args.images)))
     if relays:
