@@ -212,6 +212,23 @@ def test_video_ablation_compares_2d_and_3d_attention_on_the_same_batches(capsys)
     assert all(b == built[0] for b in built)
 
 
+def test_width_ablation_is_the_recurrence_recipe_at_r2_with_wider_attention():
+    """configs/ablation/ccnet_width.yaml: R = 2 on two_hop with ccnet.yaml's recipe, attention 256 and 512 channels
+    wide (keys of channels / 8), every validation's checkpoint kept."""
+    width = Sweep.from_file(CONFIGS / "ablation" / "ccnet_width.yaml")
+    recurrence = Sweep.from_file(CONFIGS / "ablation" / "ccnet.yaml")
+    assert width.base == recurrence.base and width.seeds == recurrence.seeds
+    assert [p["model.head.init_args.channels"] for p in width.points()] == [256, 512]
+    same = {k: v for k, v in recurrence.fixed.items() if k != "model.head.init_args.channels"}
+    assert width.fixed == {**same, "model.head.init_args.recurrence": 2, "checkpoint.save_top_k": -1}
+    for point in width.points():
+        args = width.arguments(point, ["--data.dataset_args.image_size=32", "--data.num_workers=0"])
+        cli = AttnSegCLI(args=args[1:], run=False)
+        cca = cli.model.model.head.cca
+        assert cli.model.model.head.recurrence == 2
+        assert cca.query.out_channels == point["model.head.init_args.channels"] // 8
+
+
 @pytest.mark.parametrize("name", ["heads", "danet", "ccnet_video"])
 def test_wandb_sweep_file_runs_the_same_grid(name, tmp_path):
     """The W&B sweep file of a sweep: expanded the way ``wandb agent`` expands it (wandb's own functions), each of
