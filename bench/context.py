@@ -28,8 +28,8 @@ For the SyntheticShapes variant at the given size it prints:
    over test images; the radius (in pixels, around the blob pixel) that holds 95 % and 99 % of its absolute mass.
 5. each row's test context-class IoU from the sweep, next to chance.
 6. on ``two_hop``, for each CCNet checkpoint with R >= 2: its ``gamma`` and the weights of the relay's two links
-   (``relay_attention``: step 1 from a relay cell to the cue, step 2 from a blob to the relay cells), next to what
-   uniform weights give.
+   (``relay_attention``: step 1 from a relay cell to the cue, step 2 from a blob to the relay cells) and what the
+   relay competes with (step 2 from a blob to the cells of its own class), next to what uniform weights give.
 
 A context IoU near chance with a receptive-field radius below the cue distance is the measurement that the cue is
 beyond what the encoder and a convolutional head see.
@@ -171,10 +171,12 @@ def effective_receptive_field(task: SegmentationTask, dataset: SyntheticShapes, 
 def relay_attention(task: SegmentationTask, dataset: SyntheticShapes, images: int) -> tuple[float, ...]:
     """How a CCNet model with R >= 2 weighs the two links of the two-hop relay, on the feature grid: the mean step-1
     weight that a relay cell (in a blob's row and the cue's columns) puts on the cue's rows of its column, and the
-    mean step-2 weight that a blob cell puts on the cue's columns of its row (where the relay cells are), each with
-    what uniform weights over the H + W - 1 positions would give. Returns (step 1, uniform, step 2, uniform)."""
+    mean step-2 weight that a blob cell puts on the cue's columns of its row (where the relay cells are), and the
+    mean step-2 weight that a blob cell puts on the cells of its own class in its row and column (itself included:
+    the weight the relay competes with), each with what uniform weights over the H + W - 1 positions would give.
+    Returns (step 1, uniform, step 2, uniform, own class, uniform)."""
     model = task.model.eval()
-    sums, count = np.zeros(4), 0
+    sums, count = np.zeros(6), 0
     for i in range(images):
         image, mask = dataset[i]
         with torch.no_grad():
@@ -189,11 +191,18 @@ def relay_attention(task: SegmentationTask, dataset: SyntheticShapes, images: in
         relay = first[blob.any(1).nonzero().flatten()][:, cue_cols]  # the relay cells' step-1 weights
         ys, xs = blob.nonzero(as_tuple=True)
         positions = h + w - 1
+        own = grid[ys, xs]
+        in_column = (grid[:, xs].T == own[:, None]).float()  # (blob cells, h): its class in its column
+        in_column[torch.arange(len(ys)), ys] = 0.0  # the cell itself is masked out of its column
+        in_row = (grid[ys] == own[:, None]).float()  # (blob cells, w): its class in its row, itself included
+        weights = second[ys, xs]
         sums += [
             float(relay[..., cue_rows].sum(-1).mean()),
             len(cue_rows) / positions,
-            float(second[ys, xs][:, h + cue_cols].sum(-1).mean()),
+            float(weights[:, h + cue_cols].sum(-1).mean()),
             len(cue_cols) / positions,
+            float(((weights[:, :h] * in_column).sum(-1) + (weights[:, h:] * in_row).sum(-1)).mean()),
+            float((in_column.sum(-1) + in_row.sum(-1)).mean()) / positions,
         ]
         count += 1
     return tuple(sums / max(count, 1))
@@ -255,7 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(
             f"The relay's two links over training ({args.images} two_hop test images, {args.size}x{args.size}; % of a "
             "cell's criss-cross weight):\n\n| step | gamma | step 1, relay cell -> cue (%) | uniform (%) | "
-            "step 2, blob -> relay cells (%) | uniform (%) |\n|---:|---:|---:|---:|---:|---:|"
+            "step 2, blob -> relay cells (%) | uniform (%) | step 2, blob -> its class (%) | uniform (%) |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|"
         )
         for step, gamma, weights in relay_over_training(args.checkpoints, test, args.images):
             print(f"| {step} | {gamma:.3f} | " + " | ".join(f"{100 * v:.1f}" for v in weights) + " |", flush=True)
@@ -327,7 +337,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(
             "\nThe relay's two links (% of a cell's criss-cross weight; uniform: what equal weights give):\n\n"
             "| run | seed | context IoU (%) | gamma | step 1, relay cell -> cue (%) | uniform (%) | "
-            "step 2, blob -> relay cells (%) | uniform (%) |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "step 2, blob -> relay cells (%) | uniform (%) | step 2, blob -> its class (%) | uniform (%) |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         )
         for run, seed, context, gamma, weights in relays:
             print(

@@ -133,7 +133,8 @@ def test_two_hop_path_goes_through_the_relay_that_carries_the_target():
 
 def test_relay_attention_of_uniform_weights_is_the_uniform_share():
     """With the query and key weights at 0 every energy is 0, so each criss-cross weight is 1 / (H + W - 1): both
-    links of the relay get exactly the uniform share (what the measurement compares a trained model's weights with)."""
+    links of the relay and a blob's own class get exactly the uniform share (what the measurement compares a trained
+    model's weights with)."""
     from attnseg.data import SyntheticShapes
     from attnseg.data.transforms import eval_transforms
     from attnseg.heads import CCNetHead
@@ -145,9 +146,10 @@ def test_relay_attention_of_uniform_weights_is_the_uniform_share():
     task = type("T", (), {"model": model})()
     data = SyntheticShapes(split="test", image_size=128, num_samples=4, variant="two_hop")
     data.transforms = eval_transforms()
-    first, uniform1, second, uniform2 = bench_context.relay_attention(task, data, images=4)
-    assert 0 < uniform1 < 1 and 0 < uniform2 < 1
+    first, uniform1, second, uniform2, own, uniform3 = bench_context.relay_attention(task, data, images=4)
+    assert 0 < uniform1 < 1 and 0 < uniform2 < 1 and uniform2 < uniform3 < 1  # a blob fills more of its lines
     assert first == pytest.approx(uniform1, rel=1e-5) and second == pytest.approx(uniform2, rel=1e-5)
+    assert own == pytest.approx(uniform3, rel=1e-5)
 
 
 @pytest.mark.slow
