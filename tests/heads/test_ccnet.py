@@ -106,6 +106,22 @@ def test_recurrence_shares_weights_and_zero_is_the_baseline():
     assert list(maps) == ["step1", "step2"] and all(m.shape == (1, h, w, h + w) for m in maps.values())
 
 
+def test_gamma_starts_at_zero_unless_gamma_init_says_otherwise():
+    """The paper's criss-cross module starts as the identity (gamma 0); ``gamma_init`` starts it elsewhere, and the
+    head's output then depends on the attention from the first step."""
+    channels = CHANNELS["resnet50/16"]
+    features = fake_features(channels)
+    torch.manual_seed(0)
+    paper = CCNetHead(channels, 3, recurrence=2).eval()
+    torch.manual_seed(0)
+    started = CCNetHead(channels, 3, recurrence=2, gamma_init=0.5).eval()
+    assert float(paper.cca.gamma) == 0.0 and float(started.cca.gamma) == 0.5
+    with torch.no_grad():
+        assert not torch.allclose(paper(features)["out"], started(features)["out"])
+        started.cca.gamma.zero_()
+        assert torch.equal(paper(features)["out"], started(features)["out"])  # only gamma differs
+
+
 @pytest.mark.parametrize(
     "ccl,aux,expected",
     [(False, True, {"out", "aux"}), (True, True, {"out", "ccl", "aux"}), (True, False, {"out", "ccl"})],

@@ -172,6 +172,8 @@ class CCNetHead(SegHead):
         frames: 1 for images; the clip length T for video, whose batches hold clips of T consecutive frames
             (frames folded into the batch: the encoder and every other layer run per frame, the loss and metrics
             score frames): the attention is then ``CrissCrossAttention3D`` across each clip.
+        gamma_init: the starting value of the attention's residual scale ``gamma`` (0 in the paper and by default:
+            the module starts as the identity); an ablation knob for how early the attention's output counts.
     """
 
     name_words = (NameWord("recurrence", "r{}"), NameWord("frames", "t{}", omit=1))
@@ -191,6 +193,7 @@ class CCNetHead(SegHead):
         dropout: float = 0.1,
         aux: bool = True,
         frames: int = 1,
+        gamma_init: float = 0.0,
     ) -> None:
         super().__init__()
         if recurrence < 0:
@@ -205,6 +208,8 @@ class CCNetHead(SegHead):
         self.reduce = ConvNormAct(c_in, channels, kernel_size=3)
         attention = CrissCrossAttention if frames == 1 else CrissCrossAttention3D
         self.cca = attention(channels, key_channels) if recurrence else None
+        if self.cca is not None:
+            nn.init.constant_(self.cca.gamma, gamma_init)
         self.project = ConvNormAct(channels, channels, kernel_size=3)
         self.fuse = ConvNormAct(c_in + channels, fuse_channels, kernel_size=3)
         self.cls = SegClassifier(fuse_channels, num_classes, dropout)
