@@ -36,6 +36,7 @@ def identity(*args: str):
             ["off"],
         ),
         (["--config", "model/ccnet", "--model.head.init_args.recurrence=3"], "ccnet-r3-r18-s0", ["ccnet", "r3"]),
+        (["--config", "model/ccnet", "--model.head.init_args.gamma_init=1.0"], "ccnet-r2-g1-r18-s0", ["r2", "g1"]),
         (["--config", "model/dfn", "--model.encoder.output_stride=32"], "dfn-border-r18-os32-s0", ["border"]),
         (["--config", "model/flanet", "--model.encoder.name=resnet50"], "flanet-r50-s0", ["flanet", "resnet50"]),
     ],

@@ -176,7 +176,11 @@ class CCNetHead(SegHead):
             the module starts as the identity); an ablation knob for how early the attention's output counts.
     """
 
-    name_words = (NameWord("recurrence", "r{}"), NameWord("frames", "t{}", omit=1))
+    name_words = (
+        NameWord("recurrence", "r{}"),
+        NameWord("frames", "t{}", omit=1),
+        NameWord("gamma_init", "g{:g}", omit=0),
+    )
 
     def __init__(
         self,
