@@ -229,6 +229,20 @@ def test_width_ablation_is_the_recurrence_recipe_at_r2_with_wider_attention():
         assert cca.query.out_channels == point["model.head.init_args.channels"] // 8
 
 
+def test_gamma_ablation_is_the_recurrence_recipe_with_gamma_starting_at_one():
+    """configs/ablation/ccnet_gamma1.yaml: ccnet.yaml's recurrence grid and recipe, the attention's gamma set to 1
+    at the start (every R with attention), the same convs and classifier."""
+    gamma = Sweep.from_file(CONFIGS / "ablation" / "ccnet_gamma1.yaml")
+    recurrence = Sweep.from_file(CONFIGS / "ablation" / "ccnet.yaml")
+    assert gamma.base == recurrence.base and gamma.seeds == recurrence.seeds and gamma.grid == recurrence.grid
+    assert gamma.fixed == {**recurrence.fixed, "model.head.init_args.gamma_init": 1.0}
+    for point in gamma.points():
+        args = gamma.arguments(point, ["--data.dataset_args.image_size=32", "--data.num_workers=0"])
+        head = AttnSegCLI(args=args[1:], run=False).model.model.head
+        assert head.recurrence == point["model.head.init_args.recurrence"]
+        assert head.cca is None if head.recurrence == 0 else float(head.cca.gamma) == 1.0
+
+
 @pytest.mark.parametrize("name", ["heads", "danet", "ccnet_video"])
 def test_wandb_sweep_file_runs_the_same_grid(name, tmp_path):
     """The W&B sweep file of a sweep: expanded the way ``wandb agent`` expands it (wandb's own functions), each of

@@ -207,3 +207,30 @@ def test_curves_are_named_by_the_run_so_other_seed_subsets_keep_them(tmp_path):
     rows = {r["seed"]: r["curve"] for r in csv.DictReader(open(out / "results.csv"))}
     assert rows["1"] == first["1"] and Path(rows["1"]).read_text() == kept and rows["0"] != rows["1"]
     assert {r["seed"]: r["run"] for r in csv.DictReader(open(out / "results.csv"))} == {"0": "0", "1": "1"}
+
+
+def test_sweeps_side_by_side_into_one_folder_keep_each_others_rows(tmp_path, monkeypatch):
+    """Two calls with disjoint ``--only`` into one folder at the same time (one starts while the other's first run
+    trains): every write merges with the rows on disk, so the table ends with both calls' runs under their numbers
+    in the whole grid."""
+    from attnseg.sweep import command
+
+    sweep = write_sweep(tmp_path / "sw.yaml", "grid:\n  model.head.init_args.num_convs: [1, 2, 3]\nseeds: [0, 1]\n")
+    out = tmp_path / "out"
+    trained = []
+
+    def fake_run(sweep_, index, point, extra, group, seed, out_, resume, curve):
+        convs = point["model.head.init_args.num_convs"]
+        trained.append((convs, seed))
+        if (convs, seed) == (1, 0):  # the other call starts, runs all its runs and writes, while this one trains
+            assert main_code("sweep", str(sweep), "--out", str(out), "--only", "model.head.init_args.num_convs=3") == 0
+        return {"run": index, **point, "seed": seed, "status": "ok", "error": "", "time_s": 1.0, "test_mIoU": convs}
+
+    monkeypatch.setattr(command, "run_point", fake_run)
+    assert main_code("sweep", str(sweep), "--out", str(out), "--only", "model.head.init_args.num_convs=1,2") == 0
+    assert trained == [(1, 0), (3, 0), (3, 1), (1, 1), (2, 0), (2, 1)]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    grid = [(convs, seed) for convs in (1, 2, 3) for seed in (0, 1)]
+    assert [(r["run"], r["model.head.init_args.num_convs"], r["seed"], r["status"]) for r in rows] == [
+        (str(k), str(convs), str(seed), "ok") for k, (convs, seed) in enumerate(grid)
+    ]

@@ -47,7 +47,9 @@ kept and not run again, any other run that started before (interrupted, failed, 
 written) continues from the ``last.ckpt`` of its run folder (``DIR/folders/<point>,seed=<s>.txt`` names it as soon
 as the run starts training) or starts again where there is none, and every earlier row stays in the table (rows
 of points this invocation does not run, e.g. with ``--only``, included). A ``results.csv`` of another sweep (other
-grid keys) is refused: choose another ``--out``.
+grid keys) is refused: choose another ``--out``. Calls on disjoint runs (``--only``, ``--seeds``) may run side by
+side into one ``DIR``: every write re-reads ``results.csv`` under a lock (``DIR/.results.lock``) and merges this
+call's rows into it (``command.record``).
 
 ``--wandb-sweep FILE`` writes the same grid as a W&B sweep file instead (``method: grid``, ``val/mIoU`` maximised,
 each grid key and ``seed_everything`` a parameter, a bundled axis a ``config`` parameter of inline YAML) and runs

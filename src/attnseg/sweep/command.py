@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import os
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
@@ -18,6 +20,44 @@ from attnseg.sweep.report import earlier_rows, run_seconds, write_results
 from attnseg.sweep.run import check_points, run_point, unfinished_checkpoint
 from attnseg.sweep.spec import Sweep, point_label, restrict, run_key
 from attnseg.sweep.wandb_export import wandb_sweep
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: one sweep per folder at a time
+    fcntl = None
+
+LOCK_FILE = ".results.lock"
+
+
+@contextlib.contextmanager
+def results_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.results.lock`` (the operating system's ``flock``, released however the process ends) while the
+    results are read, merged and written, so that sweeps running side by side into one folder (``--only`` or
+    ``--seeds`` on disjoint runs) never drop each other's rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def record(
+    whole: Sweep, numbers: dict[str, int], mine: dict[str, dict[str, Any]], out: Path, group: str, extra: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Rewrite ``out``'s results: the rows on disk now (written by this sweep's earlier calls or by one running beside
+    it), numbered in the whole grid, with this call's rows ``mine`` in place of theirs; returns the merged table."""
+    with results_lock(out):
+        table = earlier_rows(whole, out)
+        for key, row in table.items():
+            row["run"] = numbers.get(key, row["run"])
+        table.update(mine)
+        write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
+    return table
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -123,14 +163,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     group = f"{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}"
     leader = rank_zero_only.rank == 0  # with several processes (DDP) every one runs the sweep; one writes results
     try:
-        earlier = earlier_rows(whole, out)
+        with results_lock(out):
+            earlier = earlier_rows(whole, out)
     except ValueError as err:
         print(f"attnseg sweep: {err}", file=sys.stderr)
         return 2
     for key, row in earlier.items():  # rows written by calls with other --only or --seeds: numbered in the whole grid
         row["run"] = numbers.get(key, row["run"])
     planned = {run_key(point, seed) for point, seed in runs}
-    table = dict(earlier)  # every earlier row, replaced run by run: a write after any run keeps the rest
+    mine: dict[str, dict[str, Any]] = {}  # this call's runs; each write merges them into the rows on disk
     if args.resume and not earlier:
         print(f"Sweep {sweep.name}: --resume: no results in {out} yet; starting the sweep")
     if earlier:
@@ -150,16 +191,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         started = time.perf_counter()
         spent = run_seconds((before or {}).get("time_s")) if resume is not None else 0.0  # its earlier attempts
         try:
-            table[key] = run_point(
+            mine[key] = run_point(
                 sweep, index, point, extra, group, seed, out if leader else None, resume, (before or {}).get("curve")
             )
-            table[key]["time_s"] = round(table[key]["time_s"] + spent, 1)
+            mine[key]["time_s"] = round(mine[key]["time_s"] + spent, 1)
             stopped = stop_received()  # a stop signal whose run ended in an error first (a killed loader worker)
             code = 128 + stopped if stopped is not None else None
         except (KeyboardInterrupt, SystemExit) as err:  # Ctrl+C (Lightning turns it into SystemExit), SIGTERM
             code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) and err.code > 128 else 130
         if code is not None:  # the sweep stops here; a re-run continues this run from its last.ckpt
-            table[key] = {
+            mine[key] = {
                 "run": index,
                 **point,
                 "seed": seed,
@@ -168,17 +209,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "time_s": round(time.perf_counter() - started + spent, 1),
             }
             if leader:
-                write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
+                record(whole, numbers, mine, out, group, extra)
             print(f"\nSweep {sweep.name} interrupted at run {index}; results so far in {out}/", file=sys.stderr)
             return code
         if leader:
-            write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
+            record(whole, numbers, mine, out, group, extra)
+    table = record(whole, numbers, mine, out, group, extra) if leader else {**earlier, **mine}
+    ours = [row for key, row in table.items() if key in planned]
+    failed = sum(row["status"] != "ok" for row in ours)
     if leader:
-        write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
-    mine = [row for key, row in table.items() if key in planned]
-    failed = sum(row["status"] != "ok" for row in mine)
-    if leader:
-        print(f"\nSweep {sweep.name}: {len(mine) - failed}/{len(mine)} runs succeeded; results in {out}/")
+        print(f"\nSweep {sweep.name}: {len(ours) - failed}/{len(ours)} runs succeeded; results in {out}/")
         print((out / "results.md").read_text())
     return 1 if failed else 0
 
