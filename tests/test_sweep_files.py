@@ -243,6 +243,16 @@ def test_gamma_ablation_is_the_recurrence_recipe_with_gamma_starting_at_one():
         assert head.cca is None if head.recurrence == 0 else float(head.cca.gamma) == 1.0
 
 
+def test_recurrence_control_is_r1_of_the_gamma_recipe_at_four_times_its_steps():
+    """configs/ablation/ccnet_control.yaml: R = 1 alone, the recipe of ccnet_gamma1.yaml otherwise, 4x its epochs."""
+    control = Sweep.from_file(CONFIGS / "ablation" / "ccnet_control.yaml")
+    recipe = Sweep.from_file(CONFIGS / "ablation" / "ccnet_gamma1.yaml")
+    assert control.base == recipe.base and control.seeds == recipe.seeds
+    assert control.grid == {"model.head.init_args.recurrence": [1]}
+    epochs = "trainer.max_epochs"
+    assert control.fixed == {**recipe.fixed, epochs: 4 * recipe.fixed[epochs]}
+
+
 @pytest.mark.parametrize("name", ["heads", "danet", "ccnet_video"])
 def test_wandb_sweep_file_runs_the_same_grid(name, tmp_path):
     """The W&B sweep file of a sweep: expanded the way ``wandb agent`` expands it (wandb's own functions), each of
