@@ -46,15 +46,22 @@ def results_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def rows_on_disk(whole: Sweep, numbers: dict[str, int], out: Path) -> dict[str, dict[str, Any]]:
+    """The rows in ``out/results.csv`` now (written by this sweep's earlier calls or by one running beside it, with
+    other ``--only`` or ``--seeds``), by run key, numbered in the whole grid; call it holding ``results_lock``."""
+    table = earlier_rows(whole, out)
+    for key, row in table.items():
+        row["run"] = numbers.get(key, row["run"])
+    return table
+
+
 def record(
     whole: Sweep, numbers: dict[str, int], mine: dict[str, dict[str, Any]], out: Path, group: str, extra: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
-    """Rewrite ``out``'s results: the rows on disk now (written by this sweep's earlier calls or by one running beside
-    it), numbered in the whole grid, with this call's rows ``mine`` in place of theirs; returns the merged table."""
+    """Rewrite ``out``'s results: the rows on disk now with this call's rows ``mine`` in place of theirs; returns
+    the merged table."""
     with results_lock(out):
-        table = earlier_rows(whole, out)
-        for key, row in table.items():
-            row["run"] = numbers.get(key, row["run"])
+        table = rows_on_disk(whole, numbers, out)
         table.update(mine)
         write_results(whole, sorted(table.values(), key=lambda row: row["run"]), out, group, extra)
     return table
@@ -164,12 +171,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     leader = rank_zero_only.rank == 0  # with several processes (DDP) every one runs the sweep; one writes results
     try:
         with results_lock(out):
-            earlier = earlier_rows(whole, out)
+            earlier = rows_on_disk(whole, numbers, out)
     except ValueError as err:
         print(f"attnseg sweep: {err}", file=sys.stderr)
         return 2
-    for key, row in earlier.items():  # rows written by calls with other --only or --seeds: numbered in the whole grid
-        row["run"] = numbers.get(key, row["run"])
     planned = {run_key(point, seed) for point, seed in runs}
     mine: dict[str, dict[str, Any]] = {}  # this call's runs; each write merges them into the rows on disk
     if args.resume and not earlier:
