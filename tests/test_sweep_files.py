@@ -126,6 +126,8 @@ def test_heads_grids_give_every_head_the_same_supervision(name, expected, varian
         assert (
             cli.config["data"]["dataset_args"]["variant"] == variant and cli.config["trainer"]["max_epochs"] == epochs
         )
+        if point["head"] == "ccnet":  # gamma from 1 in the sweeps of configs/ablation/ccnet_gamma1.yaml's recipe
+            assert float(task.model.head.cca.gamma) == (1.0 if channels else 0.0), point
         if name == "band" and point["head"].startswith("danet_"):  # one attention module each, the other off
             keep = point["head"].removeprefix("danet_")
             for k in ("pam", "cam"):
