@@ -117,3 +117,40 @@ def test_sweep_reports_steps_to_80_percent_and_draws_the_curves(tmp_path):
     assert "| 1 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 0/2 | 2 |" in md
     assert "| 2 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 300 ± 141 | 2 |" in md
     assert Image.open(tmp_path / "out" / "learning_curves.png").size[0] > 500
+
+
+def test_sweep_reports_the_context_iou_at_its_early_step(tmp_path):
+    """``early_step: 200`` adds the val context IoU at that validation (mean ± std over seeds; per run in the run
+    table); a run whose curve has no validation at that step leaves its point's cell empty."""
+    sweep = Sweep(
+        tmp_path / "s.yaml",
+        "s",
+        [],
+        {"model.head.init_args.recurrence": [1, 2]},
+        seeds=[0, 1],
+        context_classes=["warm_blob", "cold_blob"],
+        early_step=200,
+    )
+    curves = {
+        0: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.4, 0.2)],  # context 0.3 at step 200
+        1: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.5, 0.3)],  # 0.4
+        2: [(100, 0.5, 0.6, 0.6), (200, 0.9, 0.8, 0.82)],  # 0.81
+        3: [(100, 0.5, 0.6, 0.6), (400, 0.9, 0.85, 0.85)],  # no validation at step 200
+    }
+    rows = []
+    for index, (point, seed) in enumerate(sweep.runs()):
+        path = metrics_file(tmp_path / f"run{index}.csv", [(s + 1, m, w, c) for s, m, w, c in curves[index]])
+        rows.append(
+            {"run": index, **point, "seed": seed, "status": "ok", "val_mIoU": 0.5, "test_mIoU": 0.5}
+            | {"test_context_IoU": 0.5, "steps_to_context": None, "curve": str(path)}
+        )
+    summary = summarise(sweep, rows)
+    assert summary[0]["early_context"] == pytest.approx((0.35, 0.0707), abs=1e-4)
+    assert "early_context" not in summary[1]
+    write_results(sweep, rows, tmp_path / "out", "g", [])
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| context IoU (%) | val context IoU at step 200 (%) | steps to 80% context IoU | seeds |" in md
+    assert "| 1 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 35.0 ± 7.1 | 0/2 | 2 |" in md
+    assert "| 2 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | - | 0/2 | 2 |" in md
+    assert "| 2 | 2 | 0 | 50.00 | 50.00 | 50.00 | 81.00 | - |" in md  # run 2: its own value
+    assert "| 3 | 2 | 1 | 50.00 | 50.00 | 50.00 | - | - |" in md

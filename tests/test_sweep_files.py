@@ -113,6 +113,7 @@ def test_heads_grids_give_every_head_the_same_supervision(name, expected, varian
     sweep = Sweep.from_file(CONFIGS / "ablation" / f"{name}.yaml")
     assert sorted(p["head"] for p in sweep.points()) == sorted(expected), f"configs/ablation/{name}.yaml's heads"
     assert sweep.seeds == [0, 1, 2] and sweep.context_classes == ["warm_blob", "cold_blob"]
+    assert sweep.early_step == (384 if channels else None)  # the long sweeps report the quickstart's budget too
     heads = {}
     for point in sweep.points():
         args = sweep.arguments(point, ["--data.dataset_args.image_size=32", "--data.num_workers=0"])
@@ -146,6 +147,8 @@ def test_sweep_file_errors(tmp_path, capsys):
         "repeated seed": ("base: [x.yaml]\ngrid:\n  model.lr: [0.1]\nseeds: [1, 1]\n", "repeat a seed"),
         "bad bundle": ("base: [x.yaml]\ngrid:\n  head:\n    fcn: 3\n", "grid.head.fcn is 3"),
         "bad context": ("base: [x.yaml]\ngrid:\n  model.lr: [0.1]\ncontext_classes: blob\n", "context_classes is"),
+        "bad early step": ("base: [x.yaml]\ngrid:\n  model.lr: [0.1]\nearly_step: 0\n", "early_step is 0; expected"),
+        "early step alone": ("base: [x.yaml]\ngrid:\n  model.lr: [0.1]\nearly_step: 384\n", "needs context_classes"),
     }
     (tmp_path / "x.yaml").write_text("model: {}\n")
     for case, (body, message) in bad.items():

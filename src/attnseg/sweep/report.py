@@ -64,8 +64,21 @@ def summarise(sweep: Sweep, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if sweep.context_classes:  # steps to the threshold over the seeds; "k/n" when only k runs reached it
                 complete = len(reached) == len(runs)
                 entry["steps_to_context"] = _mean_std(reached) if complete else f"{len(reached)}/{len(runs)}"
+            early = [context_at_early_step(sweep, row) for row in runs]
+            if sweep.early_step is not None and all(v is not None for v in early):
+                entry["early_context"] = _mean_std(early)
         summary.append(entry)
     return summary
+
+
+def context_at_early_step(sweep: Sweep, row: dict[str, Any]) -> Optional[float]:
+    """The val context IoU of ``row``'s learning curve at ``sweep.early_step``; None without an early step, a curve
+    file or a validation at that step."""
+    path = row.get("curve")
+    if sweep.early_step is None or not path or not Path(path).is_file():
+        return None
+    curve = read_curve(path, sweep.context_classes)
+    return next((p["context"] for p in curve if p["step"] == sweep.early_step), None)
 
 
 def run_seconds(value: Any) -> float:
@@ -101,6 +114,9 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
     scores = [(k, label) for k, label in SCORES if context or k != "test_context_IoU"]
     summary = summarise(sweep, rows)
     steps_header = [f"steps to {CONTEXT_THRESHOLD:.0%} context IoU"] if context else []
+    early = sweep.early_step
+    if early is not None:
+        steps_header.insert(0, f"val context IoU at step {early} (%)")
     header = [
         *(names[k] for k in keys),
         *(f"{label} (%)" for _, label in scores),
@@ -124,6 +140,11 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
             f"{CONTEXT_THRESHOLD:.2f} (k/n: only k of n seeds did); curves in `learning_curves.png`."
             if context
             else ""
+        )
+        + (
+            f" val context IoU at step {early}: the validation at that step, a measure of sample efficiency."
+            if early is not None
+            else ""
         ),
         "",
         "| " + " | ".join(header) + " |",
@@ -132,6 +153,8 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
     for entry in summary:
         cells = [json.dumps(entry[k]) if not isinstance(entry[k], str) else entry[k] for k in keys]
         cells += [_pm(entry.get(key)) for key, _ in scores]
+        if early is not None:
+            cells.append(_pm(entry.get("early_context")))
         if context:
             steps = entry.get("steps_to_context")
             cells.append(steps if isinstance(steps, str) else _pm(steps, scale=1.0, digits=0))
@@ -165,6 +188,7 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], out: Path, group: st
             *(json.dumps(row[k]) if not isinstance(row[k], str) else row[k] for k in keys),
             _format(row.get("seed")),
             *(_format(row.get(key), 100) for key, _ in scores),
+            *([_format(context_at_early_step(sweep, row), 100)] if early is not None else []),
             *([_format(row.get("steps_to_context"))] if context else []),
             _format(params / 1e6 if params else None),
             _format(row.get("GFLOPs")),

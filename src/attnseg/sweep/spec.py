@@ -13,7 +13,7 @@ import yaml
 
 from attnseg.configs import resolve as resolve_config
 
-SWEEP_KEYS = ("base", "fixed", "grid", "seeds", "context_classes", "name", "test")
+SWEEP_KEYS = ("base", "fixed", "grid", "seeds", "context_classes", "early_step", "name", "test")
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Sweep:
     seeds: list[int] = field(default_factory=lambda: [0])
     context_classes: list[str] = field(default_factory=list)
     bundles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # axis -> name -> overrides
+    early_step: Optional[int] = None  # results.md also gives the val context IoU at this step (sample efficiency)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Sweep":
@@ -100,9 +101,23 @@ class Sweep:
         context = spec.get("context_classes") or []
         if not isinstance(context, list) or not all(isinstance(c, str) for c in context):
             raise ValueError(f"{path}: context_classes is {context!r}; expected a list of class names")
+        early = spec.get("early_step")
+        if early is not None and (not isinstance(early, int) or isinstance(early, bool) or early < 1):
+            raise ValueError(f"{path}: early_step is {early!r}; expected a positive number of steps, e.g. 384")
+        if early is not None and not context:
+            raise ValueError(f"{path}: early_step reports the context IoU at a step; it needs context_classes too")
         name = str(spec.get("name") or path.stem)
         return cls(
-            path, name, base, dict(grid), dict(fixed), bool(spec.get("test", True)), list(seeds), context, bundles
+            path,
+            name,
+            base,
+            dict(grid),
+            dict(fixed),
+            bool(spec.get("test", True)),
+            list(seeds),
+            context,
+            bundles,
+            early,
         )
 
     def points(self) -> list[dict[str, Any]]:
