@@ -73,39 +73,38 @@ def test_mean_curve_over_seeds_uses_the_steps_every_run_has():
     assert list(fig.axes[1].lines[0].get_ydata()) == pytest.approx([20.0, 70.0])  # context in %, mean of a and b
 
 
-def test_sweep_reports_steps_to_80_percent_and_draws_the_curves(tmp_path):
-    sweep = Sweep(
-        tmp_path / "s.yaml",
-        "s",
-        [],
-        {"model.head.init_args.recurrence": [1, 2]},
-        seeds=[0, 1],
-        context_classes=["warm_blob", "cold_blob"],
+def recurrence_sweep(tmp_path: Path, **options) -> Sweep:
+    """A sweep of R = 1, 2 over seeds 0-1 with the blobs as context classes."""
+    grid = {"model.head.init_args.recurrence": [1, 2]}
+    return Sweep(
+        tmp_path / "s.yaml", "s", [], grid, seeds=[0, 1], context_classes=["warm_blob", "cold_blob"], **options
     )
-    curves = {  # R = 2 reaches 0.8 at steps 200 and 400; R = 1 never does, one of its seeds not at all
-        0: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.4, 0.4)],
-        1: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.5, 0.5)],
-        2: [(100, 0.5, 0.6, 0.6), (200, 0.9, 0.8, 0.82)],
-        3: [(100, 0.5, 0.6, 0.6), (200, 0.7, 0.7, 0.7), (400, 0.9, 0.85, 0.85)],
-    }
+
+
+def rows_with_curves(sweep: Sweep, curves: dict, tmp_path: Path) -> list[dict]:
+    """One ok row per run (scores 0.5), its curve ``curves[run]`` of ``(step, mIoU, warm, cold)`` written as a
+    metrics file, and its steps to 80 % context IoU read from that file."""
     rows = []
     for index, (point, seed) in enumerate(sweep.runs()):
         # steps logged as Lightning does: validation at global step s is recorded as step s - 1
         path = metrics_file(tmp_path / f"run{index}.csv", [(s + 1, m, w, c) for s, m, w, c in curves[index]])
         reached = steps_to(read_curve(path, sweep.context_classes), "context", 0.8)
         rows.append(
-            {
-                "run": index,
-                **point,
-                "seed": seed,
-                "status": "ok",
-                "val_mIoU": 0.5,
-                "test_mIoU": 0.5,
-                "test_context_IoU": 0.5,
-                "steps_to_context": reached,
-                "curve": str(path),
-            }
+            {"run": index, **point, "seed": seed, "status": "ok", "val_mIoU": 0.5, "test_mIoU": 0.5}
+            | {"test_context_IoU": 0.5, "steps_to_context": reached, "curve": str(path)}
         )
+    return rows
+
+
+def test_sweep_reports_steps_to_80_percent_and_draws_the_curves(tmp_path):
+    sweep = recurrence_sweep(tmp_path)
+    curves = {  # R = 2 reaches 0.8 at steps 200 and 400; R = 1 never does, one of its seeds not at all
+        0: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.4, 0.4)],
+        1: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.5, 0.5)],
+        2: [(100, 0.5, 0.6, 0.6), (200, 0.9, 0.8, 0.82)],
+        3: [(100, 0.5, 0.6, 0.6), (200, 0.7, 0.7, 0.7), (400, 0.9, 0.85, 0.85)],
+    }
+    rows = rows_with_curves(sweep, curves, tmp_path)
     assert [row["steps_to_context"] for row in rows] == [None, None, 200, 400]
     summary = summarise(sweep, rows)
     assert summary[0]["steps_to_context"] == "0/2" and summary[1]["steps_to_context"] == pytest.approx(
@@ -122,28 +121,14 @@ def test_sweep_reports_steps_to_80_percent_and_draws_the_curves(tmp_path):
 def test_sweep_reports_the_context_iou_at_its_early_step(tmp_path):
     """``early_step: 200`` adds the val context IoU at that validation (mean ± std over seeds; per run in the run
     table); a run whose curve has no validation at that step leaves its point's cell empty."""
-    sweep = Sweep(
-        tmp_path / "s.yaml",
-        "s",
-        [],
-        {"model.head.init_args.recurrence": [1, 2]},
-        seeds=[0, 1],
-        context_classes=["warm_blob", "cold_blob"],
-        early_step=200,
-    )
+    sweep = recurrence_sweep(tmp_path, early_step=200)
     curves = {
         0: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.4, 0.2)],  # context 0.3 at step 200
         1: [(100, 0.3, 0.3, 0.3), (200, 0.5, 0.5, 0.3)],  # 0.4
         2: [(100, 0.5, 0.6, 0.6), (200, 0.9, 0.8, 0.82)],  # 0.81
         3: [(100, 0.5, 0.6, 0.6), (400, 0.9, 0.85, 0.85)],  # no validation at step 200
     }
-    rows = []
-    for index, (point, seed) in enumerate(sweep.runs()):
-        path = metrics_file(tmp_path / f"run{index}.csv", [(s + 1, m, w, c) for s, m, w, c in curves[index]])
-        rows.append(
-            {"run": index, **point, "seed": seed, "status": "ok", "val_mIoU": 0.5, "test_mIoU": 0.5}
-            | {"test_context_IoU": 0.5, "steps_to_context": None, "curve": str(path)}
-        )
+    rows = rows_with_curves(sweep, curves, tmp_path)
     summary = summarise(sweep, rows)
     assert summary[0]["early_context"] == pytest.approx((0.35, 0.0707), abs=1e-4)
     assert "early_context" not in summary[1]
@@ -151,6 +136,6 @@ def test_sweep_reports_the_context_iou_at_its_early_step(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| context IoU (%) | val context IoU at step 200 (%) | steps to 80% context IoU | seeds |" in md
     assert "| 1 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | 35.0 ± 7.1 | 0/2 | 2 |" in md
-    assert "| 2 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | - | 0/2 | 2 |" in md
-    assert "| 2 | 2 | 0 | 50.00 | 50.00 | 50.00 | 81.00 | - |" in md  # run 2: its own value
-    assert "| 3 | 2 | 1 | 50.00 | 50.00 | 50.00 | - | - |" in md
+    assert "| 2 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | - | 300 ± 141 | 2 |" in md
+    assert "| 2 | 2 | 0 | 50.00 | 50.00 | 50.00 | 81.00 | 200 |" in md  # run 2: its own value
+    assert "| 3 | 2 | 1 | 50.00 | 50.00 | 50.00 | - | 400 |" in md
